@@ -1,0 +1,158 @@
+"""Numba CPU kernels: small, typed, one job each, compiled once and cached.
+
+Notation for the cost model: m items (rows), n users (columns), h hidden
+width, d kernel dimension, nnz stored entries of the sparse matrix at hand.
+Every kernel writes into a caller-owned output array and is generic over
+float32/float64 (one compiled specialisation per dtype, cached on disk).
+
+``fastmath`` is on only where it lets LLVM reassociate a sum for SIMD (dot
+products and axpys of finite values); nothing here relies on NaN/inf
+semantics, and the data layer rejects non-finite ratings.
+"""
+import numpy as np
+from numba import njit, prange
+
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def spmm(indptr, indices, data, B, out):
+    """out = X @ B for CSR X (rows indptr/indices/data). Cost: nnz * h.
+
+    Also serves X^T @ B when given X's CSC arrays (see Pattern).
+    """
+    h = B.shape[1]
+    for i in prange(indptr.size - 1):
+        row = out[i]
+        row[:] = 0
+        for e in range(indptr[i], indptr[i + 1]):
+            v = data[e]
+            src = B[indices[e]]
+            for k in range(h):
+                row[k] += v * src[k]
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def pair_dot(rows, cols, A, B, out):
+    """out[e] = A[rows[e]] . B[cols[e]] (SDDMM when rows/cols are a sparse
+    pattern's coordinates). Cost: len(rows) * h."""
+    h = A.shape[1]
+    for e in prange(rows.size):
+        a = A[rows[e]]
+        b = B[cols[e]]
+        s = out.dtype.type(0)
+        for k in range(h):
+            s += a[k] * b[k]
+        out[e] = s
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def local_kernel(W, U, VT, K, Weff, sq_sums):
+    """K = max(0, 1 - |U_i - V_j|^2), Weff = W * K, and per row i the float64
+    sums of K^2 and W^2 into sq_sums[i, 0:2]. VT is V transposed (d x n_out)
+    so the inner loop runs over contiguous j. Cost: n_in * n_out * (3d + 4)."""
+    n_in, n_out = W.shape
+    d = U.shape[1]
+    one = W.dtype.type(1)
+    zero = W.dtype.type(0)
+    for i in prange(n_in):
+        dist = np.zeros(n_out, dtype=W.dtype)
+        for t in range(d):
+            u = U[i, t]
+            vt = VT[t]
+            for j in range(n_out):
+                diff = u - vt[j]
+                dist[j] += diff * diff
+        ksq = 0.0
+        wsq = 0.0
+        for j in range(n_out):
+            k = max(one - dist[j], zero)
+            w = W[i, j]
+            K[i, j] = k
+            Weff[i, j] = w * k
+            ksq += k * k
+            wsq += w * w
+        sq_sums[i, 0] = ksq
+        sq_sums[i, 1] = wsq
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def local_kernel_grad(dWeff, W, K, lambda_2, lambda_s, dW, dD):
+    """Chain rule through Weff = W * K with the layer's regulariser:
+    dW = dWeff * K + lambda_2 W, and dD = dloss/d(|U_i - V_j|^2)
+    = -(dWeff * W + lambda_s K) where K > 0, else 0 (TF's max(0, .) sends no
+    gradient through the clipped side). Cost: n_in * n_out * 5."""
+    n_in, n_out = W.shape
+    for i in prange(n_in):
+        for j in range(n_out):
+            k = K[i, j]
+            g = dWeff[i, j]
+            w = W[i, j]
+            dW[i, j] = g * k + lambda_2 * w
+            dD[i, j] = -(g * w + lambda_s * k) if k > 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def conv_neighbours(indptr, indices, n_cols, s_indptr, s_indices, gk):
+    """For each stored entry e = (p, q) of R and each kernel cell (a, b), the
+    position in the support pattern S of the output entry it feeds,
+    (p - a + r, q - b + r) with r = gk // 2, or -1 outside the matrix.
+    One-time set-up per training matrix. Cost: nnz * gk^2 * log(row length)."""
+    m = indptr.size - 1
+    r = gk // 2
+    nbr = np.full((indices.size, gk * gk), -1, dtype=np.int64)
+    for p in prange(m):
+        for e in range(indptr[p], indptr[p + 1]):
+            q = indices[e]
+            for a in range(gk):
+                i = p - a + r
+                if i < 0 or i >= m:
+                    continue
+                lo, hi = s_indptr[i], s_indptr[i + 1]
+                for b in range(gk):
+                    j = q - b + r
+                    if j < 0 or j >= n_cols:
+                        continue
+                    nbr[e, a * gk + b] = lo + np.searchsorted(s_indices[lo:hi], j)
+    return nbr
+
+
+@njit(parallel=True, cache=True)
+def conv_forward(indptr, data, nbr, s_indptr, G, out):
+    """Cross-correlation of R with the gk x gk kernel G ('SAME', zero padding),
+    evaluated on the support pattern S: out[s] = sum_{a,b} G[a, b] R[i+a-r, j+b-r].
+    Each thread owns one output row i and gathers from input rows i-r..i+r,
+    so no two threads write the same place. Cost: nnz * gk^2."""
+    gk = G.shape[0]
+    r = gk // 2
+    m = indptr.size - 1
+    for i in prange(m):
+        out[s_indptr[i]:s_indptr[i + 1]] = 0
+        for a in range(gk):
+            p = i + a - r
+            if p < 0 or p >= m:
+                continue
+            for e in range(indptr[p], indptr[p + 1]):
+                v = data[e]
+                for b in range(gk):
+                    s = nbr[e, a * gk + b]
+                    if s >= 0:
+                        out[s] += G[a, b] * v
+
+
+@njit(parallel=True, cache=True)
+def conv_kernel_grad(indptr, data, nbr, dout, row_partial):
+    """Per input row p, the float64 partial sums of dG[a, b] =
+    sum_e R_e * dout[nbr[e, a gk + b]] (the caller sums the rows).
+    Cost: nnz * gk^2."""
+    m = indptr.size - 1
+    cells = nbr.shape[1]
+    for p in prange(m):
+        acc = row_partial[p]
+        acc[:] = 0
+        for e in range(indptr[p], indptr[p + 1]):
+            v = data[e]
+            for c in range(cells):
+                s = nbr[e, c]
+                if s >= 0:
+                    acc[c] += v * dout[s]

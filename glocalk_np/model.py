@@ -1,0 +1,254 @@
+"""GLocal-K's loss and hand-written gradient on a sparse rating matrix (SPEC 2-3).
+
+Shapes: R is m items x n users with nnz observed ratings, h the hidden width,
+d the kernel dimension, L = n_layers hidden layers, s the number of entries
+the ReLU keeps of the global convolution (at most the 3 x 3 neighbourhood of
+the observed entries, about 27% of m x n on MovieLens).
+
+Cost of one (loss, gradient) evaluation:
+- pre-training: 4 sparse products over R (input layer forward and weight
+  gradient, output layer prediction and its two gradients: 5 x nnz * h), 2(L-1)
+  dense h x h GEMMs forward and 2 per layer backward (m * h^2 each), and the
+  local kernels and their gradients (n_in * n_out * d per layer).
+- fine-tuning: the first pass needs no output layer at all, only the item means
+  of its output, mean_j(H W_eff + b) = H (W_eff 1) / n + mean(b), so it costs
+  the hidden layers forward and backward (the backward input is rank one); the
+  convolution costs nnz * gk^2; the second pass costs what pre-training does,
+  with three sparse products over the s convolution entries instead of R.
+Nothing dense of size m x n is ever built.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import expit
+
+from .kernels import cpu
+from .params import layer, layer_count
+from .sparse import Pattern
+
+STAGES = ("pretrain", "finetune")
+
+
+@dataclass
+class _Layer:
+    """One kernel layer in compute dtype, with its kernel and effective weight."""
+    W: np.ndarray
+    U: np.ndarray
+    V: np.ndarray
+    b: np.ndarray
+    K: np.ndarray
+    Weff: np.ndarray
+
+
+@dataclass
+class _Conv:
+    """The fine-tuning stage's first pass and global convolution."""
+    hidden: list           # first-pass hidden activations, one m x h per layer
+    w_mean: np.ndarray     # W_eff of the output layer averaged over users (h)
+    mu: np.ndarray         # item means of the first pass's output (m)
+    pre: np.ndarray        # convolution before the ReLU, on the neighbourhood pattern
+    keep: np.ndarray       # pre > 0
+    X: Pattern             # the kept entries: the second pass's sparse input
+    x: np.ndarray          # their values
+
+
+class GLocalKLoss:
+    """(loss, gradient) of either stage for one training matrix.
+
+    Set-up that depends only on the matrix (its index arrays, and the
+    convolution's neighbourhood pattern on first use) is done once here, so
+    a trainer calls this object once per L-BFGS evaluation.
+    """
+
+    def __init__(self, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
+        R = sp.csr_matrix(train)
+        R.sum_duplicates()
+        R.sort_indices()
+        R.eliminate_zeros()
+        if R.nnz == 0:
+            raise ValueError("training matrix has no ratings")
+        if not np.all(np.isfinite(R.data)) or R.data.min() <= 0:
+            raise ValueError("ratings must be finite and > 0 (0 means missing)")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.R = Pattern.from_csr(R)
+        self.values = R.data.astype(self.dtype)
+        self.lambda_2 = float(lambda_2)
+        self.lambda_s = float(lambda_s)
+        self.dot_scale = float(dot_scale)
+        self._conv_pattern = {}
+
+    # ----- public ---------------------------------------------------------
+    def __call__(self, stage, params):
+        """Loss and a dict of gradients keyed like the optimised arrays: the
+        layer parameters, and C for 'finetune'. Gradients are in compute dtype."""
+        layers, reg = self._layers(params, stage)
+        if stage == "pretrain":
+            hidden = self._encode(self.R, self.values, layers)
+            conv, C = None, None
+        else:
+            C = np.asarray(params["C"], dtype=self.dtype)
+            conv = self._convolve(layers, C)
+            hidden = self._encode(conv.X, conv.x, layers)
+        out = layers[-1]
+        WoutT = np.ascontiguousarray(out.Weff.T)
+        resid = self.R.sample(hidden[-1], WoutT) + out.b[self.R.indices] - self.values
+        loss = 0.5 * float(np.dot(resid.astype(np.float64), resid)) + reg
+
+        # output layer: dH = S W^T, dW^T = S^T H, with S the sparse residual
+        dWeff = [np.zeros_like(l.W) for l in layers[:-1]]
+        db = [np.zeros_like(l.b) for l in layers]
+        dWoutT = self.R.rmatmul(resid, hidden[-1])
+        db[-1] += np.bincount(self.R.indices, resid, minlength=out.b.size)
+        dH = self.R.matmul(resid, WoutT)
+        if stage == "pretrain":
+            self._encode_backward(self.R, self.values, hidden, dH, layers, dWeff, db)
+            grads = self._layer_grads(layers, dWeff + [dWoutT.T], db)
+            return loss, grads
+
+        dx = self._encode_backward(conv.X, conv.x, hidden, dH, layers, dWeff, db, want_dx=True)
+        dpre = np.zeros_like(conv.pre)
+        dpre[conv.keep] = dx
+        dG = self._conv_kernel_grad(dpre, C.shape[1])
+        dC = self.dot_scale * np.outer(conv.mu, dG)
+        dmu = self.dot_scale * (C @ dG)
+        # back through mu = H1 (W_eff 1) / n + mean(b) into the first pass
+        n = out.b.size
+        dWoutT += (conv.hidden[-1].T @ dmu) / n
+        db[-1] += dmu.sum() / n
+        self._encode_backward(self.R, self.values, conv.hidden, np.outer(dmu, conv.w_mean),
+                              layers, dWeff, db)
+        grads = self._layer_grads(layers, dWeff + [dWoutT.T], db)
+        grads["C"] = dC
+        return loss, grads
+
+    def predict(self, stage, params, rows, cols):
+        """Predictions of the stage's network output at (item, user) pairs."""
+        layers, _ = self._layers(params, stage)
+        if stage == "pretrain":
+            hidden = self._encode(self.R, self.values, layers)
+        else:
+            conv = self._convolve(layers, np.asarray(params["C"], dtype=self.dtype))
+            hidden = self._encode(conv.X, conv.x, layers)
+        out = layers[-1]
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        pred = np.empty(rows.size, dtype=self.dtype)
+        cpu.pair_dot(rows, cols, hidden[-1], np.ascontiguousarray(out.Weff.T), pred)
+        return pred + out.b[cols]
+
+    # ----- layers ---------------------------------------------------------
+    def _layers(self, params, stage):
+        """Each layer's arrays in compute dtype with K and W_eff, and the total
+        regulariser lambda_s/2 sum K^2 + lambda_2/2 sum W^2 (float64 sums)."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        n_layers = layer_count(params)
+        n = self.R.shape[1]
+        if params["W0"].shape[0] != n or params[f"W{n_layers - 1}"].shape[1] != n:
+            raise ValueError(f"parameters are for {params['W0'].shape[0]} users, "
+                             f"the training matrix has {n}")
+        if stage == "finetune" and params["C"].shape[0] != self.R.shape[0]:
+            raise ValueError(f"C is for {params['C'].shape[0]} items, "
+                             f"the training matrix has {self.R.shape[0]}")
+        layers, reg = [], 0.0
+        for l in range(n_layers):
+            W, U, V, b = (np.ascontiguousarray(a, dtype=self.dtype) for a in layer(params, l))
+            K, Weff = np.empty_like(W), np.empty_like(W)
+            sq = np.empty((W.shape[0], 2))
+            cpu.local_kernel(W, U, np.ascontiguousarray(V.T), K, Weff, sq)
+            reg += 0.5 * (self.lambda_s * sq[:, 0].sum() + self.lambda_2 * sq[:, 1].sum())
+            layers.append(_Layer(W, U, V, b, K, Weff))
+        return layers, reg
+
+    def _layer_grads(self, layers, dWeff, db):
+        """Gradients of W, U, V, b of every layer from dloss/dW_eff and dloss/db,
+        the regulariser included. With dD = dloss/d|U_i - V_j|^2:
+        dU = 2 (U * rowsum(dD) - dD V), dV = 2 (V * colsum(dD) - dD^T U)."""
+        t = self.dtype.type
+        grads = {}
+        for l, (lay, g) in enumerate(zip(layers, dWeff)):
+            dW, dD = np.empty_like(lay.W), np.empty_like(lay.W)
+            cpu.local_kernel_grad(np.ascontiguousarray(g), lay.W, lay.K,
+                                  t(self.lambda_2), t(self.lambda_s), dW, dD)
+            grads[f"W{l}"] = dW
+            grads[f"U{l}"] = 2 * (lay.U * dD.sum(axis=1)[:, None] - dD @ lay.V)
+            grads[f"V{l}"] = 2 * (lay.V * dD.sum(axis=0)[:, None] - dD.T @ lay.U)
+            grads[f"b{l}"] = db[l]
+        return grads
+
+    # ----- hidden layers --------------------------------------------------
+    @staticmethod
+    def _encode(X, x, layers):
+        """Sigmoid hidden activations of the sparse input X (values x).
+        Cost: nnz(X) * h + (L-1) * m * h^2."""
+        first = layers[0]
+        H = X.matmul(x, first.Weff)
+        H += first.b
+        hidden = [expit(H, out=H)]
+        for lay in layers[1:-1]:
+            Z = hidden[-1] @ lay.Weff
+            Z += lay.b
+            hidden.append(expit(Z, out=Z))
+        return hidden
+
+    @staticmethod
+    def _encode_backward(X, x, hidden, dH, layers, dWeff, db, want_dx=False):
+        """Back through the hidden layers from dloss/d(last hidden): adds into
+        dWeff and db; returns dloss/dX at X's stored entries when asked.
+        Cost: 2 nnz(X) * h (3 with dX) + 2 (L-1) * m * h^2."""
+        for l in range(len(hidden) - 1, -1, -1):
+            H = hidden[l]
+            dZ = dH * H * (1 - H)
+            db[l] += dZ.sum(axis=0)
+            if l > 0:
+                dWeff[l] += hidden[l - 1].T @ dZ
+                dH = dZ @ layers[l].Weff.T
+            else:
+                dWeff[0] += X.rmatmul(x, dZ)
+                return X.sample(dZ, layers[0].Weff) if want_dx else None
+
+    # ----- global kernel and convolution ------------------------------------
+    def _neighbourhood(self, gk):
+        """Output pattern of the gk x gk convolution and, per rating and kernel
+        cell, the output position it feeds (built once per kernel size)."""
+        if gk not in self._conv_pattern:
+            S = self.R.neighbourhood(gk)
+            nbr = cpu.conv_neighbours(self.R.indptr, self.R.indices, self.R.shape[1],
+                                      S.indptr, S.indices, gk)
+            self._conv_pattern[gk] = (S, nbr)
+        return self._conv_pattern[gk]
+
+    def _convolve(self, layers, C):
+        """First pass, average pooling, global kernel G and the ReLU'd
+        convolution of R with G, kept sparse (SPEC 3, steps 1-4)."""
+        gk = int(round(np.sqrt(C.shape[1])))
+        if gk * gk != C.shape[1] or gk % 2 == 0:
+            raise ValueError(f"C must have gk^2 columns for an odd gk, got {C.shape[1]}")
+        hidden = self._encode(self.R, self.values, layers)
+        out = layers[-1]
+        w_mean = out.Weff.mean(axis=1)
+        mu = hidden[-1] @ w_mean + out.b.mean()
+        G = (self.dot_scale * (mu @ C)).reshape(gk, gk)
+        S, nbr = self._neighbourhood(gk)
+        pre = np.empty(S.nnz, dtype=self.dtype)
+        cpu.conv_forward(self.R.indptr, self.values, nbr, S.indptr, G, pre)
+        keep = pre > 0
+        return _Conv(hidden, w_mean, mu, pre, keep, S.subset(keep), pre[keep])
+
+    def _conv_kernel_grad(self, dpre, cells):
+        """dloss/dG, flattened row-major (gk^2), from dloss/d(convolution)."""
+        _, nbr = self._neighbourhood(int(round(np.sqrt(cells))))
+        partial = np.empty((self.R.shape[0], cells))
+        cpu.conv_kernel_grad(self.R.indptr, self.values, nbr, dpre, partial)
+        return partial.sum(axis=0).astype(self.dtype)
+
+
+def loss_and_grad(stage, params, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
+    """(loss, gradient dict) of ``stage`` ('pretrain' or 'finetune') at
+    ``params`` for the sparse m x n training matrix ``train`` (items x users).
+    For repeated calls build a GLocalKLoss once instead."""
+    f = GLocalKLoss(train, lambda_2=lambda_2, lambda_s=lambda_s, dot_scale=dot_scale, dtype=dtype)
+    return f(stage, params)

@@ -1,0 +1,78 @@
+"""Parameter layout and initialisation (SPEC sections 2-4).
+
+A parameter set is a plain ``dict[str, ndarray]``, in this order:
+
+    W0 U0 V0 b0   W1 U1 V1 b1   ...   W{L} U{L} V{L} b{L}   [C]
+
+Layers 0..L-1 are the sigmoid hidden layers (n -> h, then h -> h), layer L is
+the identity output layer (h -> n), with L = n_layers. Per layer W is
+n_in x n_out, U n_in x d, V n_out x d, b n_out. C (m x gk^2) is the global
+kernel's weight, present once fine-tuning has begun. The dict order is the
+order of the flat optimiser vector.
+"""
+import numpy as np
+
+LAYER_KEYS = ("W", "U", "V", "b")
+
+
+def layer_count(params):
+    """Number of kernel layers (hidden layers + output layer) in ``params``."""
+    return sum(1 for k in params if k.startswith("W"))
+
+
+def layer(params, l):
+    """(W, U, V, b) of layer ``l``."""
+    return tuple(params[f"{k}{l}"] for k in LAYER_KEYS)
+
+
+def truncated_normal(rng, shape, stddev):
+    """Normal(0, stddev) redrawn beyond 2 stddev, as tf.random.truncated_normal."""
+    x = rng.standard_normal(shape)
+    bad = np.abs(x) > 2.0
+    while bad.any():
+        x[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(x) > 2.0
+    return x * stddev
+
+
+def init_layers(n_users, n_hidden=500, n_layers=2, kernel_dim=5, seed=0):
+    """Layer parameters initialised as TF1 does in the official code (SPEC 4).
+
+    W is Glorot uniform, b is Glorot uniform with fan_in = fan_out = n_out
+    (TF1's default for a 1-D variable), U and V truncated normal with
+    stddev 1e-3. Returned in float64; the model casts to its compute dtype.
+    """
+    rng = np.random.default_rng(seed)
+    dims = [n_users] + [n_hidden] * n_layers + [n_users]
+    params = {}
+    for l, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+        a = np.sqrt(6.0 / (n_in + n_out))
+        params[f"W{l}"] = rng.uniform(-a, a, size=(n_in, n_out))
+        params[f"U{l}"] = truncated_normal(rng, (n_in, kernel_dim), 1e-3)
+        params[f"V{l}"] = truncated_normal(rng, (n_out, kernel_dim), 1e-3)
+        a_b = np.sqrt(3.0 / n_out)
+        params[f"b{l}"] = rng.uniform(-a_b, a_b, size=n_out)
+    return params
+
+
+def init_global_kernel(n_items, gk_size=3, seed=0):
+    """C (m x gk^2): truncated normal with stddev 0.1 (SPEC 4)."""
+    rng = np.random.default_rng([seed, 1])
+    return truncated_normal(rng, (n_items, gk_size * gk_size), 0.1)
+
+
+def flatten(params):
+    """One float64 vector of all arrays in ``params``, in dict order."""
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in params.values()])
+
+
+def unflatten(x, template, dtype=None):
+    """Arrays shaped like ``template``'s, read in order from the flat ``x``."""
+    out, pos = {}, 0
+    for k, a in template.items():
+        size = a.size
+        out[k] = x[pos:pos + size].reshape(a.shape).astype(dtype or a.dtype, copy=False)
+        pos += size
+    if pos != x.size:
+        raise ValueError(f"flat vector has {x.size} values, parameters need {pos}")
+    return out

@@ -1,0 +1,98 @@
+"""A CSR sparsity pattern together with the index arrays the kernels need.
+
+The training matrix's pattern never changes during a fit, so its entry
+coordinates and its CSC order (for products with the transpose) are built
+once. The global convolution's output lives on the 3 x 3 neighbourhood of the
+observed entries (``neighbourhood``); of that, only the entries the ReLU
+keeps are fed to the network (``subset``).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .kernels import cpu
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Positions of the stored entries of an m x n matrix, in CSR order.
+
+    Values live in separate arrays of length nnz, in this same order, so one
+    pattern serves the ratings, the residuals and the convolution output.
+    """
+    indptr: np.ndarray      # m + 1, CSR row pointers
+    indices: np.ndarray     # nnz, column of each entry
+    rows: np.ndarray        # nnz, row of each entry
+    csc_indptr: np.ndarray  # n + 1, column pointers of the transpose walk
+    csc_rows: np.ndarray    # nnz, row of each entry in CSC order
+    csc_perm: np.ndarray    # nnz, CSR position of each entry in CSC order
+    shape: tuple
+
+    @classmethod
+    def from_coords(cls, rows, cols, shape):
+        """Pattern of entries given in CSR order (rows ascending, then cols)."""
+        m, n = shape
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
+        perm = np.lexsort((rows, cols))  # by column, then row
+        csc_indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=n), out=csc_indptr[1:])
+        return cls(indptr, cols, rows, csc_indptr, rows[perm], perm, (m, n))
+
+    @classmethod
+    def from_csr(cls, X):
+        X = sp.csr_matrix(X)
+        X.sort_indices()
+        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        return cls.from_coords(rows, X.indices, X.shape)
+
+    @property
+    def nnz(self):
+        return self.indices.size
+
+    def matmul(self, data, B):
+        """X @ B for the matrix X with values ``data``. Cost: nnz * h."""
+        out = np.empty((self.shape[0], B.shape[1]), dtype=B.dtype)
+        cpu.spmm(self.indptr, self.indices, data, B, out)
+        return out
+
+    def rmatmul(self, data, B):
+        """X^T @ B (n x h), walking X in CSC order. Cost: nnz * h."""
+        out = np.empty((self.shape[1], B.shape[1]), dtype=B.dtype)
+        cpu.spmm(self.csc_indptr, self.csc_rows, data[self.csc_perm], B, out)
+        return out
+
+    def sample(self, A, B):
+        """(A @ B^T) at the stored entries only (SDDMM). Cost: nnz * h."""
+        out = np.empty(self.nnz, dtype=A.dtype)
+        cpu.pair_dot(self.rows, self.indices, A, B, out)
+        return out
+
+    def subset(self, keep):
+        """The pattern of the entries where the boolean ``keep`` is true.
+        Cost: O(nnz), no sorting: both orders carry over."""
+        new_pos = np.cumsum(keep) - 1
+        perm = new_pos[self.csc_perm[keep[self.csc_perm]]]
+        rows, cols = self.rows[keep], self.indices[keep]
+        m, n = self.shape
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
+        csc_indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=n), out=csc_indptr[1:])
+        return Pattern(indptr, cols, rows, csc_indptr, rows[perm], perm, self.shape)
+
+    def neighbourhood(self, gk):
+        """Pattern of every position within gk // 2 rows and columns of a
+        stored entry: where a gk x gk 'SAME' convolution of X can be non-zero.
+        It is the pattern of band_m @ X @ band_n with 0/1 band matrices."""
+        m, n = self.shape
+        r = gk // 2
+        band = lambda k: sp.diags([np.ones(k)] * (2 * r + 1), list(range(-r, r + 1)),
+                                  shape=(k, k), format="csr")
+        X = sp.csr_matrix((np.ones(self.nnz), self.indices, self.indptr), shape=self.shape)
+        S = (band(m) @ X @ band(n)).tocsr()
+        S.sort_indices()
+        return Pattern.from_csr(S)
