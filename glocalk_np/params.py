@@ -68,11 +68,11 @@ def flatten(params):
 
 def unflatten(x, template, dtype=None):
     """Arrays shaped like ``template``'s, read in order from the flat ``x``."""
+    need = sum(a.size for a in template.values())
+    if x.size != need:
+        raise ValueError(f"flat vector has {x.size} values, parameters need {need}")
     out, pos = {}, 0
     for k, a in template.items():
-        size = a.size
-        out[k] = x[pos:pos + size].reshape(a.shape).astype(dtype or a.dtype, copy=False)
-        pos += size
-    if pos != x.size:
-        raise ValueError(f"flat vector has {x.size} values, parameters need {pos}")
+        out[k] = x[pos:pos + a.size].reshape(a.shape).astype(dtype or a.dtype, copy=False)
+        pos += a.size
     return out

@@ -68,20 +68,14 @@ class Pattern:
     def sample(self, A, B):
         """(A @ B^T) at the stored entries only (SDDMM). Cost: nnz * h."""
         out = np.empty(self.nnz, dtype=A.dtype)
-        cpu.pair_dot(self.rows, self.indices, A, B, out)
+        cpu.sddmm(self.indptr, self.indices, A, B, out)
         return out
 
     def subset(self, keep):
         """The pattern of the entries where the boolean ``keep`` is true.
-        Cost: O(nnz), no sorting: both orders carry over."""
-        new_pos = np.cumsum(keep) - 1
-        perm = new_pos[self.csc_perm[keep[self.csc_perm]]]
-        rows, cols = self.rows[keep], self.indices[keep]
-        m, n = self.shape
-        indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
-        csc_indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(cols, minlength=n), out=csc_indptr[1:])
+        Cost: nnz + m + n, no sorting: both orders carry over."""
+        indptr, rows, cols, csc_indptr, perm = cpu.subset_pattern(
+            self.indptr, self.indices, self.csc_indptr, self.csc_perm, keep)
         return Pattern(indptr, cols, rows, csc_indptr, rows[perm], perm, self.shape)
 
     def neighbourhood(self, gk):
