@@ -1,0 +1,9 @@
+import pytest
+
+from problems import PROBLEMS, smooth_problem
+
+
+@pytest.fixture(params=PROBLEMS, ids=lambda p: f"m{p[0]}n{p[1]}h{p[2]}d{p[3]}L{p[4]}")
+def problem(request):
+    """A smooth random problem: (R dense, params, hyper-parameters)."""
+    return smooth_problem(request.param)

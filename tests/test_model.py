@@ -1,0 +1,158 @@
+"""The sparse engine: gradients against central differences and the dense
+reference, float32 against float64, initialisation, sparse patterns."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy import stats
+
+from dense_reference import dense_forward, dense_loss_grad, numerical_grad, rel_error
+from glocalk_np.model import GLocalKLoss, loss_and_grad
+from glocalk_np.params import flatten, init_global_kernel, init_layers, unflatten
+from glocalk_np.sparse import Pattern
+from problems import FD_EPS, draw
+
+STAGES = ["pretrain", "finetune"]
+
+
+def engine(R, hp, dtype=np.float64):
+    return GLocalKLoss(sp.csr_matrix(R), dtype=dtype, **hp)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_gradient_matches_finite_differences(problem, stage):
+    R, params, hp = problem
+    f = engine(R, hp)
+    loss, grads = f(stage, params)
+    keys = [k for k in params if k != "C"] + (["C"] if stage == "finetune" else [])
+    assert list(grads) == keys
+    num = numerical_grad(lambda p: f(stage, p)[0], params, keys=keys, eps=FD_EPS)
+    for k in keys:
+        assert rel_error(grads[k], num[k]) < 1e-6, k
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_engine_matches_dense_reference(problem, stage):
+    R, params, hp = problem
+    f = engine(R, hp)
+    loss, grads = f(stage, params)
+    ref_loss, ref_grads = dense_loss_grad(stage, params, R, **hp)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for k, g in ref_grads.items():
+        assert rel_error(grads[k], g) < 1e-10, k
+    m, n = R.shape
+    rows, cols = np.divmod(np.arange(m * n), n)
+    pred = f.predict(stage, params, rows, cols).reshape(m, n)
+    ref = dense_forward(stage, params, R, dot_scale=hp["dot_scale"])
+    np.testing.assert_allclose(pred, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_float32_agrees_with_float64(stage):
+    rng = np.random.default_rng(5)
+    m, n = 60, 45
+    R = sp.random(m, n, density=0.1, random_state=5, format="csr",
+                  data_rvs=lambda k: rng.integers(1, 6, k).astype(float))
+    params = init_layers(n, n_hidden=20, n_layers=2, kernel_dim=5, seed=1)
+    params["C"] = init_global_kernel(m, seed=1)
+    hp = dict(lambda_2=20.0, lambda_s=0.006, dot_scale=1.0)
+    l64, g64 = loss_and_grad(stage, params, R, dtype=np.float64, **hp)
+    l32, g32 = loss_and_grad(stage, params, R, dtype=np.float32, **hp)
+    assert all(g.dtype == np.float32 for g in g32.values())
+    assert l32 == pytest.approx(l64, rel=1e-4)
+    for k in g64:
+        assert rel_error(g32[k].astype(np.float64), g64[k]) < 1e-4, k
+
+
+def test_loss_is_half_squared_error_plus_regulariser():
+    """With lambda = 0 the loss is 1/2 the squared residual at observed entries only."""
+    R, params = draw(6, 7, 3, 2, 1, 0.4, 9)
+    f = engine(R, dict(lambda_2=0.0, lambda_s=0.0))
+    m, n = R.shape
+    rows, cols = np.divmod(np.arange(m * n), n)
+    P = f.predict("pretrain", params, rows, cols).reshape(m, n)
+    mask = R > 0
+    assert f("pretrain", params)[0] == pytest.approx(0.5 * ((R - P)[mask] ** 2).sum(), rel=1e-12)
+
+
+def test_initialisation_matches_spec_section_4():
+    n, h = 400, 300
+    p = init_layers(n, n_hidden=h, n_layers=2, kernel_dim=5, seed=0)
+    a = np.sqrt(6 / (n + h))
+    W0 = p["W0"]
+    assert W0.shape == (n, h) and np.abs(W0).max() <= a
+    assert W0.var() == pytest.approx(a * a / 3, rel=0.02)
+    assert stats.kstest(W0.ravel() / a, "uniform", args=(-1, 2)).pvalue > 1e-3
+    a_b = np.sqrt(3 / h)
+    assert np.abs(p["b0"]).max() <= a_b and p["b0"].max() > 0.8 * a_b  # Glorot, not zeros
+    assert p["W2"].shape == (h, n) and p["b2"].shape == (n,)
+    # truncated normal at 2 sigma: std = sigma * 0.8796
+    trunc_std = np.sqrt(1 - 2 * 2 * stats.norm.pdf(2) / (stats.norm.cdf(2) - stats.norm.cdf(-2)))
+    for key, rows in (("U0", n), ("V0", h), ("U2", h), ("V2", n)):
+        assert p[key].shape == (rows, 5)
+        assert np.abs(p[key]).max() <= 2e-3
+        assert p[key].std() == pytest.approx(1e-3 * trunc_std, rel=0.05)
+    C = init_global_kernel(500, gk_size=3, seed=0)
+    assert C.shape == (500, 9) and np.abs(C).max() <= 0.2
+    assert C.std() == pytest.approx(0.1 * trunc_std, rel=0.05)
+    again = init_layers(n, n_hidden=h, n_layers=2, kernel_dim=5, seed=0)
+    assert all(np.array_equal(p[k], again[k]) for k in p)
+
+
+def test_flatten_round_trip():
+    p = init_layers(7, n_hidden=4, n_layers=2, kernel_dim=3, seed=2)
+    x = flatten(p)
+    assert x.dtype == np.float64 and x.size == sum(v.size for v in p.values())
+    back = unflatten(x, p)
+    assert list(back) == list(p) and all(np.array_equal(back[k], p[k]) for k in p)
+    with pytest.raises(ValueError, match="flat vector"):
+        unflatten(x[:-1], p)
+
+
+def _random_csr(m, n, density, seed):
+    rng = np.random.default_rng(seed)
+    return sp.random(m, n, density=density, random_state=seed, format="csr",
+                     data_rvs=lambda k: rng.uniform(1, 5, k))
+
+
+def test_pattern_products_match_scipy():
+    X = _random_csr(37, 23, 0.2, 0)
+    P = Pattern.from_csr(X)
+    rng = np.random.default_rng(0)
+    B, A = rng.normal(size=(23, 9)), rng.normal(size=(37, 9))
+    np.testing.assert_allclose(P.matmul(X.data, B), X @ B, rtol=1e-12)
+    np.testing.assert_allclose(P.rmatmul(X.data, A), X.T @ A, rtol=1e-12)
+    coo = X.tocoo()
+    np.testing.assert_allclose(P.sample(A, B), (A @ B.T)[coo.row, coo.col], rtol=1e-12)
+
+
+def test_pattern_neighbourhood_and_subset():
+    X = _random_csr(30, 40, 0.05, 1)
+    P = Pattern.from_csr(X)
+    S = P.neighbourhood(3)
+    dense = (X.toarray() > 0).astype(float)
+    padded = np.pad(dense, 1)
+    box = sum(padded[a:a + 30, b:b + 40] for a in range(3) for b in range(3))
+    expected = np.argwhere(box > 0)
+    np.testing.assert_array_equal(np.c_[S.rows, S.indices], expected)
+    keep = np.random.default_rng(1).random(S.nnz) < 0.4
+    sub = S.subset(keep)
+    np.testing.assert_array_equal(np.c_[sub.rows, sub.indices], expected[keep])
+    values = np.arange(S.nnz, dtype=float)[keep] + 1
+    A = np.random.default_rng(2).normal(size=(30, 4))
+    Xsub = sp.csr_matrix((values, (sub.rows, sub.indices)), shape=(30, 40))
+    np.testing.assert_allclose(sub.rmatmul(values, A), Xsub.T @ A, rtol=1e-12)
+
+
+def test_rejects_bad_inputs():
+    R, params = draw(5, 6, 3, 2, 1, 0.5, 3)
+    with pytest.raises(ValueError, match="> 0"):
+        GLocalKLoss(sp.csr_matrix(-R), lambda_2=1, lambda_s=1)
+    with pytest.raises(ValueError, match="no ratings"):
+        GLocalKLoss(sp.csr_matrix((5, 6)), lambda_2=1, lambda_s=1)
+    f = engine(R, dict(lambda_2=1.0, lambda_s=1.0))
+    with pytest.raises(ValueError, match="stage"):
+        f("pre-train", params)
+    with pytest.raises(ValueError, match="users"):
+        engine(R[:, :5], dict(lambda_2=1.0, lambda_s=1.0))("pretrain", params)
+    with pytest.raises(ValueError, match="dtype"):
+        GLocalKLoss(sp.csr_matrix(R), lambda_2=1, lambda_s=1, dtype=np.int32)
