@@ -1,0 +1,241 @@
+"""Training: hyper-parameters, presets and the L-BFGS-B schedule (SPEC 5-7).
+
+The optimiser sees one flat float64 vector and a function returning
+(loss, flat gradient), nothing else. One epoch is one call of
+scipy.optimize.minimize(method='L-BFGS-B', options={'maxiter', 'maxcor': 10}),
+so the L-BFGS memory restarts every epoch, as in the official code.
+"""
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import minimize
+
+from . import metrics
+from .model import GLocalKLoss
+from .params import flatten, init_global_kernel, init_layers, unflatten
+
+# SPEC 6; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
+PRESETS = {
+    "ml-100k": dict(lambda_2=20.0, lambda_s=0.006, iters_pretrain=5, iters_finetune=5,
+                    epochs_pretrain=30, epochs_finetune=60, dot_scale=1.0),
+    "ml-1m": dict(lambda_2=70.0, lambda_s=0.018, iters_pretrain=50, iters_finetune=10,
+                  epochs_pretrain=20, epochs_finetune=30, dot_scale=0.5),
+    "douban": dict(lambda_2=10.0, lambda_s=0.022, iters_pretrain=5, iters_finetune=5,
+                   epochs_pretrain=20, epochs_finetune=60, dot_scale=2.0),
+}
+SELECTIONS = ("test", "val", "last")
+
+
+@dataclass(frozen=True)
+class Config:
+    """GLocal-K's hyper-parameters; the defaults are the ML-100K preset."""
+    n_hidden: int = 500
+    n_layers: int = 2
+    kernel_dim: int = 5
+    gk_size: int = 3
+    lambda_2: float = 20.0
+    lambda_s: float = 0.006
+    dot_scale: float = 1.0
+    epochs_pretrain: int = 30
+    epochs_finetune: int = 60
+    iters_pretrain: int = 5
+    iters_finetune: int = 5
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
+                     "iters_pretrain", "iters_finetune"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("epochs_pretrain", "epochs_finetune", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.gk_size % 2 == 0:
+            raise ValueError(f"gk_size must be odd, got {self.gk_size!r}")
+        for name in ("lambda_2", "lambda_s", "dot_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+    @classmethod
+    def from_preset(cls, preset=None, **overrides):
+        """The official hyper-parameters of ``preset`` (SPEC 6); explicit
+        keyword arguments override them; None values are ignored."""
+        values = {}
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+            values.update(PRESETS[preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown hyper-parameter(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class EpochRecord:
+    """What the trainer reports after each epoch."""
+    stage: str
+    epoch: int                  # 1-based within the stage
+    train_rmse: float
+    seconds: float
+    evaluations: int            # (loss, gradient) calls in this epoch
+    metrics: dict = field(default_factory=dict)  # {'test': {'rmse', 'mae', 'ndcg'}, 'val': ...}
+
+
+@dataclass
+class TrainState:
+    """Everything needed to go on from the end of an epoch: a checkpoint."""
+    params: dict
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)   # selection -> (epoch, params) of the best fine-tuning epoch
+
+    @property
+    def done(self):
+        """(pre-training epochs, fine-tuning epochs) completed."""
+        pre = sum(r.stage == "pretrain" for r in self.history)
+        return pre, len(self.history) - pre
+
+
+class EvalSet:
+    """Entries of a held-out rating matrix (items x users) in user-then-item
+    order, the order in which the official NDCG walks each user's items."""
+
+    def __init__(self, matrix):
+        coo = sp.coo_matrix(matrix)
+        order = np.lexsort((coo.row, coo.col))
+        self.rows = coo.row[order].astype(np.int64)
+        self.cols = coo.col[order].astype(np.int64)
+        self.values = coo.data[order].astype(np.float64)
+
+    def __len__(self):
+        return self.values.size
+
+
+def objective(loss, stage, template):
+    """The flat-vector function scipy minimises: x -> (loss, gradient), both float64."""
+    def fun(x):
+        value, grads = loss(stage, unflatten(x, template))
+        return value, flatten(grads)
+    return fun
+
+
+def minimize_epoch(fun, x0, maxiter):
+    """One epoch: one L-BFGS-B call, as tf.contrib.opt.ScipyOptimizerInterface made it."""
+    return minimize(fun, x0, jac=True, method="L-BFGS-B",
+                    options={"maxiter": maxiter, "maxcor": 10})
+
+
+def initial_state(train, config):
+    """Fresh layer parameters for ``train``'s shape (SPEC 4)."""
+    return TrainState(init_layers(train.shape[1], config.n_hidden, config.n_layers,
+                                  config.kernel_dim, seed=config.seed))
+
+
+def make_loss(train, config):
+    """The (loss, gradient) engine for ``train`` with ``config``'s hyper-parameters;
+    also what predicts once training is over."""
+    return GLocalKLoss(train, lambda_2=config.lambda_2, lambda_s=config.lambda_s,
+                       dot_scale=config.dot_scale, dtype=config.dtype)
+
+
+def rating_range(train):
+    """(low, high) of the training ratings: the clipping range of predictions."""
+    data = sp.csr_matrix(train).data
+    return float(data.min()), float(data.max())
+
+
+def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=None):
+    """Train GLocal-K on the sparse items x users matrix ``train``.
+
+    evals: optional {'test': matrix, 'val': matrix} of held-out ratings, scored
+    after every epoch (RMSE, MAE, NDCG with clipped predictions).
+    callback(record, state): called after every epoch, e.g. to print or to
+    checkpoint; ``state`` then holds everything needed to resume.
+    state: a TrainState to resume from (its completed epochs are skipped).
+    Returns the final TrainState; ``state.best[sel]`` holds the fine-tuning epoch
+    and parameters picked by each available selection ('test': best test RMSE,
+    the paper's protocol; 'val': best validation RMSE; 'last').
+    """
+    train = sp.csr_matrix(train)
+    loss = loss or make_loss(train, config)
+    state = state or initial_state(train, config)
+    evals = {name: EvalSet(m) for name, m in (evals or {}).items()}
+    low, high = rating_range(train)
+    train_set = EvalSet(train)
+    done_pre, done_fine = state.done
+    schedule = [("pretrain", config.epochs_pretrain, config.iters_pretrain, done_pre),
+                ("finetune", config.epochs_finetune, config.iters_finetune, done_fine)]
+    for stage, epochs, iters, done in schedule:
+        if done >= epochs:
+            continue
+        if stage == "finetune" and "C" not in state.params:
+            state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
+        template = ({k: v for k, v in state.params.items() if k != "C"}
+                    if stage == "pretrain" else dict(state.params))
+        fun = objective(loss, stage, template)
+        for epoch in range(done + 1, epochs + 1):
+            tic = time.perf_counter()
+            result = minimize_epoch(fun, flatten(template), iters)
+            template = unflatten(result.x, template)
+            state.params.update(template)
+            scores = score(loss, stage, state.params, train_set, evals, low, high)
+            record = EpochRecord(stage, epoch, scores.pop("train")["rmse"],
+                                 time.perf_counter() - tic, int(result.nfev), scores)
+            state.history.append(record)
+            if stage == "finetune":
+                _update_best(state, record, evals, epoch == epochs)
+            if callback is not None:
+                callback(record, state)
+    return state
+
+
+def score(loss, stage, params, train_set, evals, low, high):
+    """RMSE (and for held-out sets MAE and NDCG) of the stage's predictions,
+    clipped to [low, high], from one forward pass over all the entries."""
+    sets = {"train": train_set, **evals}
+    pred = loss.predict(stage, params, np.concatenate([s.rows for s in sets.values()]),
+                        np.concatenate([s.cols for s in sets.values()])).astype(np.float64)
+    out, pos = {}, 0
+    for name, s in sets.items():
+        p = metrics.clip(pred[pos:pos + len(s)], low, high)
+        pos += len(s)
+        out[name] = ({"rmse": metrics.rmse(p, s.values)} if name == "train"
+                     else metrics.evaluate(p, s.values, s.cols, low, high))
+    return out
+
+
+def _update_best(state, record, evals, last):
+    """Keep, per selection rule, the epoch and a copy of the parameters it picks."""
+    for sel in ("test", "val"):
+        if sel in evals:
+            rmse = record.metrics[sel]["rmse"]
+            best = state.best.get(sel)
+            if best is None or rmse < best[1]:
+                state.best[sel] = (record.epoch, rmse, {k: v.copy() for k, v in state.params.items()})
+    if last:
+        state.best["last"] = (record.epoch, None, state.params)
+
+
+def selected(state, select):
+    """(epoch, parameters) chosen by ``select`` ('test', 'val' or 'last')."""
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+    if select not in state.best:
+        raise ValueError(f"select={select!r} needs a {select} set" if select != "last"
+                         else "no fine-tuning epoch has run")
+    epoch, _, params = state.best[select]
+    return epoch, params
+
