@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from .kernels import cpu
-from .params import layer, layer_count
+from .params import flatten, layer, layer_count, unflatten
 from .sparse import Pattern
 
 STAGES = ("pretrain", "finetune")
@@ -93,16 +93,16 @@ class GLocalKLoss:
             conv = self._convolve(layers, C)
             hidden = self._encode(conv.X, conv.x, layers)
         out = layers[-1]
-        WoutT = np.ascontiguousarray(out.Weff.T)
-        resid = self.R.sample(hidden[-1], WoutT) + out.b[self.R.indices] - self.values
+        # output layer at the observed entries: residual S, dH = S W^T, dW^T = S^T H
+        resid = np.empty(self.R.nnz, dtype=self.dtype)
+        dH = np.empty_like(hidden[-1])
+        cpu.output_layer(self.R.indptr, self.R.indices, self.values, hidden[-1],
+                         np.ascontiguousarray(out.Weff.T), out.b, resid, dH)
         loss = 0.5 * float(np.dot(resid.astype(np.float64), resid)) + reg
-
-        # output layer: dH = S W^T, dW^T = S^T H, with S the sparse residual
         dWeff = [np.zeros_like(l.W) for l in layers[:-1]]
         db = [np.zeros_like(l.b) for l in layers]
         dWoutT = self.R.rmatmul(resid, hidden[-1])
         db[-1] += np.bincount(self.R.indices, resid, minlength=out.b.size)
-        dH = self.R.matmul(resid, WoutT)
         if stage == "pretrain":
             self._encode_backward(self.R, self.values, hidden, dH, layers, dWeff, db)
             grads = self._layer_grads(layers, dWeff + [dWoutT.T], db)
@@ -123,6 +123,14 @@ class GLocalKLoss:
         grads = self._layer_grads(layers, dWeff + [dWoutT.T], db)
         grads["C"] = dC
         return loss, grads
+
+    def objective(self, stage, template):
+        """The function scipy minimises: flat float64 x, laid out like
+        ``template``, to (loss, flat float64 gradient)."""
+        def fun(x):
+            loss, grads = self(stage, unflatten(x, template))
+            return loss, flatten(grads)
+        return fun
 
     def predict(self, stage, params, rows, cols):
         """Predictions of the stage's network output at (item, user) pairs."""

@@ -63,7 +63,12 @@ def init_global_kernel(n_items, gk_size=3, seed=0):
 
 def flatten(params):
     """One float64 vector of all arrays in ``params``, in dict order."""
-    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in params.values()])
+    out = np.empty(sum(a.size for a in params.values()))
+    pos = 0
+    for a in params.values():
+        out[pos:pos + a.size] = a.ravel()
+        pos += a.size
+    return out
 
 
 def unflatten(x, template, dtype=None):

@@ -124,14 +124,6 @@ class EvalSet:
         return self.values.size
 
 
-def objective(loss, stage, template):
-    """The flat-vector function scipy minimises: x -> (loss, gradient), both float64."""
-    def fun(x):
-        value, grads = loss(stage, unflatten(x, template))
-        return value, flatten(grads)
-    return fun
-
-
 def minimize_epoch(fun, x0, maxiter):
     """One epoch: one L-BFGS-B call, as tf.contrib.opt.ScipyOptimizerInterface made it."""
     return minimize(fun, x0, jac=True, method="L-BFGS-B",
@@ -185,7 +177,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
             state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
         template = ({k: v for k, v in state.params.items() if k != "C"}
                     if stage == "pretrain" else dict(state.params))
-        fun = objective(loss, stage, template)
+        fun = loss.objective(stage, template)
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()
             result = minimize_epoch(fun, flatten(template), iters)
