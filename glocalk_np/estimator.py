@@ -1,0 +1,326 @@
+"""GLocal-K as an estimator: ratings with user and item ids in, predictions,
+recommendations, model files and resumable training out.
+
+The network is an item-based autoencoder: the prediction for item i is
+computed from row i of the TRAINING matrix R (items x users), so a fitted
+model keeps R, and a model file stores it next to the parameters.
+"""
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import metrics, modelfile
+from . import train as training
+from .data import Index, _positions
+from .train import SELECTIONS, Config, EpochRecord, EvalSet, TrainState
+
+CHECKPOINT_NAME = "checkpoint.npz"
+EVAL_SETS = ("test", "val")
+
+
+class GLocalK:
+    """The GLocal-K recommender (Han et al., CIKM 2021).
+
+    ``config`` is used as given; without it, ``Config.from_preset(preset,
+    **hyper)`` builds one (ValueError naming a bad parameter and its value).
+    """
+
+    def __init__(self, config=None, *, preset=None, **hyper):
+        self.config = config if config is not None else Config.from_preset(preset, **hyper)
+
+    # ------------------------------------------------------------ training
+    def fit(self, train, *, test=None, val=None, select="last", callback=None,
+            checkpoint_dir=None, resume=False, index=None):
+        """Train on the Ratings ``train``; score ``test`` and ``val`` after every epoch.
+
+        The index (``index``, else the ids of ``train``) fixes the matrix;
+        test and val ratings of users or items outside it are dropped and
+        counted in ``dropped_``. ``select`` picks the fine-tuning epoch whose
+        parameters are kept: 'test' (lowest test RMSE, the paper's protocol),
+        'val' (lowest validation RMSE) or 'last'. ``callback(record, state)``
+        runs after every epoch. With ``checkpoint_dir`` every epoch ends with
+        an atomic write of ``checkpoint.npz`` there; ``resume=True`` goes on
+        from it when present, with a result identical to an uninterrupted run.
+        """
+        sets = {"test": test, "val": val}
+        if select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+        if select in sets and sets[select] is None:
+            raise ValueError(f"select={select!r} needs a {select} set")
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        index = index if index is not None else Index.from_ratings(train)
+        R, lost = index.matrix(train)
+        if lost:
+            raise ValueError(f"{train.source}: {lost} training ratings have a user or item "
+                             "outside the given index")
+        evals, dropped = {}, {}
+        for name, ratings in sets.items():
+            if ratings is not None:
+                evals[name], dropped[name] = index.matrix(ratings)
+                if evals[name].nnz == 0:
+                    raise ValueError(f"{ratings.source}: none of the {len(ratings)} {name} "
+                                     "ratings has a user and an item seen in training")
+        loss = training.make_loss(R, self.config)
+        checkpoint = (Checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, self.config,
+                                 fingerprints(index, R, evals))
+                      if checkpoint_dir is not None else None)
+
+        def on_epoch(record, state):
+            if checkpoint is not None:
+                checkpoint.save(state)
+            if callback is not None:
+                callback(record, state)
+
+        state = checkpoint.load() if resume else None
+        state = training.fit(R, self.config, evals=evals, callback=on_epoch,
+                             state=state, loss=loss)
+        self._set_training_data(index, R, loss)
+        self.dropped_ = dropped
+        self.history_ = state.history
+        if "last" in state.best:
+            self.best_epoch_, params = training.selected(state, select)
+            self.stage_ = "finetune"
+            record = next(r for r in state.history
+                          if r.stage == "finetune" and r.epoch == self.best_epoch_)
+        else:   # no fine-tuning epoch: the pre-trained network is the model
+            self.best_epoch_, params, self.stage_ = None, state.params, "pretrain"
+            record = state.history[-1] if state.history else None
+        self.params_ = dict(params)
+        self.summary_ = {"select": select, "best_epoch": self.best_epoch_,
+                         **{k: dict(v) for k, v in (record.metrics if record else {}).items()}}
+        return self
+
+    def _set_training_data(self, index, R, loss=None):
+        """The index, training matrix and the statistics the fallbacks use."""
+        self.index_, self.train_matrix_ = index, R
+        self._loss = loss
+        self.rating_range_ = training.rating_range(R)
+        self.item_counts_ = np.diff(R.indptr).astype(np.int64)
+        self.user_counts_ = np.bincount(R.indices, minlength=R.shape[1]).astype(np.int64)
+        self.item_means_ = np.full(R.shape[0], np.nan)
+        np.divide(np.asarray(R.sum(axis=1)).ravel(), self.item_counts_,
+                  out=self.item_means_, where=self.item_counts_ > 0)
+        self.global_mean_ = float(R.data.mean())
+
+    # ------------------------------------------------------------ prediction
+    def _check_fitted(self):
+        if not hasattr(self, "params_"):
+            raise RuntimeError("this GLocalK is not fitted: call fit() or GLocalK.load() first")
+
+    def _network(self, rows, cols):
+        """Unclipped network outputs at (item position, user position) pairs."""
+        if rows.size == 0:
+            return np.empty(0)
+        if self._loss is None:
+            self._loss = training.make_loss(self.train_matrix_, self.config)
+        return self._loss.predict(self.stage_, self.params_, rows, cols).astype(np.float64)
+
+    def predict(self, users, items):
+        """(predictions, fallback) for parallel arrays of user and item ids.
+
+        Predictions are float64, clipped to ``rating_range_``. ``fallback``
+        says where the network could not be used: '' for a user and an item
+        that both have training ratings (the network's prediction);
+        'item_mean' when the user has none (an unknown user) but the item
+        has: the item's mean training rating; 'global_mean' when the item has
+        none (an unknown item): the mean of all training ratings.
+        """
+        self._check_fitted()
+        users, items = np.asarray(users).ravel(), np.asarray(items).ravel()
+        if users.size != items.size:
+            raise ValueError(f"{users.size} users but {items.size} items")
+        u, u_known = _positions(self.index_.users, users)
+        i, i_known = _positions(self.index_.items, items)
+        i_known &= self.item_counts_[i] > 0
+        u_known &= self.user_counts_[u] > 0
+        both = u_known & i_known
+        item_only = i_known & ~u_known
+        pred = np.full(users.size, self.global_mean_)
+        pred[item_only] = self.item_means_[i[item_only]]
+        pred[both] = self._network(i[both], u[both])
+        fallback = np.select([both, item_only], ["", "item_mean"], "global_mean")
+        return metrics.clip(pred, *self.rating_range_), fallback
+
+    def predict_all(self):
+        """The dense n_items x n_users matrix of clipped network predictions
+        (no fallbacks), for export; it costs 8 * n_items * n_users bytes."""
+        self._check_fitted()
+        m, n = self.train_matrix_.shape
+        pred = self._network(np.repeat(np.arange(m), n), np.tile(np.arange(n), m))
+        return metrics.clip(pred.reshape(m, n), *self.rating_range_)
+
+    def recommend(self, user, top=10, include_seen=False):
+        """(items, warning): the ``top`` (item id, predicted rating) pairs for
+        ``user``, best first, ties in item order, leaving out the items the
+        user rated in training unless ``include_seen``. For a user without
+        training ratings the items are ranked by mean rating (see predict)
+        and ``warning`` says so; otherwise it is None."""
+        self._check_fitted()
+        if not isinstance(top, (int, np.integer)) or top < 1:
+            raise ValueError(f"top must be a positive integer, got {top!r}")
+        items = self.index_.items
+        scores, fallback = self.predict(np.repeat(np.asarray([user]), items.size), items)
+        u, known = _positions(self.index_.users, np.asarray([user]))
+        user_known = known[0] and self.user_counts_[u[0]] > 0
+        candidates = np.arange(items.size)
+        if user_known and not include_seen:
+            candidates = np.setdiff1d(candidates, self.train_matrix_[:, u[0]].nonzero()[0])
+        warning = None if user_known else (f"user {user!r} has no training ratings: "
+                                           "items are ranked by their mean training rating")
+        best = candidates[np.argsort(-scores[candidates], kind="stable")[:top]]
+        return [(items[k].item(), float(scores[k])) for k in best], warning
+
+    def evaluate(self, test):
+        """RMSE, MAE and NDCG (SPEC 7) of the network on the Ratings ``test``;
+        ``n`` entries are scored, ``dropped`` ones with a user or item outside
+        the index are not. The same numbers fit() reports for a test set."""
+        self._check_fitted()
+        M, dropped = self.index_.matrix(test)
+        entries = EvalSet(M)
+        if len(entries) == 0:
+            raise ValueError(f"{test.source}: none of the {len(test)} ratings has a user "
+                             "and an item seen in training")
+        pred = self._network(entries.rows, entries.cols)
+        scores = metrics.evaluate(pred, entries.values, entries.cols, *self.rating_range_)
+        return {**scores, "n": len(entries), "dropped": dropped}
+
+    # ------------------------------------------------------------ model files
+    def save(self, path):
+        """Write the fitted model to ``path`` (npz, atomically: a failure
+        leaves an existing file untouched)."""
+        self._check_fitted()
+        R = self.train_matrix_
+        arrays = {**pack_params("param/", self.params_),
+                  "index/users": _id_array(self.index_.users),
+                  "index/items": _id_array(self.index_.items),
+                  "train/indptr": R.indptr, "train/indices": R.indices,
+                  "train/data": R.data, "train/shape": np.array(R.shape, dtype=np.int64)}
+        meta = {"config": self.config.as_dict(), "params": list(self.params_),
+                "stage": self.stage_, "best_epoch": self.best_epoch_,
+                "summary": self.summary_, "dropped": self.dropped_,
+                "history": [asdict(r) for r in self.history_]}
+        modelfile.write(path, modelfile.MODEL, arrays, meta)
+
+    @classmethod
+    def load(cls, path):
+        """A fitted GLocalK from a file written by save(); ModelFileError
+        (a ValueError) with a one-line message if the file is unusable."""
+        f = modelfile.read(path, modelfile.MODEL)
+        model = cls(read_config(f))
+        try:
+            index = Index(f["index/users"], f["index/items"])
+            R = sp.csr_matrix((f["train/data"], f["train/indices"], f["train/indptr"]),
+                              shape=tuple(f["train/shape"]))
+            if R.shape != (index.n_items, index.n_users):
+                raise ValueError(f"training matrix is {R.shape[0]} x {R.shape[1]}, the index "
+                                 f"has {index.n_items} items x {index.n_users} users")
+            model._set_training_data(index, R)
+            model.history_ = [EpochRecord(**r) for r in f.field("history")]
+        except modelfile.ModelFileError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise f.error(f"inconsistent contents ({e})") from None
+        model.params_ = unpack_params(f, "param/", f.field("params"))
+        model.stage_ = f.field("stage")
+        model.best_epoch_ = f.field("best_epoch")
+        model.summary_ = f.field("summary")
+        model.dropped_ = f.field("dropped")
+        return model
+
+
+# ---------------------------------------------------------------- file helpers
+
+def pack_params(prefix, params):
+    """Parameter arrays under prefixed names, e.g. 'param/W0'."""
+    return {prefix + k: np.asarray(v) for k, v in params.items()}
+
+
+def unpack_params(contents, prefix, keys):
+    """The parameter dict, in the stored key order (the optimiser's vector order)."""
+    return {k: contents[prefix + k] for k in keys}
+
+
+def read_config(contents):
+    """The stored Config; ModelFileError if it is not a valid one (e.g. edited)."""
+    try:
+        return Config(**contents.field("config"))
+    except (TypeError, ValueError) as e:
+        raise contents.error(f"invalid config ({e})") from None
+
+
+def _id_array(ids):
+    """int64 for integer ids, unicode otherwise: never an object array (pickle)."""
+    return ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _digest(*arrays):
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def fingerprints(index, R, evals):
+    """sha256 digests of the training data (ids and matrix) and of each eval set."""
+    out = {"train": _digest(index.users, index.items, R.indptr, R.indices, R.data)}
+    out.update({name: _digest(M.indptr, M.indices, M.data) for name, M in evals.items()})
+    return out
+
+
+class Checkpoint:
+    """A TrainState on disk, tied to the config and data that produced it."""
+
+    def __init__(self, path, config, fingerprint):
+        self.path, self.config, self.fingerprint = Path(path), config, fingerprint
+
+    def save(self, state):
+        """Write ``state`` atomically: an interruption keeps the previous epoch's file."""
+        arrays = pack_params("param/", state.params)
+        best = {}
+        for sel, (epoch, rmse, params) in state.best.items():
+            best[sel] = {"epoch": epoch, "rmse": rmse}
+            if sel != "last":   # 'last' is the current parameters
+                best[sel]["params"] = list(params)
+                arrays.update(pack_params(f"best/{sel}/", params))
+        meta = {"config": self.config.as_dict(), "fingerprint": self.fingerprint,
+                "params": list(state.params), "best": best,
+                "history": [asdict(r) for r in state.history]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        modelfile.write(self.path, modelfile.CHECKPOINT, arrays, meta)
+
+    def load(self):
+        """The saved TrainState, or None if there is no checkpoint yet.
+        ValueError if it was made with another config or other data."""
+        if not self.path.exists():
+            return None
+        f = modelfile.read(self.path, modelfile.CHECKPOINT)
+        saved = read_config(f).as_dict()
+        diffs = [f"{k}={v!r} (checkpoint: {saved[k]!r})"
+                 for k, v in self.config.as_dict().items() if saved[k] != v]
+        if diffs:
+            raise ValueError(f"{self.path}: cannot resume, the config differs: {', '.join(diffs)}")
+        theirs, ours = f.field("fingerprint"), self.fingerprint
+        for name in [*ours, *(n for n in theirs if n not in ours)]:   # 'train' first
+            what = "training data" if name == "train" else f"{name} set"
+            if name not in ours or name not in theirs:
+                made = "with" if name in theirs else "without"
+                raise ValueError(f"{self.path}: cannot resume, the checkpoint was made {made} "
+                                 f"a {what}")
+            if theirs[name] != ours[name]:
+                raise ValueError(f"{self.path}: cannot resume, the {what} differs from "
+                                 "the checkpoint's")
+        params = unpack_params(f, "param/", f.field("params"))
+        best = {}
+        for sel, entry in f.field("best").items():
+            kept = params if sel == "last" else unpack_params(f, f"best/{sel}/", entry["params"])
+            best[sel] = (entry["epoch"], entry["rmse"], kept)
+        history = [EpochRecord(**r) for r in f.field("history")]
+        return TrainState(params, history, best)

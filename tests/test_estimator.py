@@ -1,0 +1,429 @@
+"""The estimator: ids in and out, fallbacks, epoch selection, model files,
+atomic writes and bit-identical resumption, on a tiny float64 problem."""
+import os
+import re
+import stat
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from glocalk_np import modelfile
+from glocalk_np.data import Index, Ratings, random_split
+from glocalk_np.estimator import CHECKPOINT_NAME, GLocalK
+from glocalk_np.modelfile import ModelFileError
+from glocalk_np.train import Config
+
+CONFIG = Config(n_hidden=8, kernel_dim=3, epochs_pretrain=2, epochs_finetune=2,
+                iters_pretrain=3, iters_finetune=3, dtype="float64")
+# On the data below this one's test RMSE is lowest at fine-tuning epoch 2 of 4
+# and its val RMSE at epoch 4, so the three selection rules pick differently.
+SELECT_CONFIG = replace(CONFIG, lambda_2=0.1, lambda_s=0.01, epochs_finetune=4)
+
+
+def low_rank_ratings(seed=0, n_users=30, n_items=40, density=0.25, str_ids=False):
+    """Integer ratings 1..5 from a rank-2 model; ids are not matrix positions."""
+    rng = np.random.default_rng(seed)
+    P, Q = rng.normal(size=(n_users, 2)), rng.normal(size=(n_items, 2))
+    u, i = np.nonzero(rng.random((n_users, n_items)) < density)
+    values = np.clip(np.round(3 + (P @ Q.T)[u, i]), 1, 5)
+    users, items = (u + 100).astype(np.int64), (i + 500).astype(np.int64)
+    if str_ids:
+        users, items = np.char.add("u", users.astype(str)), np.char.add("i", items.astype(str))
+    return Ratings(users, items, values, "mem")
+
+
+def three_way(ratings):
+    """(train, test, val): 20% test, then 20% of the rest for validation."""
+    rest, test = random_split(ratings, 0.2, 0)
+    train, val = random_split(rest, 0.2, 1)
+    return train, test, val
+
+
+@pytest.fixture(scope="module")
+def data():
+    return three_way(low_rank_ratings())
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    train, test, _ = data
+    return GLocalK(CONFIG).fit(train, test=test)
+
+
+def known_pairs(model, ratings):
+    """The (users, items) of ``ratings`` whose user and item both were trained on."""
+    users, items = set(model.index_.users.tolist()), set(model.index_.items.tolist())
+    keep = np.array([u in users and i in items for u, i in zip(ratings.users, ratings.items)])
+    return ratings.users[keep], ratings.items[keep]
+
+
+def equal_fits(a, b):
+    """Same parameters bit for bit, same per-epoch numbers, same selection."""
+    assert list(a.params_) == list(b.params_)
+    for k in a.params_:
+        np.testing.assert_array_equal(a.params_[k], b.params_[k], err_msg=k)
+    strip = lambda h: [(r.stage, r.epoch, r.train_rmse, r.evaluations, r.metrics) for r in h]
+    assert strip(a.history_) == strip(b.history_)
+    assert (a.stage_, a.best_epoch_, a.summary_) == (b.stage_, b.best_epoch_, b.summary_)
+
+
+# ------------------------------------------------------------ construction and fit
+
+def test_config_from_preset_and_validation():
+    assert GLocalK(preset="ml-1m", n_hidden=8).config == replace(
+        Config.from_preset("ml-1m"), n_hidden=8)
+    assert GLocalK(CONFIG, preset="ml-1m").config is CONFIG
+    with pytest.raises(ValueError, match="lambda_2.*-1"):
+        GLocalK(lambda_2=-1.0)
+    with pytest.raises(ValueError, match="preset"):
+        GLocalK(preset="netflix")
+
+
+def test_fit_builds_items_by_users_matrix_and_statistics(fitted, data):
+    train = data[0]
+    m = fitted
+    R = m.train_matrix_
+    assert R.shape == (m.index_.n_items, m.index_.n_users) and R.nnz == len(train)
+    i = np.searchsorted(m.index_.items, train.items)
+    u = np.searchsorted(m.index_.users, train.users)
+    np.testing.assert_array_equal(R[i, u].A1, train.values)
+    np.testing.assert_array_equal(m.item_counts_, np.bincount(i, minlength=R.shape[0]))
+    np.testing.assert_array_equal(m.user_counts_, np.bincount(u, minlength=R.shape[1]))
+    np.testing.assert_allclose(m.item_means_, np.bincount(i, train.values) / m.item_counts_)
+    assert m.global_mean_ == pytest.approx(train.values.mean())
+    assert m.rating_range_ == (train.values.min(), train.values.max())
+    assert m.stage_ == "finetune" and m.best_epoch_ == 2 and len(m.history_) == 4
+    assert m.summary_ == {"select": "last", "best_epoch": 2, "test": m.history_[-1].metrics["test"]}
+
+
+def test_evaluate_reproduces_the_training_report_and_counts_drops(fitted, data):
+    _, test, _ = data
+    scores = fitted.evaluate(test)
+    assert {k: scores[k] for k in ("rmse", "mae", "ndcg")} == fitted.summary_["test"]
+    unseen = Ratings(np.array([999, 100, 999]), np.array([500, 9999, 9999]),
+                     np.array([3.0, 4.0, 5.0]), "extra")
+    both = Ratings(np.r_[test.users, unseen.users], np.r_[test.items, unseen.items],
+                   np.r_[test.values, unseen.values], "test+extra")
+    scores = fitted.evaluate(both)
+    before = fitted.dropped_["test"]
+    assert scores["n"] == len(test) - before and scores["dropped"] == 3 + before
+    refit = GLocalK(CONFIG).fit(data[0], test=both)
+    assert refit.dropped_ == {"test": scores["dropped"]}
+    with pytest.raises(ValueError, match="none of the 3"):
+        fitted.evaluate(unseen)
+
+
+def test_pretrain_only_model_is_the_pretrained_network(data):
+    train, test, _ = data
+    m = GLocalK(replace(CONFIG, epochs_finetune=0)).fit(train, test=test, select="test")
+    assert m.stage_ == "pretrain" and m.best_epoch_ is None and "C" not in m.params_
+    assert m.summary_["test"] == m.history_[-1].metrics["test"] == {
+        k: v for k, v in m.evaluate(test).items() if k in ("rmse", "mae", "ndcg")}
+
+
+# ------------------------------------------------------------ epoch selection
+
+@pytest.fixture(scope="module")
+def selections(data):
+    train, test, val = data
+    return {s: GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select=s)
+            for s in ("test", "val", "last")}
+
+
+def test_selection_rules_pick_their_epoch_and_its_parameters(selections, data):
+    _, test, val = data
+    fine = [r for r in selections["last"].history_ if r.stage == "finetune"]
+    best = {s: 1 + int(np.argmin([r.metrics[s]["rmse"] for r in fine])) for s in ("test", "val")}
+    best["last"] = len(fine)
+    assert len(set(best.values())) == 2, "the data should make test and last disagree"
+    for sel, m in selections.items():
+        assert m.best_epoch_ == best[sel] and m.summary_["best_epoch"] == best[sel]
+        at = fine[best[sel] - 1].metrics
+        assert m.summary_["test"] == at["test"] and m.summary_["val"] == at["val"]
+        assert m.evaluate(test)["rmse"] == at["test"]["rmse"]
+        assert m.evaluate(val)["rmse"] == at["val"]["rmse"]
+
+
+@pytest.mark.parametrize("select, given, match", [
+    ("test", {}, "select='test' needs a test set"),
+    ("val", {"test": True}, "select='val' needs a val set"),
+    ("best", {}, "select must be one of"),
+])
+def test_selection_errors_come_before_training(data, select, given, match):
+    train, test, _ = data
+    epochs = []
+    with pytest.raises(ValueError, match=match):
+        GLocalK(CONFIG).fit(train, select=select, test=test if given else None,
+                            callback=lambda record, state: epochs.append(record))
+    assert epochs == []
+
+
+# ------------------------------------------------------------ ids and fallbacks
+
+@pytest.mark.parametrize("str_ids", [False, True])
+def test_ids_of_either_kind_survive_save_and_load(tmp_path, str_ids):
+    train, test, _ = three_way(low_rank_ratings(seed=1, str_ids=str_ids))
+    m = GLocalK(CONFIG).fit(train, test=test)
+    m.save(tmp_path / "m.npz")
+    loaded = GLocalK.load(tmp_path / "m.npz")
+    kind = "U" if str_ids else "i"
+    assert loaded.index_.users.dtype.kind == kind and loaded.index_.items.dtype.kind == kind
+    np.testing.assert_array_equal(loaded.index_.users, m.index_.users)
+    users, items = known_pairs(m, test)
+    pred, fallback = loaded.predict(users, items)
+    assert (fallback == "").all()
+    np.testing.assert_array_equal(pred, m.predict(users, items)[0])
+    recs, _ = loaded.recommend(train.users[0], top=3)
+    assert all(isinstance(item, str if str_ids else int) for item, _ in recs)
+
+
+def test_fallbacks_for_users_and_items_without_training_ratings(data):
+    train, _, _ = data
+    # An index with one more user and item than the training data has ratings for.
+    extra = Ratings(np.array([7777]), np.array([8888]), np.array([1.0]), "extra")
+    m = GLocalK(CONFIG).fit(train, index=Index.from_ratings(train, extra))
+    user, item = train.users[0], train.items[0]
+    item_mean = train.values[train.items == item].mean()
+    users = np.array([user, 7777, 123456, user, user, 7777])
+    items = np.array([item, item, item, 8888, 654321, 654321])
+    pred, fallback = m.predict(users, items)
+    assert fallback.tolist() == ["", "item_mean", "item_mean", "global_mean", "global_mean",
+                                 "global_mean"]
+    assert pred[1] == pred[2] == pytest.approx(item_mean)
+    assert pred[3:].tolist() == pytest.approx([train.values.mean()] * 3)
+    low, high = m.rating_range_
+    assert pred.dtype == np.float64 and ((pred >= low) & (pred <= high)).all()
+
+
+def test_an_index_must_cover_the_training_ratings(data):
+    train, test, _ = data
+    with pytest.raises(ValueError, match="training ratings have a user or item outside"):
+        GLocalK(CONFIG).fit(train, index=Index.from_ratings(test))
+
+
+def test_predict_all_is_the_network_at_every_pair(fitted, data):
+    full = fitted.predict_all()
+    assert full.shape == fitted.train_matrix_.shape
+    users, items = known_pairs(fitted, data[1])
+    pred, _ = fitted.predict(users, items)
+    i = np.searchsorted(fitted.index_.items, items)
+    u = np.searchsorted(fitted.index_.users, users)
+    np.testing.assert_array_equal(full[i, u], pred)
+
+
+def test_recommend_ranks_unseen_items_unless_asked(fitted, data):
+    train = data[0]
+    user = train.users[0]
+    seen = set(train.items[train.users == user].tolist())
+    items = fitted.index_.items
+    scores, _ = fitted.predict(np.full(items.size, user), items)
+    ranked = [items[k].item() for k in np.argsort(-scores, kind="stable")]
+
+    recs, warning = fitted.recommend(user, top=5)
+    assert warning is None
+    assert [item for item, _ in recs] == [k for k in ranked if k not in seen][:5]
+    assert [s for _, s in recs] == sorted((s for _, s in recs), reverse=True)
+    everything, _ = fitted.recommend(user, top=len(items), include_seen=True)
+    assert [item for item, _ in everything] == ranked
+    assert len(fitted.recommend(user, top=len(items))[0]) == len(items) - len(seen)
+
+
+def test_recommend_for_an_unknown_user_ranks_by_item_mean_and_warns(fitted):
+    recs, warning = fitted.recommend(424242, top=4)
+    assert "424242" in warning and "mean" in warning
+    order = np.argsort(-fitted.item_means_, kind="stable")[:4]
+    assert recs == [(fitted.index_.items[k].item(), fitted.item_means_[k]) for k in order]
+    with pytest.raises(ValueError, match="top"):
+        fitted.recommend(424242, top=0)
+
+
+# ------------------------------------------------------------ model files
+
+def test_save_load_round_trip_predicts_identically(tmp_path, fitted, data):
+    path = tmp_path / "model.bin"   # no .npz suffix: must be written as named
+    fitted.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+    loaded = GLocalK.load(path)
+    equal_fits(loaded, fitted)
+    assert loaded.config == fitted.config and loaded.dropped_ == fitted.dropped_
+    assert loaded.rating_range_ == fitted.rating_range_
+    np.testing.assert_array_equal(loaded.item_means_, fitted.item_means_)
+    assert (loaded.train_matrix_ != fitted.train_matrix_).nnz == 0
+    users = np.r_[data[1].users, 999]
+    items = np.r_[data[1].items, 500]
+    for a, b in zip(loaded.predict(users, items), fitted.predict(users, items)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.evaluate(data[1]) == fitted.evaluate(data[1])
+    assert loaded.recommend(data[0].users[3]) == fitted.recommend(data[0].users[3])
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch, fitted, failure):
+    path = tmp_path / "m.npz"
+    fitted.save(path)
+    before = path.read_bytes()
+
+    def half_written(file, **arrays):
+        file.write(b"PK\x03\x04 half an archive")
+        raise failure("interrupted")
+
+    monkeypatch.setattr(np, "savez", half_written)
+    with pytest.raises(failure):
+        fitted.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_saved_files_get_normal_permissions_not_the_temp_files(tmp_path, fitted):
+    path = tmp_path / "m.npz"
+    umask = os.umask(0o022)
+    try:
+        fitted.save(path)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path.chmod(0o640)
+    fitted.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def rewrite(src, dst, drop=(), **changes):
+    """Copy the npz ``src`` to ``dst`` without ``drop`` and with ``changes``."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files if k not in drop}
+    arrays.update(changes)
+    with open(dst, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def flip_byte_in(path, array):
+    """Corrupt one byte inside ``array``'s stored data (the zip CRC catches it)."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(array.tobytes()[:64]) + 32
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+CORRUPTIONS = {
+    "missing": (lambda good, bad: None, "no such file"),
+    "truncated": (lambda good, bad: bad.write_bytes(good.read_bytes()[:good.stat().st_size // 2]),
+                  "corrupt or truncated"),
+    "random bytes": (lambda good, bad: bad.write_bytes(np.random.default_rng(0).bytes(4096)),
+                     "not an npz archive"),
+    "bad crc": (lambda good, bad: (bad.write_bytes(good.read_bytes()),
+                                   flip_byte_in(bad, GLocalK.load(good).params_["W1"])),
+                "Bad CRC"),
+    "foreign npz": (lambda good, bad: np.savez(bad, weights=np.ones(3)), "without a 'kind'"),
+    "newer version": (lambda good, bad: rewrite(good, bad, format_version=np.int64(2)),
+                      "format version 2 is newer"),
+    "missing entry": (lambda good, bad: rewrite(good, bad, drop=("param/W0",)),
+                      "missing entry 'param/W0'"),
+    "bad metadata": (lambda good, bad: rewrite(good, bad, meta=np.array("{not json")),
+                     "unreadable metadata"),
+    "a checkpoint": (lambda good, bad: rewrite(good, bad, kind=np.array(modelfile.CHECKPOINT)),
+                     "is a glocalk-np checkpoint, not a model"),
+    "a directory": (lambda good, bad: bad.mkdir(), "cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS)
+def test_unusable_model_files_raise_one_line_errors(tmp_path, fitted, case):
+    make, expected = CORRUPTIONS[case]
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    fitted.save(good)
+    make(good, bad)
+    with pytest.raises(ModelFileError) as e:
+        GLocalK.load(bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: ") and expected in msg and "\n" not in msg
+
+
+# ------------------------------------------------------------ checkpoints
+
+class Interrupt:
+    """A callback that presses Ctrl-C after ``after`` epochs and records the
+    epochs it saw."""
+
+    def __init__(self, after=None):
+        self.after, self.seen = after, []
+
+    def __call__(self, record, state):
+        self.seen.append((record.stage, record.epoch))
+        if len(self.seen) == self.after:
+            raise KeyboardInterrupt
+
+
+EPOCHS = [("pretrain", 1), ("pretrain", 2)] + [("finetune", e) for e in range(1, 5)]
+
+
+def resume(tmp_path, data, selections, done):
+    """Resume from the checkpoint in ``tmp_path``, ``done`` epochs in: only the
+    remaining epochs run, and the result is bitwise the uninterrupted one."""
+    train, test, val = data
+    rest = Interrupt()
+    resumed = GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
+                                         callback=rest, checkpoint_dir=tmp_path, resume=True)
+    assert rest.seen == EPOCHS[done:]
+    equal_fits(resumed, selections["test"])
+
+
+# After 2: C is drawn on resumption; after 5: the test-selected epoch (2 of 4)
+# lies before the interruption, so its parameters come from the checkpoint.
+@pytest.mark.parametrize("after", [2, 3, 5])
+def test_resumed_fit_is_identical_to_an_uninterrupted_one(tmp_path, data, selections, after):
+    train, test, val = data
+    first = Interrupt(after)
+    with pytest.raises(KeyboardInterrupt):
+        GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
+                                   callback=first, checkpoint_dir=tmp_path)
+    assert first.seen == EPOCHS[:after]
+    resume(tmp_path, data, selections, after)
+
+
+def test_ctrl_c_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch,
+                                                                  data, selections):
+    train, test, val = data
+    savez, calls = np.savez, []
+
+    def interrupted_fourth(file, **arrays):
+        calls.append(1)
+        if len(calls) == 4:
+            file.write(b"PK\x03\x04 half a checkpoint")
+            raise KeyboardInterrupt
+        savez(file, **arrays)
+
+    monkeypatch.setattr(np, "savez", interrupted_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
+                                   checkpoint_dir=tmp_path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+    resume(tmp_path, data, selections, 3)
+
+
+def test_resume_without_a_checkpoint_starts_afresh(tmp_path, data, fitted):
+    train, test, _ = data
+    m = GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path / "new", resume=True)
+    equal_fits(m, fitted)
+    assert (tmp_path / "new" / CHECKPOINT_NAME).exists()
+
+
+def test_resume_refuses_another_config_or_other_data(tmp_path, data):
+    train, test, val = data
+    GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path)
+    attempts = [
+        (replace(CONFIG, lambda_2=3.0), train, test, "config differs: lambda_2=3.0 "
+                                                     "(checkpoint: 20.0)"),
+        (CONFIG, val, test, "training data differs"),
+        (CONFIG, train, val, "test set differs"),
+        (CONFIG, train, None, "made with a test set"),
+    ]
+    for config, train_set, test_set, match in attempts:
+        with pytest.raises(ValueError, match=re.escape(match)):
+            GLocalK(config).fit(train_set, test=test_set, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
+        GLocalK(CONFIG).fit(train, resume=True)
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"garbage")
+    with pytest.raises(ModelFileError, match="not an npz archive"):
+        GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path, resume=True)
