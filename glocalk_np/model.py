@@ -19,9 +19,9 @@ Nothing dense of size m x n is ever built.
 """
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import expit
 
 from .kernels import cpu
 from .params import flatten, layer, layer_count, unflatten
@@ -36,6 +36,7 @@ class _Layer:
     W: np.ndarray
     U: np.ndarray
     V: np.ndarray
+    VT: np.ndarray          # V transposed, contiguous: the kernels' inner loops run over j
     b: np.ndarray
     K: np.ndarray
     Weff: np.ndarray
@@ -166,23 +167,24 @@ class GLocalKLoss:
             W, U, V, b = (np.ascontiguousarray(a, dtype=self.dtype) for a in layer(params, l))
             K, Weff = np.empty_like(W), np.empty_like(W)
             sq = np.empty((W.shape[0], 2))
-            cpu.local_kernel(W, U, np.ascontiguousarray(V.T), K, Weff, sq)
+            VT = np.ascontiguousarray(V.T)
+            cpu.local_kernel(W, U, VT, K, Weff, sq)
             reg += 0.5 * (self.lambda_s * sq[:, 0].sum() + self.lambda_2 * sq[:, 1].sum())
-            layers.append(_Layer(W, U, V, b, K, Weff))
+            layers.append(_Layer(W, U, V, VT, b, K, Weff))
         return layers, reg
 
     def _layer_grads(self, layers, dWeff, db):
         """Gradients of W, U, V, b of every layer from dloss/dW_eff and dloss/db,
         the regulariser included. With dD = dloss/d|U_i - V_j|^2:
-        dU = 2 (U * rowsum(dD) - dD V), dV = 2 (V * colsum(dD) - dD^T U)."""
+        dU = 2 (U * rowsum(dD) - dD V) (in the kernel), dV = 2 (V * colsum(dD) - dD^T U)."""
         t = self.dtype.type
         grads = {}
         for l, (lay, g) in enumerate(zip(layers, dWeff)):
-            dW, dD = np.empty_like(lay.W), np.empty_like(lay.W)
-            cpu.local_kernel_grad(np.ascontiguousarray(g), lay.W, lay.K,
-                                  t(self.lambda_2), t(self.lambda_s), dW, dD)
+            dW, dD, dU = np.empty_like(lay.W), np.empty_like(lay.W), np.empty_like(lay.U)
+            cpu.local_kernel_grad(np.ascontiguousarray(g), lay.W, lay.K, lay.U, lay.VT,
+                                  t(self.lambda_2), t(self.lambda_s), dW, dD, dU)
             grads[f"W{l}"] = dW
-            grads[f"U{l}"] = 2 * (lay.U * dD.sum(axis=1)[:, None] - dD @ lay.V)
+            grads[f"U{l}"] = dU
             grads[f"V{l}"] = 2 * (lay.V * dD.sum(axis=0)[:, None] - dD.T @ lay.U)
             grads[f"b{l}"] = db[l]
         return grads
@@ -192,14 +194,13 @@ class GLocalKLoss:
     def _encode(X, x, layers):
         """Sigmoid hidden activations of the sparse input X (values x).
         Cost: nnz(X) * h + (L-1) * m * h^2."""
-        first = layers[0]
-        H = X.matmul(x, first.Weff)
-        H += first.b
-        hidden = [expit(H, out=H)]
+        H = X.matmul(x, layers[0].Weff)
+        cpu.bias_sigmoid(H, layers[0].b)
+        hidden = [H]
         for lay in layers[1:-1]:
-            Z = hidden[-1] @ lay.Weff
-            Z += lay.b
-            hidden.append(expit(Z, out=Z))
+            H = hidden[-1] @ lay.Weff
+            cpu.bias_sigmoid(H, lay.b)
+            hidden.append(H)
         return hidden
 
     @staticmethod
@@ -207,10 +208,11 @@ class GLocalKLoss:
         """Back through the hidden layers from dloss/d(last hidden): adds into
         dWeff and db; returns dloss/dX at X's stored entries when asked.
         Cost: 2 nnz(X) * h (3 with dX) + 2 (L-1) * m * h^2."""
+        partial = np.empty((numba.get_num_threads() * 4, dH.shape[1]), dtype=dH.dtype)
         for l in range(len(hidden) - 1, -1, -1):
-            H = hidden[l]
-            dZ = dH * H * (1 - H)
-            db[l] += dZ.sum(axis=0)
+            dZ = np.empty_like(dH)
+            cpu.sigmoid_backward(dH, hidden[l], dZ, partial)
+            db[l] += partial.sum(axis=0)
             if l > 0:
                 dWeff[l] += hidden[l - 1].T @ dZ
                 dH = dZ @ layers[l].Weff.T

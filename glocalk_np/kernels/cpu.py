@@ -122,19 +122,33 @@ def local_kernel(W, U, VT, K, Weff, sq_sums):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def local_kernel_grad(dWeff, W, K, lambda_2, lambda_s, dW, dD):
+def local_kernel_grad(dWeff, W, K, U, VT, lambda_2, lambda_s, dW, dD, dU):
     """Chain rule through Weff = W * K with the layer's regulariser:
-    dW = dWeff * K + lambda_2 W, and dD = dloss/d(|U_i - V_j|^2)
+    dW = dWeff * K + lambda_2 W; dD = dloss/d(|U_i - V_j|^2)
     = -(dWeff * W + lambda_s K) where K > 0, else 0 (TF's max(0, .) sends no
-    gradient through the clipped side). Cost: n_in * n_out * 5."""
+    gradient through the clipped side); and, row by row while dD[i] is in
+    cache, dU_i = 2 (U_i sum_j dD_ij - sum_j dD_ij V_j). dV needs column sums
+    of dD: the caller takes them with BLAS. Cost: n_in * n_out * (5 + 2d)."""
     n_in, n_out = W.shape
+    d = U.shape[1]
+    zero = W.dtype.type(0)
     for i in prange(n_in):
+        row = dD[i]
+        total = zero
         for j in range(n_out):
             k = K[i, j]
             g = dWeff[i, j]
             w = W[i, j]
             dW[i, j] = g * k + lambda_2 * w
-            dD[i, j] = -(g * w + lambda_s * k) if k > 0 else 0
+            v = -(g * w + lambda_s * k) if k > 0 else zero
+            row[j] = v
+            total += v
+        for t in range(d):
+            vt = VT[t]
+            s = zero
+            for j in range(n_out):
+                s += row[j] * vt[j]
+            dU[i, t] = 2 * (U[i, t] * total - s)
 
 
 @njit(parallel=True, cache=True)
@@ -255,3 +269,36 @@ def output_layer(indptr, indices, target, H, WT, b, resid, dH):
             resid[e] += b[indices[e]] - target[e]
         dH[i, :] = 0
         _row_axpy(dH[i], WT, indices, resid, start, end)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def bias_sigmoid(Z, b):
+    """Z = sigmoid(Z + b) in place, row-parallel; for z < 0 it is written
+    exp(z) / (1 + exp(z)) so nothing overflows. Cost: m * h."""
+    one = Z.dtype.type(1)
+    for i in prange(Z.shape[0]):
+        row = Z[i]
+        for k in range(row.size):
+            z = row[k] + b[k]
+            if z >= 0:
+                row[k] = one / (one + np.exp(-z))
+            else:
+                t = np.exp(z)
+                row[k] = t / (one + t)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def sigmoid_backward(dH, H, dZ, row_partial):
+    """dZ = dH * H * (1 - H) (the sigmoid's chain rule) and, per block of
+    rows, the column sums of dZ into row_partial (the caller sums them: the
+    bias gradient). Cost: m * h."""
+    m, h = H.shape
+    blocks = row_partial.shape[0]
+    for blk in prange(blocks):
+        acc = row_partial[blk]
+        acc[:] = 0
+        for i in range(blk * m // blocks, (blk + 1) * m // blocks):
+            for k in range(h):
+                g = dH[i, k] * H[i, k] * (1 - H[i, k])
+                dZ[i, k] = g
+                acc[k] += g
