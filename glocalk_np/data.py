@@ -56,6 +56,9 @@ _SEP_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";",
 _SEP_CANDIDATES = ("::", "\t", ",", ";", None)   # None = runs of whitespace
 _SEP_NAMES = {"::": "'::'", "\t": "tab", ",": "comma", ";": "semicolon", None: "whitespace"}
 _DETECT_LINES = 5
+# (allowed field counts, what they are) of a ratings file and of a pairs file
+_RATING_FIELDS = (range(3, 5), "3 or 4 (user, item, rating[, timestamp])")
+_PAIR_FIELDS = (range(2, 1 << 31), "at least 2 (user, item[, ...])")
 _WORD = re.compile(r"[A-Za-z_][\w .()/-]*")
 
 
@@ -74,15 +77,7 @@ def read_ratings(path, sep=None):
     only runs to name the line of an error once one is found.
     """
     src = str(path)
-    lines = _read_lines(src)
-    keep = np.fromiter(map(bool, map(str.strip, lines)), bool, len(lines))
-    linenos = np.flatnonzero(keep) + 1
-    if linenos.size and linenos[-1] == linenos.size:   # blank lines only at the end
-        lines = lines[:linenos.size]
-    elif not keep.all():
-        lines = [lines[i - 1] for i in linenos]
-    if not lines:
-        raise DataError(f"{src}: no ratings (the file is empty)")
+    lines, linenos = _content_lines(src, "ratings")
     sep = _detect_sep(lines[:_DETECT_LINES]) if sep is None else _parse_sep(src, sep)
     if _is_header(_split_line(lines[0], sep)):
         lines, linenos = lines[1:], linenos[1:]
@@ -93,6 +88,42 @@ def read_ratings(path, sep=None):
     users = _parse_ids(src, tokens[0::k], linenos, "user")
     items = _parse_ids(src, tokens[1::k], linenos, "item")
     return _drop_duplicates(Ratings(users, items, values, src))
+
+
+def read_pairs(path, sep=None):
+    """(users, items) id arrays of a ``user, item[, ...]`` file, in file order,
+    e.g. the pairs to predict; further columns are ignored. Separators and
+    ids are read as by :func:`read_ratings`. A first line is a header if it
+    is one for read_ratings, or if its user and item fields are words while
+    the next line's user or item is a number (string ids without a rating
+    column leave no way to tell a header from data)."""
+    src = str(path)
+    lines, linenos = _content_lines(src, "(user, item) pairs")
+    sep = (_detect_sep(lines[:_DETECT_LINES], _PAIR_FIELDS[0]) if sep is None
+           else _parse_sep(src, sep))
+    first, second = (_split_line(line, sep) for line in (lines + lines)[:2])
+    if _is_header(first) or (_is_header(first[:2] + ["rating"])
+                             and any(map(_is_number, second[:2]))):
+        lines, linenos = lines[1:], linenos[1:]
+        if not lines:
+            raise DataError(f"{src}: no (user, item) pairs (only a header line)")
+    tokens, k = _tokens(src, lines, linenos, sep, _PAIR_FIELDS)
+    return (_parse_ids(src, tokens[0::k], linenos, "user"),
+            _parse_ids(src, tokens[1::k], linenos, "item"))
+
+
+def _content_lines(src, what):
+    """(non-blank lines, their 1-based line numbers); DataError if there are none."""
+    lines = _read_lines(src)
+    keep = np.fromiter(map(bool, map(str.strip, lines)), bool, len(lines))
+    linenos = np.flatnonzero(keep) + 1
+    if linenos.size and linenos[-1] == linenos.size:   # blank lines only at the end
+        lines = lines[:linenos.size]
+    elif not keep.all():
+        lines = [lines[i - 1] for i in linenos]
+    if not lines:
+        raise DataError(f"{src}: no {what} (the file is empty)")
+    return lines, linenos
 
 
 def _read_lines(src):
@@ -122,13 +153,14 @@ def _split_line(line, sep):
     return line.split() if sep is None else line.split(sep)
 
 
-def _detect_sep(sample):
-    """The first candidate that splits every sampled line into the same 3 or 4
-    fields; failing that, the first one present on the first line, so that the
-    column check then names the offending line."""
+def _detect_sep(sample, counts_ok=_RATING_FIELDS[0]):
+    """The first candidate that splits every sampled line into the same number
+    of fields, one of ``counts_ok`` (3 or 4 for ratings); failing that, the
+    first one present on the first line, so that the column check then names
+    the offending line."""
     for sep in _SEP_CANDIDATES:
         counts = {len(_split_line(line, sep)) for line in sample}
-        if len(counts) == 1 and counts <= {3, 4}:
+        if len(counts) == 1 and min(counts) in counts_ok:
             return sep
     return next((s for s in _SEP_CANDIDATES[:-1] if s in sample[0]), None)
 
@@ -150,8 +182,9 @@ def _is_header(fields):
                for f in fields[:3])
 
 
-def _tokens(src, lines, linenos, sep):
-    """All fields as one flat list and the number of fields per line.
+def _tokens(src, lines, linenos, sep, fields=_RATING_FIELDS):
+    """All fields as one flat list and the number of fields per line, which
+    must be the same on every line and one of ``fields`` (counts, description).
 
     The whole body is split at once; the per-line field counts (C-level
     ``map``) guarantee that the flat list lines up k fields per line.
@@ -162,9 +195,9 @@ def _tokens(src, lines, linenos, sep):
         counts = np.fromiter(map(str.count, lines, repeat(sep)), np.intp, len(lines)) + 1
     k = int(counts[0])
     what = f"separated by {_SEP_NAMES.get(sep, repr(sep))}"
-    if k not in (3, 4):
+    if k not in fields[0]:
         raise DataError(f"{src}:{linenos[0]}: found {_n_fields(k)} {what}, "
-                        "expected 3 or 4 (user, item, rating[, timestamp])")
+                        f"expected {fields[1]}")
     bad = np.flatnonzero(counts != k)
     if bad.size:
         i = bad[0]

@@ -1,0 +1,560 @@
+"""The ``glocalk-np`` command line.
+
+Every problem with the input (DataError, ModelFileError, any ValueError of
+the library, a usage error) ends the command with one line ``Error: ...`` on
+stderr and exit status 2; Ctrl-C ends it with status 130. Files are written
+atomically: to a temporary file next to the target, then renamed.
+"""
+import contextlib
+import csv
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import datasets, metrics
+from .data import DataError, DataWarning, random_split, read_any, read_pairs
+from .estimator import GLocalK
+from .gradcheck import TOLERANCE, check_gradients
+from .synthetic import low_rank_ratings
+from .train import PRESETS, SELECTIONS, Config
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+STAGE_LABELS = {"pretrain": "pre-training", "finetune": "fine-tuning"}
+# click >= 8.2 reports a bare group as an error that carries the help text
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Main(click.Group):
+    """The top-level group; its main() turns every failure into one line."""
+
+    def main(self, args=None, prog_name="glocalk-np", **extra):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = _show_warning
+            sys.exit(self._run(args, prog_name, extra))
+
+    def _run(self, args, prog_name, extra):
+        """The exit status of the command."""
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **extra) or 0
+        except _NO_ARGS_IS_HELP as e:
+            e.show()
+        except click.Abort:
+            click.echo("Interrupted", err=True)
+            return EXIT_INTERRUPTED
+        except click.ClickException as e:
+            _error(e.format_message())
+        except ValueError as e:
+            _error(str(e))
+        except OSError as e:
+            _error(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+        return EXIT_ERROR
+
+
+def _error(message):
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Library warnings as one line on stderr."""
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+
+
+# ---------------------------------------------------------------- files
+
+class OutFile(click.Path):
+    """A file to write; its folder must exist and be writable."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        folder = Path(super().convert(value, param, ctx)).resolve().parent
+        if not folder.is_dir():
+            self.fail(f"folder {str(folder)!r} does not exist", param, ctx)
+        if not os.access(folder, os.W_OK):
+            self.fail(f"folder {str(folder)!r} is not writable", param, ctx)
+        return value
+
+
+INPUT = click.Path(exists=True, dir_okay=False)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path next to ``path`` (same suffix), renamed over ``path``
+    when the block succeeds and removed when it fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def output(path):
+    """A text stream: the file ``path`` (written atomically), or stdout if None."""
+    if path is None:
+        yield click.get_text_stream("stdout")
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        yield f
+
+
+def jsonable(value):
+    """``value`` with NumPy scalars as Python numbers and nan/inf as None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path, value):
+    """``value`` as JSON to ``path`` (atomically) or stdout."""
+    with output(path) as f:
+        json.dump(jsonable(value), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+def write_csv(path, header, columns):
+    """Rows of parallel ``columns`` as CSV to ``path`` (atomically) or stdout."""
+    with output(path) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(zip(*(np.asarray(c).tolist() for c in columns)))
+
+
+def read_test(path, sep):
+    """The ratings of a text file, or the test part of a .mat file."""
+    ratings, mat_test = read_any(path, sep)
+    return ratings if mat_test is None else mat_test
+
+
+# ---------------------------------------------------------------- shared options
+
+def options(*decorators):
+    """One decorator applying several click options, first listed first shown."""
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+    return apply
+
+
+def _set_threads(ctx, param, value):
+    if value is not None:
+        import numba
+        limit = numba.config.NUMBA_NUM_THREADS
+        if value > limit:
+            raise click.BadParameter(f"{value} is more than the {limit} threads Numba "
+                                     "started with (NUMBA_NUM_THREADS)", ctx, param)
+        numba.set_num_threads(value)
+    return value
+
+
+def _hyper(flag, name, kind, text):
+    """A hyper-parameter option whose help names the Config default."""
+    return click.option(flag, name, type=kind, default=None,
+                        help=f"{text} [default: {getattr(Config, name)}, or the preset's]")
+
+
+SEP = click.option("--sep", help="Field separator of text files: ',', tab, '::', ';' or "
+                                 "whitespace [default: detected].")
+SEED = click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+                    help="Seed of the initialisation and of random splits.")
+THREADS = click.option("--threads", type=click.IntRange(1), callback=_set_threads,
+                       expose_value=False, help="Number of Numba threads [default: all].")
+QUIET = click.option("--quiet", is_flag=True,
+                     help="No progress bars or per-epoch lines; only the summary.")
+HYPER = options(
+    click.option("--preset", type=click.Choice(sorted(PRESETS)),
+                 help="The official hyper-parameters of a paper dataset; the options "
+                      "below override them."),
+    _hyper("--hidden", "n_hidden", click.IntRange(1), "Width of the hidden layers."),
+    _hyper("--layers", "n_layers", click.IntRange(1), "Number of hidden layers."),
+    _hyper("--kernel-dim", "kernel_dim", click.IntRange(1), "Dimension of the local kernel."),
+    _hyper("--gk-size", "gk_size", click.IntRange(1), "Side of the global kernel (odd)."),
+    _hyper("--lambda-2", "lambda_2", click.FloatRange(0), "L2 penalty of the weights."),
+    _hyper("--lambda-s", "lambda_s", click.FloatRange(0), "Penalty of the local kernels."),
+    _hyper("--dot-scale", "dot_scale", click.FloatRange(0), "Scale of the global kernel."),
+    _hyper("--epochs-pretrain", "epochs_pretrain", click.IntRange(0), "Pre-training epochs."),
+    _hyper("--epochs-finetune", "epochs_finetune", click.IntRange(0), "Fine-tuning epochs."),
+    _hyper("--iters-pretrain", "iters_pretrain", click.IntRange(1),
+           "L-BFGS-B iterations per pre-training epoch."),
+    _hyper("--iters-finetune", "iters_finetune", click.IntRange(1),
+           "L-BFGS-B iterations per fine-tuning epoch."),
+    _hyper("--dtype", "dtype", click.Choice(["float32", "float64"]),
+           "Compute precision of the network."),
+)
+
+
+# ---------------------------------------------------------------- training output
+
+def _scores(by_set, keys=("rmse", "mae")):
+    """'val RMSE .. MAE ..  test RMSE .. MAE ..' for the held-out sets present."""
+    return "  ".join(f"{name} " + " ".join(f"{k.upper()} {by_set[name][k]:.4f}" for k in keys)
+                     for name in ("val", "test") if name in by_set)
+
+
+class Progress:
+    """The fit callback: a click progress bar per stage on stderr and one
+    line per epoch on stdout, or nothing when quiet."""
+
+    def __init__(self, config, quiet):
+        self.totals = {"pretrain": config.epochs_pretrain, "finetune": config.epochs_finetune}
+        self.quiet = quiet
+        self.last = None        # the last completed epoch's record
+        self._stage = self.bar = None
+        self._bars = contextlib.ExitStack()
+
+    def __call__(self, record, state):
+        self.last = record
+        if self.quiet:
+            return
+        if record.stage != self._stage:
+            self.open(record.stage)
+        if sys.stderr.isatty():     # erase the bar; the update below redraws it
+            click.echo("\r\033[K", nl=False, err=True)
+        click.echo(f"{record.stage:<8} {record.epoch:>3}/{self.totals[record.stage]:<3}  "
+                   f"train RMSE {record.train_rmse:.4f}  {_scores(record.metrics)}  "
+                   f"{record.seconds:.1f}s")
+        self.bar.update(record.epoch - self.bar.pos)
+        if record.stage == "pretrain" and record.epoch == self.totals["pretrain"]:
+            self.open("finetune")
+
+    def open(self, stage):
+        """Close the current bar and start ``stage``'s (if it has epochs)."""
+        self.close()
+        self._stage = stage
+        if not self.quiet and self.totals[stage]:
+            self.bar = self._bars.enter_context(click.progressbar(
+                length=self.totals[stage], label=STAGE_LABELS[stage], file=sys.stderr))
+
+    def close(self):
+        self._bars.close()
+
+
+def train_model(est, train, *, test=None, val=None, select, quiet, index=None,
+                checkpoint_dir=None, resume=False):
+    """Fit ``est`` with progress output; Ctrl-C exits with status 130."""
+    progress = Progress(est.config, quiet)
+    progress.open("pretrain" if est.config.epochs_pretrain else "finetune")
+    try:
+        est.fit(train, test=test, val=val, select=select, callback=progress,
+                checkpoint_dir=checkpoint_dir, resume=resume, index=index)
+    except KeyboardInterrupt:
+        progress.close()
+        saved = checkpoint_dir is not None and progress.last is not None
+        click.echo("Interrupted: " + (f"last completed epoch saved in {checkpoint_dir}"
+                                      if saved else "nothing saved"), err=True)
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    progress.close()
+
+
+def echo_summary(est):
+    """The chosen epoch, its held-out scores and what was dropped."""
+    s = est.summary_
+    if est.stage_ == "finetune":
+        click.echo(f"best epoch: fine-tuning epoch {s['best_epoch']} (select: {s['select']})")
+    else:
+        click.echo(f"model: the pre-trained network after {est.config.epochs_pretrain} "
+                   "epochs (no fine-tuning)")
+    for name in ("val", "test"):
+        if name in s:
+            click.echo("  " + _scores({name: s[name]}, ("rmse", "mae", "ndcg")))
+    for name, n in est.dropped_.items():
+        if n:
+            click.echo(f"  {name}: {n} ratings dropped (user or item unseen in training)")
+
+
+# ---------------------------------------------------------------- commands
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """GLocal-K matrix completion (Han et al., CIKM 2021)."""
+
+
+def _training_data(ratings, sep, test_path, test_frac, val_frac, seed):
+    """(train, test, val, index, preset) from fit's arguments; ``preset`` is
+    the dataset name when RATINGS names a downloaded benchmark."""
+    if os.path.exists(ratings):
+        (train, test), index, preset = read_any(ratings, sep), None, None
+    elif ratings in datasets.SOURCES:
+        (train, test, index), preset = datasets.load(ratings), ratings
+    else:
+        raise DataError(f"{ratings}: no such file, nor a dataset name; "
+                        f"`glocalk-np datasets download {'|'.join(datasets.SOURCES)}` "
+                        "fetches a benchmark")
+    if test is not None and (test_path or test_frac):
+        raise click.UsageError(f"{ratings} has its own test set: drop --test/--test-frac")
+    if test_path:
+        test = read_test(test_path, sep)
+    elif test_frac:
+        train, test = random_split(train, test_frac, seed)
+    val = None
+    if val_frac:
+        train, val = random_split(train, val_frac, seed + 1)
+    return train, test, val, index, preset
+
+
+FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
+
+
+@cli.command()
+@click.argument("ratings")
+@click.option("--test", "test_path", type=INPUT, help="Test ratings file.")
+@click.option("--test-frac", type=FRACTION, help="Hold out this fraction of RATINGS as test set.")
+@click.option("--val-frac", type=FRACTION,
+              help="Carve this fraction out of the training set to pick the epoch honestly.")
+@click.option("--select", type=click.Choice(SELECTIONS),
+              help="Which fine-tuning epoch to keep: best val RMSE, best test RMSE (the "
+                   "paper's protocol) or the last [default: val with --val-frac, else test "
+                   "with a test set, else last].")
+@HYPER
+@SEED
+@THREADS
+@SEP
+@click.option("--out", type=OutFile(), default="model.npz", show_default=True,
+              help="Model file to write.")
+@click.option("--metrics-json", type=OutFile(),
+              help="Write config, summary, per-epoch history, dropped counts and seconds here.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False),
+              help="Save a checkpoint after every epoch in this folder.")
+@click.option("--resume", is_flag=True, help="Go on from the checkpoint in --checkpoint-dir.")
+@QUIET
+def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out, metrics_json,
+        checkpoint_dir, resume, quiet, **hyper):
+    """Train GLocal-K on RATINGS and save the model.
+
+    RATINGS is a ratings file (user, item, rating[, timestamp]; delimited text
+    or Monti et al.'s .mat with its own train/test split), or ml-100k / ml-1m
+    once fetched by `glocalk-np datasets download` (the paper's split and
+    hyper-parameters). Datasets are looked up in $GLOCALK_NP_DATA, else
+    ~/.cache/glocalk-np.
+    """
+    if test_path and test_frac:
+        raise click.UsageError("give --test or --test-frac, not both")
+    if resume and not checkpoint_dir:
+        raise click.UsageError("--resume needs --checkpoint-dir")
+    tic = time.perf_counter()
+    train, test, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
+                                                      val_frac, seed)
+    held_out = {"test": test, "val": val}
+    select = select or next((k for k in ("val", "test") if held_out[k] is not None), "last")
+    if select != "last" and held_out[select] is None:
+        raise click.UsageError(f"--select {select} needs a {select} set "
+                               f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
+    est = GLocalK(preset=preset or dataset, seed=seed, **hyper)
+    train_model(est, train, test=test, val=val, select=select, quiet=quiet, index=index,
+                checkpoint_dir=checkpoint_dir, resume=resume)
+    est.save(out)
+    echo_summary(est)
+    click.echo(f"model saved to {out}")
+    if metrics_json:
+        write_json(metrics_json, {"config": est.config.as_dict(), "summary": est.summary_,
+                                  "history": [asdict(r) for r in est.history_],
+                                  "dropped": est.dropped_,
+                                  "seconds": time.perf_counter() - tic})
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
+@click.argument("test", type=INPUT)
+@SEP
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate(model, test, sep, as_json):
+    """RMSE, MAE and NDCG of MODEL on the ratings in TEST.
+
+    Ratings of users or items unseen in training are dropped and counted.
+    """
+    result = GLocalK.load(model).evaluate(read_test(test, sep))
+    if as_json:
+        write_json(None, result)
+        return
+    for key in ("rmse", "mae", "ndcg"):
+        click.echo(f"{key.upper():<8} {result[key]:.4f}")
+    click.echo(f"{'scored':<8} {result['n']}")
+    click.echo(f"{'dropped':<8} {result['dropped']} (user or item unseen in training)")
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
+@click.argument("pairs", type=INPUT, required=False)
+@click.option("--all", "all_pairs", is_flag=True, help="Every known user x item pair.")
+@click.option("--out", type=OutFile(),
+              help="Output file [default: stdout]. With --all, NAME.npy gets the dense "
+                   "items x users matrix, and NAME.users.txt / NAME.items.txt its ids.")
+@SEP
+def predict(model, pairs, all_pairs, out, sep):
+    """Predicted ratings for user, item pairs, as CSV.
+
+    Writes user,item,prediction,fallback for each line of PAIRS (further
+    columns are ignored). The fallback says where
+    the network could not be used: item_mean for a user without training
+    ratings, global_mean for such an item."""
+    if (pairs is None) == (not all_pairs):
+        raise click.UsageError("give PAIRS or --all (exactly one)")
+    est = GLocalK.load(model)
+    if pairs is not None:
+        users, items = read_pairs(pairs, sep)
+        pred, fallback = est.predict(users, items)
+        write_csv(out, ("user", "item", "prediction", "fallback"),
+                  (users, items, pred.round(6), fallback))
+        return
+    matrix = est.predict_all()
+    users, items = est.index_.users, est.index_.items
+    if out is not None and out.endswith(".npy"):
+        stem = Path(out).with_suffix("")
+        with atomic_path(out) as tmp:
+            np.save(tmp, matrix)
+        for ids, kind in ((users, "users"), (items, "items")):
+            with output(f"{stem}.{kind}.txt") as f:
+                f.writelines(f"{i}\n" for i in ids.tolist())
+        return
+    write_csv(out, ("user", "item", "prediction"),
+              (np.repeat(users, items.size), np.tile(items, users.size),
+               matrix.T.ravel().round(6)))
+
+
+def _parse_id(text, ids):
+    """``text`` as an id of the kind of ``ids`` (int when they are)."""
+    if ids.dtype.kind in "iu":
+        with contextlib.suppress(ValueError):
+            return int(text)
+    return text
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
+@click.option("--user", required=True, help="The user's id.")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True,
+              help="Number of items.")
+@click.option("--include-seen", is_flag=True, help="Also list the items the user rated.")
+def recommend(model, user, top, include_seen):
+    """The items with the highest predicted ratings for a user."""
+    est = GLocalK.load(model)
+    ranked, warning = est.recommend(_parse_id(user, est.index_.users), top, include_seen)
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
+    _echo_ranking(ranked)
+
+
+def _echo_ranking(ranked):
+    click.echo("rank  item        predicted")
+    for rank, (item, score) in enumerate(ranked, 1):
+        click.echo(f"{rank:>4}  {item!s:<10}  {score:.3f}")
+
+
+@cli.command()
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the random problem.")
+@click.pass_context
+def gradcheck(ctx, seed):
+    """Check both stages' gradients by finite differences.
+
+    Central differences in float64 on a small random problem; exit status 1
+    if the worst relative error of a stage is above 1e-6."""
+    worst = check_gradients(seed)
+    for stage, err in worst.items():
+        click.echo(f"{stage:<8} worst relative error {err:.2e}  "
+                   f"{'ok' if err <= TOLERANCE else 'FAILED'}")
+    if max(worst.values()) > TOLERANCE:
+        ctx.exit(1)
+
+
+# The demo's problem and schedule (--quick: for tests). lambda_2 is below
+# the ML-100K value because the penalty is a sum over a smaller network.
+DEMO = {
+    "full": dict(data=dict(n_users=600, n_items=400, density=0.1, rank=4),
+                 hyper=dict(n_hidden=100, lambda_2=5.0, epochs_pretrain=10,
+                            iters_pretrain=10, epochs_finetune=5, iters_finetune=5)),
+    "quick": dict(data=dict(n_users=150, n_items=100, density=0.15, rank=3),
+                  hyper=dict(n_hidden=20, lambda_2=5.0, epochs_pretrain=2, iters_pretrain=5,
+                             epochs_finetune=2, iters_finetune=3)),
+}
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="A smaller problem and schedule (seconds).")
+@click.option("--out", type=OutFile(), help="Also save the model here.")
+@SEED
+@THREADS
+@QUIET
+def demo(quick, out, seed, quiet):
+    """Fit a synthetic low-rank matrix; compare with baselines.
+
+    The ratings (integer stars from a low-rank model plus noise) are split
+    90/10 into train and test, with 10% of train held out to pick the epoch.
+    """
+    setup = DEMO["quick" if quick else "full"]
+    ratings = low_rank_ratings(**setup["data"], seed=seed)
+    train, test = random_split(ratings, 0.1, seed)
+    train, val = random_split(train, 0.1, seed + 1)
+    click.echo(f"synthetic ratings: {len(ratings)} by {setup['data']['n_users']} users of "
+               f"{setup['data']['n_items']} items; {len(train)} train, {len(val)} val, "
+               f"{len(test)} test")
+    est = GLocalK(seed=seed, **setup["hyper"])
+    train_model(est, train, test=test, val=val, select="val", quiet=quiet)
+    echo_summary(est)
+    rows, _, known = est.index_.lookup(test)
+    truth = test.values[known]
+    result = est.evaluate(test)
+    table = {"global mean": np.full(truth.size, est.global_mean_),
+             "item mean": est.item_means_[rows[known]]}
+    click.echo("\nmethod        test RMSE  test MAE")
+    for method, pred in table.items():
+        click.echo(f"{method:<12}  {metrics.rmse(pred, truth):9.4f}  {metrics.mae(pred, truth):8.4f}")
+    click.echo(f"{'GLocal-K':<12}  {result['rmse']:9.4f}  {result['mae']:8.4f}")
+    user = test.users[0]
+    click.echo(f"\ntop 5 items for user {user}:")
+    _echo_ranking(est.recommend(user, top=5)[0])
+    if out:
+        est.save(out)
+        click.echo(f"model saved to {out}")
+
+
+@cli.group("datasets")
+def datasets_cmd():
+    """The paper's MovieLens benchmarks: download, then `fit NAME`."""
+
+
+@datasets_cmd.command()
+@click.argument("name", type=click.Choice(list(datasets.SOURCES)))
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Cache folder [default: $GLOCALK_NP_DATA, else ~/.cache/glocalk-np]; "
+                   "fit looks in the default one.")
+def download(name, directory):
+    """Fetch a GroupLens zip, verify its sha256, unpack it."""
+    found = datasets.locate(name, directory)
+    if found is None:
+        click.echo(f"downloading {datasets.SOURCES[name][0]}", err=True)
+        found = datasets.download(name, directory)
+        click.echo(f"{name}: checksum verified, unpacked in {found}")
+    else:
+        click.echo(f"{name}: already downloaded in {found}")
+
+
+def main():
+    """Console entry point."""
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""The command line: every command through click's CliRunner, a few as real
+processes, and every kind of bad input as one `Error:` line with status 2."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from glocalk_np import gradcheck
+from glocalk_np import train as training
+from glocalk_np.cli import cli
+from glocalk_np.data import read_pairs, read_ratings
+from glocalk_np.estimator import GLocalK
+from glocalk_np.gradcheck import random_problem
+from glocalk_np.model import GLocalKLoss
+from glocalk_np.synthetic import low_rank_ratings
+
+TINY = ["--hidden", "8", "--kernel-dim", "3", "--epochs-pretrain", "1", "--epochs-finetune", "2",
+        "--iters-pretrain", "2", "--iters-finetune", "2"]
+
+
+def run(*args, code=0):
+    """CliRunner result of ``glocalk-np args``, checked for status and no traceback."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    return result
+
+
+def fails(*args):
+    """The single stderr line of a command that must fail with status 2."""
+    result = run(*args, code=2)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+def write_ratings(path, ratings):
+    path.write_text("".join(f"{u},{i},{r:g}\n" for u, i, r in
+                            zip(ratings.users, ratings.items, ratings.values)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A ratings file (40 users x 30 items), a test file with some unseen
+    users/items, and a model fitted on the first with the tiny schedule."""
+    d = tmp_path_factory.mktemp("cli")
+    train = write_ratings(d / "train.csv", low_rank_ratings(40, 30, 0.4, 2, seed=1))
+    test = d / "test.csv"
+    test.write_text("1,1,4\n1,3,2\n2,5,5\n2,2,1\n999,1,3\n1,999,2\n")
+    model = d / "model.npz"
+    run("fit", train, *TINY, "--out", model, "--quiet")
+    return {"dir": d, "train": train, "test": test, "model": model}
+
+
+# ---------------------------------------------------------------- fit
+
+def test_fit_prints_epochs_and_summary_and_writes_model_and_metrics(tmp_path, files):
+    model, report = tmp_path / "m.npz", tmp_path / "m.json"
+    result = run("fit", files["train"], *TINY, "--test-frac", "0.2", "--val-frac", "0.2",
+                 "--out", model, "--metrics-json", report)
+    out = result.stdout
+    for line in ("pretrain   1/1 ", "finetune   1/2 ", "finetune   2/2 "):
+        assert line in out
+    assert "train RMSE" in out and "val RMSE" in out and "test RMSE" in out
+    assert "(select: val)" in out and "NDCG" in out and f"model saved to {model}" in out
+    assert "pre-training" in result.stderr and "fine-tuning" in result.stderr   # bar labels
+    est = GLocalK.load(model)
+    assert est.config.n_hidden == 8 and est.config.kernel_dim == 3
+    data = json.loads(report.read_text())
+    assert set(data) == {"config", "summary", "history", "dropped", "seconds"}
+    assert [(h["stage"], h["epoch"]) for h in data["history"]] == \
+        [("pretrain", 1), ("finetune", 1), ("finetune", 2)]
+    assert data["summary"]["select"] == "val" and set(data["dropped"]) == {"test", "val"}
+    assert data["summary"]["best_epoch"] == est.best_epoch_
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temp files left
+
+
+@pytest.mark.parametrize("extra, select", [
+    ([], "last"),
+    (["--test-frac", "0.2"], "test"),
+    (["--test-frac", "0.2", "--val-frac", "0.2"], "val"),
+    (["--test-frac", "0.2", "--select", "last"], "last"),
+])
+def test_fit_default_selection(tmp_path, files, extra, select):
+    report = tmp_path / "m.json"
+    run("fit", files["train"], *TINY, *extra, "--out", tmp_path / "m.npz",
+        "--metrics-json", report, "--quiet")
+    assert json.loads(report.read_text())["summary"]["select"] == select
+
+
+def test_quiet_leaves_only_the_summary(tmp_path, files):
+    result = run("fit", files["train"], *TINY, "--out", tmp_path / "m.npz", "--quiet")
+    assert "pretrain " not in result.stdout and "best epoch" in result.stdout
+    assert result.stderr == ""
+
+
+def test_preset_with_overrides_dtype_and_threads(tmp_path, files):
+    model = tmp_path / "m.npz"
+    try:
+        run("fit", files["train"], "--preset", "ml-1m", *TINY, "--lambda-s", "0.5",
+            "--dtype", "float64", "--seed", "3", "--threads", "1", "--out", model, "--quiet")
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    config = GLocalK.load(model).config
+    assert (config.lambda_2, config.dot_scale) == (70.0, 0.5)           # from the preset
+    assert (config.lambda_s, config.epochs_finetune) == (0.5, 2)        # overridden
+    assert (config.dtype, config.seed) == ("float64", 3)
+
+
+def test_explicit_separator(tmp_path, files):
+    piped = tmp_path / "piped.txt"
+    piped.write_text(files["train"].read_text().replace(",", "|"))
+    assert "found 1 field" in fails("fit", piped, *TINY)
+    run("fit", piped, *TINY, "--sep", "|", "--out", tmp_path / "m.npz", "--quiet")
+
+
+def test_explicit_test_file_with_unseen_users_reports_dropped(tmp_path, files):
+    result = run("fit", files["train"], *TINY, "--test", files["test"],
+                 "--out", tmp_path / "m.npz", "--quiet")
+    assert "test: 2 ratings dropped (user or item unseen in training)" in result.stdout
+
+
+def test_mat_file_brings_its_own_test_set(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(0)
+    M = rng.integers(1, 6, (12, 10)).astype(float)
+    test_mask = (rng.random(M.shape) < 0.2).astype(float)
+    path = tmp_path / "monti.mat"
+    with h5py.File(path, "w") as f:    # HDF5 holds MATLAB's arrays transposed
+        for name, a in (("M", M), ("Otraining", 1 - test_mask), ("Otest", test_mask)):
+            f[name] = a.T
+    report = tmp_path / "m.json"
+    run("fit", path, *TINY, "--out", tmp_path / "m.npz", "--metrics-json", report, "--quiet")
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["select"] == "test" and "test" in summary
+    assert "has its own test set" in fails("fit", path, *TINY, "--test-frac", "0.1")
+
+
+def test_ctrl_c_saves_the_last_epoch_and_resume_finishes(tmp_path, files, monkeypatch):
+    real = training.minimize_epoch
+    calls = []
+
+    def interrupt_second_epoch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(training, "minimize_epoch", interrupt_second_epoch)
+    ckpt, model = tmp_path / "ckpt", tmp_path / "m.npz"
+    args = ["fit", files["train"], *TINY, "--checkpoint-dir", ckpt, "--out", model]
+    result = run(*args, code=130)
+    assert result.stderr.splitlines()[-1] == f"Interrupted: last completed epoch saved in {ckpt}"
+    assert (ckpt / "checkpoint.npz").exists() and not model.exists()
+    result = run(*args, "--resume", "--quiet")
+    assert len(GLocalK.load(model).history_) == 3 and len(calls) == 4   # 1 epoch reused
+
+
+# ---------------------------------------------------------------- evaluate
+
+def test_evaluate_text_and_json(files):
+    expected = GLocalK.load(files["model"]).evaluate(read_ratings(files["test"]))
+    text = run("evaluate", files["model"], files["test"]).stdout
+    assert f"RMSE     {expected['rmse']:.4f}" in text and f"MAE      {expected['mae']:.4f}" in text
+    assert "NDCG" in text and "scored   4" in text and "dropped  2" in text
+    data = json.loads(run("evaluate", files["model"], files["test"], "--json").stdout)
+    assert data == pytest.approx(expected) and data["dropped"] == 2
+
+
+# ---------------------------------------------------------------- predict
+
+def test_predict_pairs_with_fallbacks(tmp_path, files):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("user\titem\tcomment\n1\t1\tx\n999\t1\ty\n1\t999\tz\n")
+    out = tmp_path / "pred.csv"
+    run("predict", files["model"], pairs, "--out", out)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "user,item,prediction,fallback"
+    rows = [line.split(",") for line in lines[1:]]
+    assert [r[:2] for r in rows] == [["1", "1"], ["999", "1"], ["1", "999"]]
+    assert [r[3] for r in rows] == ["", "item_mean", "global_mean"]
+    pred, _ = GLocalK.load(files["model"]).predict(np.array([1, 999, 1]), np.array([1, 1, 999]))
+    np.testing.assert_allclose([float(r[2]) for r in rows], pred, atol=1e-6)
+    assert run("predict", files["model"], pairs).stdout == out.read_text()   # stdout by default
+
+
+@pytest.mark.parametrize("text, users, items", [
+    ("user,item\n1,10\n2,20\n", [1, 2], [10, 20]),
+    ("1 10 5 881250949\n2 20 4 881250950\n", [1, 2], [10, 20]),
+    ("alice;m1\nbob;m2\n", ["alice", "bob"], ["m1", "m2"]),
+])
+def test_read_pairs_headers_separators_and_id_kinds(tmp_path, text, users, items):
+    path = tmp_path / "pairs.txt"
+    path.write_text(text)
+    got = read_pairs(path)
+    assert [a.tolist() for a in got] == [users, items]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", ": no (user, item) pairs (the file is empty)"),
+    ("1,10\n2\n", ":2: found 1 field separated by comma, expected 2 as on line 1"),
+    ("1\n", ":1: found 1 field separated by whitespace, expected at least 2 (user, item[, ...])"),
+])
+def test_bad_pairs_file(tmp_path, files, text, problem):
+    path = tmp_path / "pairs.txt"
+    path.write_text(text)
+    assert fails("predict", files["model"], path) == f"Error: {path}{problem}"
+
+
+def test_predict_all_as_long_csv_and_as_npy(tmp_path, files):
+    est = GLocalK.load(files["model"])
+    n_users, n_items = est.index_.n_users, est.index_.n_items
+    out = run("predict", files["model"], "--all").stdout.splitlines()
+    assert out[0] == "user,item,prediction" and len(out) == 1 + n_users * n_items
+    u, i, p = out[1 + n_items].split(",")          # second user's first item
+    assert (int(u), int(i)) == (est.index_.users[1], est.index_.items[0])
+    assert float(p) == pytest.approx(est.predict_all()[0, 1], abs=1e-6)
+    run("predict", files["model"], "--all", "--out", tmp_path / "all.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "all.npy"), est.predict_all())
+    assert (tmp_path / "all.users.txt").read_text().split() == [str(x) for x in est.index_.users]
+    assert (tmp_path / "all.items.txt").read_text().split() == [str(x) for x in est.index_.items]
+
+
+def test_predict_needs_pairs_or_all(files):
+    assert fails("predict", files["model"]) == "Error: give PAIRS or --all (exactly one)"
+    assert "exactly one" in fails("predict", files["model"], files["test"], "--all")
+
+
+# ---------------------------------------------------------------- recommend
+
+def test_recommend_known_user(files):
+    est = GLocalK.load(files["model"])
+    out = run("recommend", files["model"], "--user", "1", "--top", "3").stdout.splitlines()
+    assert out[0].split() == ["rank", "item", "predicted"] and len(out) == 4
+    items = [int(line.split()[1]) for line in out[1:]]
+    assert items == [item for item, _ in est.recommend(1, top=3)[0]]
+    train = read_ratings(files["train"])
+    assert not set(train.items[train.users == 1]) & set(items)
+    everything = run("recommend", files["model"], "--user", "1", "--top", "30", "--include-seen")
+    assert len(everything.stdout.splitlines()) == 31
+
+
+def test_recommend_unknown_user_warns_and_ranks_by_item_mean(files):
+    est = GLocalK.load(files["model"])
+    result = run("recommend", files["model"], "--user", "nobody", "--top", "1")
+    assert result.stderr.startswith("Warning: user 'nobody' has no training ratings")
+    best = est.index_.items[np.argmax(est.item_means_)]
+    assert result.stdout.splitlines()[1].split()[1] == str(best)
+
+
+# ---------------------------------------------------------------- gradcheck, demo
+
+def test_gradcheck_passes_and_catches_a_wrong_gradient(monkeypatch):
+    _, params = random_problem(0)
+    K = np.maximum(0, 1 - ((params["U1"][:, None] - params["V1"][None]) ** 2).sum(axis=2))
+    assert (K == 0).any() and (K > 0).any()        # both branches of the kernel are checked
+    out = run("gradcheck").stdout.splitlines()
+    assert [line.split()[0] for line in out] == ["pretrain", "finetune"]
+    assert all(line.endswith("ok") for line in out)
+
+    class OffByAThousandth(GLocalKLoss):
+        def __call__(self, stage, params):
+            loss, grads = super().__call__(stage, params)
+            grads["b0"] = grads["b0"] * 1.001
+            return loss, grads
+
+    monkeypatch.setattr(gradcheck, "GLocalKLoss", OffByAThousandth)
+    out = run("gradcheck", code=1).stdout.splitlines()
+    assert len(out) == 2
+    assert all(line.endswith("FAILED") and 1e-4 < float(line.split()[4]) < 1e-2 for line in out)
+
+
+def test_demo_quick_prints_the_baseline_table(tmp_path):
+    result = run("demo", "--quick", "--quiet", "--out", tmp_path / "demo.npz")
+    out = result.stdout
+    table = {line[:12].strip(): line[12:].split() for line in out.splitlines()
+             if line.startswith(("global mean", "item mean", "GLocal-K"))}
+    assert set(table) == {"global mean", "item mean", "GLocal-K"}
+    assert all(len(v) == 2 and all(float(x) > 0 for x in v) for v in table.values())
+    assert "top 5 items for user" in out and (tmp_path / "demo.npz").exists()
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "train.csv: no ratings (the file is empty)"),
+    ("1,2,3\n1,2\n", "train.csv:2: found 2 fields separated by comma, expected 3"),
+    ("1,2,3\n2,2,good\n", "train.csv:2: rating 'good' is not a number"),
+    ("1,2,3\n2,2,nan\n", "train.csv:2: rating 'nan' is not a finite number"),
+    ("1,2,3\n2,2,inf\n", "train.csv:2: rating 'inf' is not a finite number"),
+    ("1,2,3\n2,2,0\n", "train.csv:2: rating '0' is not > 0"),
+    ("1,2,3\n2,2,-1\n", "train.csv:2: rating '-1' is not > 0"),
+])
+def test_bad_ratings_file_is_one_line_naming_file_and_line(tmp_path, files, text, problem):
+    path = tmp_path / "train.csv"
+    path.write_text(text)
+    assert fails("fit", path, *TINY).startswith(f"Error: {tmp_path}/{problem}")
+    assert fails("evaluate", files["model"], path).startswith(f"Error: {tmp_path}/{problem}")
+
+
+def test_bad_test_file_is_reported_before_training(tmp_path, files):
+    path = tmp_path / "test.csv"
+    path.write_text("1,1,4\n2,2,x\n")
+    assert fails("fit", files["train"], *TINY, "--test", path) == \
+        f"Error: {path}:2: rating 'x' is not a number"
+
+
+def test_duplicates_warn_on_one_line_and_count(tmp_path):
+    path = write_ratings(tmp_path / "r.csv", low_rank_ratings(20, 10, 0.5, 2, seed=0))
+    with path.open("a") as f:
+        f.write("1,1,2\n1,1,3\n2,2,5\n2,2,4\n")
+    result = run("fit", path, *TINY, "--out", tmp_path / "m.npz", "--quiet")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert warnings == [f"Warning: {path}: 2 duplicate (user, item) pairs; kept the last of each"]
+
+
+def test_test_set_of_only_unseen_users_is_an_error(tmp_path, files):
+    path = tmp_path / "unseen.csv"
+    path.write_text("1000,1,4\n1001,2,3\n")
+    msg = fails("evaluate", files["model"], path)
+    assert msg == f"Error: {path}: none of the 2 ratings has a user and an item seen in training"
+
+
+@pytest.mark.parametrize("frac_option", ["--test-frac", "--val-frac"])
+def test_split_leaving_an_empty_training_set(tmp_path, frac_option):
+    path = tmp_path / "two.csv"
+    path.write_text("1,1,4\n2,2,3\n")
+    msg = fails("fit", path, *TINY, frac_option, "0.9")
+    assert msg.startswith(f"Error: {path}: cannot hold out frac=0.9 of 2 ratings")
+    assert "would be empty" in msg
+
+
+def test_missing_unreadable_and_unknown_paths(tmp_path, files):
+    missing = tmp_path / "nope.csv"
+    msg = fails("fit", missing, *TINY)
+    assert msg.startswith(f"Error: {missing}: no such file, nor a dataset name")
+    assert "glocalk-np datasets download" in msg
+    assert fails("fit", tmp_path, *TINY) == f"Error: {tmp_path}: cannot read: Is a directory"
+    assert "does not exist" in fails("evaluate", missing, files["test"])
+    assert "is a directory" in fails("fit", files["train"], "--test", tmp_path)
+    assert f"folder '{tmp_path / 'no'}' does not exist" in \
+        fails("fit", files["train"], *TINY, "--out", tmp_path / "no" / "m.npz")
+
+
+def test_corrupt_and_truncated_model_files(tmp_path, files):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a model at all")
+    assert fails("evaluate", garbage, files["test"]) == \
+        f"Error: {garbage}: not a glocalk-np file (not an npz archive)"
+    cut = tmp_path / "cut.npz"
+    data = files["model"].read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    assert fails("recommend", cut, "--user", "1").startswith(f"Error: {cut}: corrupt or truncated")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--test", "TEST", "--test-frac", "0.1"], "give --test or --test-frac, not both"),
+    (["--resume"], "--resume needs --checkpoint-dir"),
+    (["--select", "val"], "--select val needs a val set (--val-frac)"),
+    (["--select", "test"], "--select test needs a test set (--test or --test-frac)"),
+    (["--threads", "100000"], "Invalid value for '--threads': 100000 is more than the"),
+    (["--test-frac", "1.5"], "Invalid value for '--test-frac'"),
+    (["--hidden", "0"], "Invalid value for '--hidden'"),
+    (["--preset", "netflix"], "Invalid value for '--preset'"),
+    (["--gk-size", "2"], "gk_size must be odd, got 2"),
+    (["--no-such-option"], "No such option"),
+])
+def test_usage_errors_are_one_line(files, args, message):
+    args = [files["test"] if a == "TEST" else a for a in args]
+    assert message in fails("fit", files["train"], *TINY, *args)
+
+
+# ---------------------------------------------------------------- real processes
+
+def glocalk(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "glocalk_np.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_subprocess_fit_evaluate_and_error(tmp_path, files):
+    model = tmp_path / "m.npz"
+    done = glocalk("fit", files["train"], *TINY, "--out", model)
+    assert done.returncode == 0 and "finetune   2/2" in done.stdout and model.exists()
+    done = glocalk("evaluate", model, files["test"], "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["dropped"] == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,1,4\n1,2,-3\n")
+    done = glocalk("fit", bad)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"Error: {bad}:2: rating '-3' is not > 0; ratings must "
+                                        "be > 0 because the model reads 0 as a missing rating: "
+                                        "shift the scale (e.g. add 1 to every rating) before "
+                                        "training"]
+
+
+def test_subprocess_usage_error_and_help(tmp_path, files):
+    done = glocalk("recommend", files["model"])
+    assert done.returncode == 2 and done.stderr == "Error: Missing option '--user'.\n"
+    done = glocalk("--help")
+    assert done.returncode == 0 and "fit" in done.stdout and "datasets" in done.stdout
+
+
+def test_subprocess_sigint_during_fit(tmp_path, files):
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glocalk_np.cli", "fit", str(files["train"]), *TINY[:6],
+         "--epochs-finetune", "100000", "--checkpoint-dir", str(ckpt), "--out",
+         str(tmp_path / "m.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:               # wait for a completed fine-tuning epoch
+            if line.startswith("finetune"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"Interrupted: last completed epoch saved in {ckpt}"
+    assert (ckpt / "checkpoint.npz").exists()
