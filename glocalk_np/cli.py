@@ -20,6 +20,7 @@ import click
 import numpy as np
 
 from . import datasets, metrics
+from .backend import DEVICES
 from .data import DataError, DataWarning, random_split, read_any, read_pairs
 from .estimator import GLocalK
 from .gradcheck import TOLERANCE, check_gradients
@@ -338,9 +339,11 @@ FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False),
               help="Save a checkpoint after every epoch in this folder.")
 @click.option("--resume", is_flag=True, help="Go on from the checkpoint in --checkpoint-dir.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the loss and gradient are computed (cuda: pip install 'glocalk-np[cuda]').")
 @QUIET
 def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out, metrics_json,
-        checkpoint_dir, resume, quiet, **hyper):
+        checkpoint_dir, resume, device, quiet, **hyper):
     """Train GLocal-K on RATINGS and save the model.
 
     RATINGS is a ratings file (user, item, rating[, timestamp]; delimited text
@@ -361,7 +364,7 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out,
     if select != "last" and held_out[select] is None:
         raise click.UsageError(f"--select {select} needs a {select} set "
                                f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
-    est = GLocalK(preset=preset or dataset, seed=seed, **hyper)
+    est = GLocalK(preset=preset or dataset, seed=seed, device=device, **hyper)
     train_model(est, train, test=test, val=val, select=select, quiet=quiet, index=index,
                 checkpoint_dir=checkpoint_dir, resume=resume)
     est.save(out)

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from . import metrics, modelfile
 from . import train as training
+from .backend import DEVICES, make_loss
 from .data import Index, _positions
 from .train import SELECTIONS, Config, EpochRecord, EvalSet, TrainState
 
@@ -26,10 +27,15 @@ class GLocalK:
 
     ``config`` is used as given; without it, ``Config.from_preset(preset,
     **hyper)`` builds one (ValueError naming a bad parameter and its value).
+    ``device`` ('cpu' or 'cuda') chooses the engine that trains and predicts;
+    a loaded model predicts on the CPU.
     """
 
-    def __init__(self, config=None, *, preset=None, **hyper):
+    def __init__(self, config=None, *, preset=None, device="cpu", **hyper):
         self.config = config if config is not None else Config.from_preset(preset, **hyper)
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        self.device = device
 
     # ------------------------------------------------------------ training
     def fit(self, train, *, test=None, val=None, select="last", callback=None,
@@ -64,7 +70,7 @@ class GLocalK:
                 if evals[name].nnz == 0:
                     raise ValueError(f"{ratings.source}: none of the {len(ratings)} {name} "
                                      "ratings has a user and an item seen in training")
-        loss = training.make_loss(R, self.config)
+        loss = make_loss(R, self.config, self.device)
         checkpoint = (Checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, self.config,
                                  fingerprints(index, R, evals))
                       if checkpoint_dir is not None else None)
@@ -116,7 +122,7 @@ class GLocalK:
         if rows.size == 0:
             return np.empty(0)
         if self._loss is None:
-            self._loss = training.make_loss(self.train_matrix_, self.config)
+            self._loss = make_loss(self.train_matrix_, self.config, self.device)
         return self._loss.predict(self.stage_, self.params_, rows, cols).astype(np.float64)
 
     def predict(self, users, items):

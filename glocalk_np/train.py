@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from . import metrics
-from .model import GLocalKLoss
+from .backend import make_loss
 from .params import flatten, init_global_kernel, init_layers, unflatten
 
 # SPEC 6; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
@@ -136,13 +136,6 @@ def initial_state(train, config):
                                   config.kernel_dim, seed=config.seed))
 
 
-def make_loss(train, config):
-    """The (loss, gradient) engine for ``train`` with ``config``'s hyper-parameters;
-    also what predicts once training is over."""
-    return GLocalKLoss(train, lambda_2=config.lambda_2, lambda_s=config.lambda_s,
-                       dot_scale=config.dot_scale, dtype=config.dtype)
-
-
 def rating_range(train):
     """(low, high) of the training ratings: the clipping range of predictions."""
     data = sp.csr_matrix(train).data
@@ -157,6 +150,8 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
     callback(record, state): called after every epoch, e.g. to print or to
     checkpoint; ``state`` then holds everything needed to resume.
     state: a TrainState to resume from (its completed epochs are skipped).
+    loss: the (loss, gradient) engine, e.g. backend.make_loss(train, config,
+    device='cuda'); the CPU engine by default.
     Returns the final TrainState; ``state.best[sel]`` holds the fine-tuning epoch
     and parameters picked by each available selection ('test': best test RMSE,
     the paper's protocol; 'val': best validation RMSE; 'last').

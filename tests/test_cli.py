@@ -428,3 +428,17 @@ def test_subprocess_sigint_during_fit(tmp_path, files):
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.splitlines()[-1] == f"Interrupted: last completed epoch saved in {ckpt}"
     assert (ckpt / "checkpoint.npz").exists()
+
+
+def test_fit_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
+    """--device cuda where no GPU (or no numba-cuda) is present: exit 2, one line."""
+    from glocalk_np.backend import cuda_unavailable
+    if cuda_unavailable() is None:
+        pytest.skip("a CUDA device is available here")
+    path = tmp_path / "r.csv"
+    path.write_text("".join(f"{u},{i},{1 + (u * i) % 5}\n" for u in range(6) for i in range(5)))
+    result = CliRunner().invoke(cli, ["fit", str(path), "--device", "cuda", "--out",
+                                      str(tmp_path / "m.npz")])
+    assert result.exit_code == 2
+    assert "device='cuda' is unavailable" in result.stderr
+    assert "Traceback" not in result.output + result.stderr

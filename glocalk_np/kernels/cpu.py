@@ -7,10 +7,14 @@ float32/float64 (one compiled specialisation per dtype, cached on disk).
 
 ``fastmath`` is on only where it lets LLVM reassociate a sum for SIMD (dot
 products and axpys of finite values); nothing here relies on NaN/inf
-semantics, and the data layer rejects non-finite ratings.
+semantics, and the data layer rejects non-finite ratings. Every parallel
+loop body runs with subnormals flushed to zero (see fpenv), as TensorFlow's
+CPU kernels do.
 """
 import numpy as np
 from numba import njit, prange
+
+from .fpenv import flush_denormals, restore_fpenv
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -65,8 +69,10 @@ def spmm(indptr, indices, data, B, out):
     """out = X @ B for CSR X (rows indptr/indices/data). Cost: nnz * h.
     Also serves X^T @ B when given X's CSC arrays (see Pattern)."""
     for i in prange(indptr.size - 1):
+        fpenv = flush_denormals()
         out[i, :] = 0
         _row_axpy(out[i], B, indices, data, indptr[i], indptr[i + 1])
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -74,7 +80,9 @@ def sddmm(indptr, indices, A, B, out):
     """out[e] = A[i] . B[indices[e]] for each stored entry e = (i, j) of a CSR
     pattern. Cost: nnz * h."""
     for i in prange(indptr.size - 1):
+        fpenv = flush_denormals()
         _row_dots(A[i], B, indices, indptr[i], indptr[i + 1], out)
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -83,12 +91,14 @@ def pair_dot(rows, cols, A, B, out):
     Cost: len(rows) * h."""
     h = A.shape[1]
     for e in prange(rows.size):
+        fpenv = flush_denormals()
         a = A[rows[e]]
         b = B[cols[e]]
         s = out.dtype.type(0)
         for k in range(h):
             s += a[k] * b[k]
         out[e] = s
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -101,6 +111,7 @@ def local_kernel(W, U, VT, K, Weff, sq_sums):
     one = W.dtype.type(1)
     zero = W.dtype.type(0)
     for i in prange(n_in):
+        fpenv = flush_denormals()
         dist = np.zeros(n_out, dtype=W.dtype)
         for t in range(d):
             u = U[i, t]
@@ -119,6 +130,7 @@ def local_kernel(W, U, VT, K, Weff, sq_sums):
             wsq += w * w
         sq_sums[i, 0] = ksq
         sq_sums[i, 1] = wsq
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -133,6 +145,7 @@ def local_kernel_grad(dWeff, W, K, U, VT, lambda_2, lambda_s, dW, dD, dU):
     d = U.shape[1]
     zero = W.dtype.type(0)
     for i in prange(n_in):
+        fpenv = flush_denormals()
         row = dD[i]
         total = zero
         for j in range(n_out):
@@ -149,6 +162,7 @@ def local_kernel_grad(dWeff, W, K, U, VT, lambda_2, lambda_s, dW, dD, dU):
             for j in range(n_out):
                 s += row[j] * vt[j]
             dU[i, t] = 2 * (U[i, t] * total - s)
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True)
@@ -186,6 +200,7 @@ def conv_forward(indptr, data, nbr, s_indptr, G, out):
     r = gk // 2
     m = indptr.size - 1
     for i in prange(m):
+        fpenv = flush_denormals()
         out[s_indptr[i]:s_indptr[i + 1]] = 0
         for a in range(gk):
             p = i + a - r
@@ -197,6 +212,7 @@ def conv_forward(indptr, data, nbr, s_indptr, G, out):
                     s = nbr[e, a * gk + b]
                     if s >= 0:
                         out[s] += G[a, b] * v
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True)
@@ -207,6 +223,7 @@ def conv_kernel_grad(indptr, data, nbr, dout, row_partial):
     m = indptr.size - 1
     cells = nbr.shape[1]
     for p in prange(m):
+        fpenv = flush_denormals()
         acc = row_partial[p]
         acc[:] = 0
         for e in range(indptr[p], indptr[p + 1]):
@@ -215,6 +232,7 @@ def conv_kernel_grad(indptr, data, nbr, dout, row_partial):
                 s = nbr[e, c]
                 if s >= 0:
                     acc[c] += v * dout[s]
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True)
@@ -263,12 +281,14 @@ def output_layer(indptr, indices, target, H, WT, b, resid, dH):
     (SDDMM), then dH[i] = sum_e resid[e] WT[j] (SpMM) while the row's WT rows
     are still in cache. Cost: 2 nnz * h."""
     for i in prange(indptr.size - 1):
+        fpenv = flush_denormals()
         start, end = indptr[i], indptr[i + 1]
         _row_dots(H[i], WT, indices, start, end, resid)
         for e in range(start, end):
             resid[e] += b[indices[e]] - target[e]
         dH[i, :] = 0
         _row_axpy(dH[i], WT, indices, resid, start, end)
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -277,6 +297,7 @@ def bias_sigmoid(Z, b):
     exp(z) / (1 + exp(z)) so nothing overflows. Cost: m * h."""
     one = Z.dtype.type(1)
     for i in prange(Z.shape[0]):
+        fpenv = flush_denormals()
         row = Z[i]
         for k in range(row.size):
             z = row[k] + b[k]
@@ -285,16 +306,19 @@ def bias_sigmoid(Z, b):
             else:
                 t = np.exp(z)
                 row[k] = t / (one + t)
+        restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
 def sigmoid_backward(dH, H, dZ, row_partial):
     """dZ = dH * H * (1 - H) (the sigmoid's chain rule) and, per block of
     rows, the column sums of dZ into row_partial (the caller sums them: the
-    bias gradient). Cost: m * h."""
+    bias gradient).
+    Cost: m * h."""
     m, h = H.shape
     blocks = row_partial.shape[0]
     for blk in prange(blocks):
+        fpenv = flush_denormals()
         acc = row_partial[blk]
         acc[:] = 0
         for i in range(blk * m // blocks, (blk + 1) * m // blocks):
@@ -302,3 +326,4 @@ def sigmoid_backward(dH, H, dZ, row_partial):
                 g = dH[i, k] * H[i, k] * (1 - H[i, k])
                 dZ[i, k] = g
                 acc[k] += g
+        restore_fpenv(fpenv)
