@@ -225,6 +225,23 @@ def sddmm(rows, cols, A, B, out):
 
 
 # ----- dense products --------------------------------------------------------
+@cuda.jit(device=True, inline=True)
+def _stage_tile(S, X, k_major, f, o0, n_outer, k0, k_hi, zero):
+    """Element f of a GEMM_K x GEMM_M shared tile S[kk, oo] = X at (outer
+    o0 + oo, inner k0 + kk), zero outside; X is stored [inner, outer] when
+    ``k_major``, else [outer, inner]. f walks X's contiguous axis, so
+    neighbouring threads read neighbouring addresses."""
+    if k_major:
+        kk, oo = f // GEMM_M, f % GEMM_M
+    else:
+        oo, kk = f // GEMM_K, f % GEMM_K
+    o, k = o0 + oo, k0 + kk
+    v = zero
+    if o < n_outer and k < k_hi:
+        v = X[k, o] if k_major else X[o, k]
+    S[kk, oo] = v
+
+
 @cuda.jit
 def gemm(A, B, C, trans_a, trans_b, alpha, accumulate):
     """C (+)= alpha op(A) op(B), op(X) = X^T where asked. A block of
@@ -252,24 +269,8 @@ def gemm(A, B, C, trans_a, trans_b, alpha, accumulate):
             acc[r, c] = zero
     for k0 in range(k_lo, k_hi, GEMM_K):
         for f in range(tid, GEMM_K * GEMM_M, GEMM_T * GEMM_T):
-            if trans_a:
-                kk, ii = f // GEMM_M, f % GEMM_M
-            else:
-                ii, kk = f // GEMM_K, f % GEMM_K
-            i, k = i0 + ii, k0 + kk
-            v = zero
-            if i < M and k < k_hi:
-                v = A[k, i] if trans_a else A[i, k]
-            As[kk, ii] = v
-            if trans_b:
-                jj, kk = f // GEMM_K, f % GEMM_K
-            else:
-                kk, jj = f // GEMM_M, f % GEMM_M
-            j, k = j0 + jj, k0 + kk
-            v = zero
-            if j < N and k < k_hi:
-                v = B[j, k] if trans_b else B[k, j]
-            Bs[kk, jj] = v
+            _stage_tile(As, A, trans_a, f, i0, M, k0, k_hi, zero)
+            _stage_tile(Bs, B, not trans_b, f, j0, N, k0, k_hi, zero)
         cuda.syncthreads()
         for kk in range(GEMM_K):
             for r in range(GEMM_R):
