@@ -272,7 +272,15 @@ def train_model(est, train, *, test=None, val=None, select, quiet, index=None,
 def echo_summary(est):
     """The chosen epoch, its held-out scores and what was dropped."""
     s = est.summary_
-    if est.stage_ == "finetune":
+    if "members" in s:
+        epochs = ", ".join(f"seed {m['seed']}: {m['best_epoch']}" for m in s["members"])
+        click.echo(f"seed ensemble of {len(s['members'])} models; selected fine-tuning "
+                   f"epochs ({s['select']}): {epochs}")
+        for m in s["members"]:
+            if "test" in m:
+                click.echo(f"  seed {m['seed']} alone: " + _scores({"test": m["test"]}, ("rmse",)))
+        click.echo("ensemble:")
+    elif est.stage_ == "finetune":
         click.echo(f"best epoch: fine-tuning epoch {s['best_epoch']} (select: {s['select']})")
     else:
         click.echo(f"model: the pre-trained network after {est.config.epochs_pretrain} "
@@ -341,9 +349,11 @@ FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 @click.option("--resume", is_flag=True, help="Go on from the checkpoint in --checkpoint-dir.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the loss and gradient are computed (cuda: pip install 'glocalk-np[cuda]').")
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train K models (seeds SEED, SEED+1, ...) and average their predictions.")
 @QUIET
 def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out, metrics_json,
-        checkpoint_dir, resume, device, quiet, **hyper):
+        checkpoint_dir, resume, device, ensemble, quiet, **hyper):
     """Train GLocal-K on RATINGS and save the model.
 
     RATINGS is a ratings file (user, item, rating[, timestamp]; delimited text
@@ -364,7 +374,7 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out,
     if select != "last" and held_out[select] is None:
         raise click.UsageError(f"--select {select} needs a {select} set "
                                f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
-    est = GLocalK(preset=preset or dataset, seed=seed, device=device, **hyper)
+    est = GLocalK(preset=preset or dataset, seed=seed, device=device, ensemble=ensemble, **hyper)
     train_model(est, train, test=test, val=val, select=select, quiet=quiet, index=index,
                 checkpoint_dir=checkpoint_dir, resume=resume)
     est.save(out)

@@ -6,7 +6,7 @@ computed from row i of the TRAINING matrix R (items x users), so a fitted
 model keeps R, and a model file stores it next to the parameters.
 """
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +28,19 @@ class GLocalK:
     ``config`` is used as given; without it, ``Config.from_preset(preset,
     **hyper)`` builds one (ValueError naming a bad parameter and its value).
     ``device`` ('cpu' or 'cuda') chooses the engine that trains and predicts;
-    a loaded model predicts on the CPU.
+    a loaded model predicts on the CPU. ``ensemble`` = k > 1 trains k models
+    with seeds seed, seed + 1, ... on the same data and predicts with the mean
+    of their outputs (a seed ensemble).
     """
 
-    def __init__(self, config=None, *, preset=None, device="cpu", **hyper):
+    def __init__(self, config=None, *, preset=None, device="cpu", ensemble=1, **hyper):
         self.config = config if config is not None else Config.from_preset(preset, **hyper)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if not isinstance(ensemble, (int, np.integer)) or ensemble < 1:
+            raise ValueError(f"ensemble must be a positive integer, got {ensemble!r}")
         self.device = device
+        self.ensemble = int(ensemble)
 
     # ------------------------------------------------------------ training
     def fit(self, train, *, test=None, val=None, select="last", callback=None,
@@ -48,8 +53,11 @@ class GLocalK:
         parameters are kept: 'test' (lowest test RMSE, the paper's protocol),
         'val' (lowest validation RMSE) or 'last'. ``callback(record, state)``
         runs after every epoch. With ``checkpoint_dir`` every epoch ends with
-        an atomic write of ``checkpoint.npz`` there; ``resume=True`` goes on
-        from it when present, with a result identical to an uninterrupted run.
+        an atomic write of ``checkpoint.npz`` there (``checkpoint-k.npz`` for
+        the k-th member of a seed ensemble); ``resume=True`` goes on from it
+        when present, with a result identical to an uninterrupted run. The
+        attributes params_, stage_, best_epoch_ and history_ are the first
+        member's; summary_ scores the ensemble and lists its members.
         """
         sets = {"test": test, "val": val}
         if select not in SELECTIONS:
@@ -71,7 +79,26 @@ class GLocalK:
                     raise ValueError(f"{ratings.source}: none of the {len(ratings)} {name} "
                                      "ratings has a user and an item seen in training")
         loss = make_loss(R, self.config, self.device)
-        checkpoint = (Checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, self.config,
+        self._set_training_data(index, R, loss)
+        self.dropped_ = dropped
+        self.members_ = [self._fit_member(k, R, evals, index, select, callback,
+                                          checkpoint_dir, resume)
+                         for k in range(self.ensemble)]
+        first = self.members_[0]
+        self.params_, self.stage_ = first["params"], first["stage"]
+        self.best_epoch_, self.history_ = first["best_epoch"], first["history"]
+        self.summary_ = {"select": select, "best_epoch": self.best_epoch_, **first["metrics"]}
+        if self.ensemble > 1:
+            self.summary_.update(self._score(evals))
+            self.summary_["members"] = [{"seed": m["seed"], "best_epoch": m["best_epoch"],
+                                         **m["metrics"]} for m in self.members_]
+        return self
+
+    def _fit_member(self, k, R, evals, index, select, callback, checkpoint_dir, resume):
+        """Train the k-th model (seed + k) and keep the epoch ``select`` picks."""
+        config = replace(self.config, seed=self.config.seed + k)
+        name = CHECKPOINT_NAME if k == 0 else f"checkpoint-{k}.npz"
+        checkpoint = (Checkpoint(Path(checkpoint_dir) / name, config,
                                  fingerprints(index, R, evals))
                       if checkpoint_dir is not None else None)
 
@@ -82,23 +109,28 @@ class GLocalK:
                 callback(record, state)
 
         state = checkpoint.load() if resume else None
-        state = training.fit(R, self.config, evals=evals, callback=on_epoch,
-                             state=state, loss=loss)
-        self._set_training_data(index, R, loss)
-        self.dropped_ = dropped
-        self.history_ = state.history
+        state = training.fit(R, config, evals=evals, callback=on_epoch,
+                             state=state, loss=self._loss)
         if "last" in state.best:
-            self.best_epoch_, params = training.selected(state, select)
-            self.stage_ = "finetune"
+            best_epoch, params = training.selected(state, select)
+            stage = "finetune"
             record = next(r for r in state.history
-                          if r.stage == "finetune" and r.epoch == self.best_epoch_)
+                          if r.stage == "finetune" and r.epoch == best_epoch)
         else:   # no fine-tuning epoch: the pre-trained network is the model
-            self.best_epoch_, params, self.stage_ = None, state.params, "pretrain"
+            best_epoch, params, stage = None, state.params, "pretrain"
             record = state.history[-1] if state.history else None
-        self.params_ = dict(params)
-        self.summary_ = {"select": select, "best_epoch": self.best_epoch_,
-                         **{k: dict(v) for k, v in (record.metrics if record else {}).items()}}
-        return self
+        return {"seed": config.seed, "params": dict(params), "stage": stage,
+                "best_epoch": best_epoch, "history": state.history,
+                "metrics": {k: dict(v) for k, v in (record.metrics if record else {}).items()}}
+
+    def _score(self, evals):
+        """RMSE, MAE and NDCG of the (ensemble's) predictions on each eval matrix."""
+        out = {}
+        for name, M in evals.items():
+            entries = EvalSet(M)
+            out[name] = metrics.evaluate(self._network(entries.rows, entries.cols),
+                                         entries.values, entries.cols, *self.rating_range_)
+        return out
 
     def _set_training_data(self, index, R, loss=None):
         """The index, training matrix and the statistics the fallbacks use."""
@@ -118,12 +150,14 @@ class GLocalK:
             raise RuntimeError("this GLocalK is not fitted: call fit() or GLocalK.load() first")
 
     def _network(self, rows, cols):
-        """Unclipped network outputs at (item position, user position) pairs."""
+        """Unclipped network outputs at (item position, user position) pairs;
+        the mean over the members of a seed ensemble."""
         if rows.size == 0:
             return np.empty(0)
         if self._loss is None:
             self._loss = make_loss(self.train_matrix_, self.config, self.device)
-        return self._loss.predict(self.stage_, self.params_, rows, cols).astype(np.float64)
+        return np.mean([self._loss.predict(m["stage"], m["params"], rows, cols).astype(np.float64)
+                        for m in self.members_], axis=0)
 
     def predict(self, users, items):
         """(predictions, fallback) for parallel arrays of user and item ids.
@@ -135,6 +169,12 @@ class GLocalK:
         has: the item's mean training rating; 'global_mean' when the item has
         none (an unknown item): the mean of all training ratings.
         """
+        pred, fallback = self._predict_unclipped(users, items)
+        return metrics.clip(pred, *self.rating_range_), fallback
+
+    def _predict_unclipped(self, users, items):
+        """predict() before clipping: ranking by it keeps the order of items
+        whose predictions all clip to the top rating."""
         self._check_fitted()
         users, items = np.asarray(users).ravel(), np.asarray(items).ravel()
         if users.size != items.size:
@@ -149,7 +189,7 @@ class GLocalK:
         pred[item_only] = self.item_means_[i[item_only]]
         pred[both] = self._network(i[both], u[both])
         fallback = np.select([both, item_only], ["", "item_mean"], "global_mean")
-        return metrics.clip(pred, *self.rating_range_), fallback
+        return pred, fallback
 
     def predict_all(self):
         """The dense n_items x n_users matrix of clipped network predictions
@@ -161,15 +201,17 @@ class GLocalK:
 
     def recommend(self, user, top=10, include_seen=False):
         """(items, warning): the ``top`` (item id, predicted rating) pairs for
-        ``user``, best first, ties in item order, leaving out the items the
-        user rated in training unless ``include_seen``. For a user without
+        ``user``, best first by the network's unclipped output (so items that
+        all clip to the top rating keep their order), ties in item order,
+        leaving out the items the user rated in training unless ``include_seen``. For a user without
         training ratings the items are ranked by mean rating (see predict)
         and ``warning`` says so; otherwise it is None."""
         self._check_fitted()
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
         items = self.index_.items
-        scores, fallback = self.predict(np.repeat(np.asarray([user]), items.size), items)
+        raw, _ = self._predict_unclipped(np.repeat(np.asarray([user]), items.size), items)
+        scores = metrics.clip(raw, *self.rating_range_)
         u, known = _positions(self.index_.users, np.asarray([user]))
         user_known = known[0] and self.user_counts_[u[0]] > 0
         candidates = np.arange(items.size)
@@ -177,7 +219,7 @@ class GLocalK:
             candidates = np.setdiff1d(candidates, self.train_matrix_[:, u[0]].nonzero()[0])
         warning = None if user_known else (f"user {user!r} has no training ratings: "
                                            "items are ranked by their mean training rating")
-        best = candidates[np.argsort(-scores[candidates], kind="stable")[:top]]
+        best = candidates[np.argsort(-raw[candidates], kind="stable")[:top]]
         return [(items[k].item(), float(scores[k])) for k in best], warning
 
     def evaluate(self, test):
@@ -186,13 +228,10 @@ class GLocalK:
         the index are not. The same numbers fit() reports for a test set."""
         self._check_fitted()
         M, dropped = self.index_.matrix(test)
-        entries = EvalSet(M)
-        if len(entries) == 0:
+        if M.nnz == 0:
             raise ValueError(f"{test.source}: none of the {len(test)} ratings has a user "
                              "and an item seen in training")
-        pred = self._network(entries.rows, entries.cols)
-        scores = metrics.evaluate(pred, entries.values, entries.cols, *self.rating_range_)
-        return {**scores, "n": len(entries), "dropped": dropped}
+        return {**self._score({"test": M})["test"], "n": M.nnz, "dropped": dropped}
 
     # ------------------------------------------------------------ model files
     def save(self, path):
@@ -200,7 +239,10 @@ class GLocalK:
         leaves an existing file untouched)."""
         self._check_fitted()
         R = self.train_matrix_
+        others = self.members_[1:]
         arrays = {**pack_params("param/", self.params_),
+                  **{k: v for j, m in enumerate(others, 1)
+                     for k, v in pack_params(f"member{j}/", m["params"]).items()},
                   "index/users": _id_array(self.index_.users),
                   "index/items": _id_array(self.index_.items),
                   "train/indptr": R.indptr, "train/indices": R.indices,
@@ -208,7 +250,9 @@ class GLocalK:
         meta = {"config": self.config.as_dict(), "params": list(self.params_),
                 "stage": self.stage_, "best_epoch": self.best_epoch_,
                 "summary": self.summary_, "dropped": self.dropped_,
-                "history": [asdict(r) for r in self.history_]}
+                "history": [asdict(r) for r in self.history_],
+                "members": [{"seed": m["seed"], "params": list(m["params"]), "stage": m["stage"],
+                             "best_epoch": m["best_epoch"]} for m in others]}
         modelfile.write(path, modelfile.MODEL, arrays, meta)
 
     @classmethod
@@ -235,6 +279,12 @@ class GLocalK:
         model.best_epoch_ = f.field("best_epoch")
         model.summary_ = f.field("summary")
         model.dropped_ = f.field("dropped")
+        first = {"seed": model.config.seed, "params": model.params_, "stage": model.stage_,
+                 "best_epoch": model.best_epoch_, "history": model.history_}
+        others = [{**m, "params": unpack_params(f, f"member{j}/", m["params"]), "history": []}
+                  for j, m in enumerate(f.field("members"), 1)]
+        model.members_ = [first] + others
+        model.ensemble = len(model.members_)
         return model
 
 

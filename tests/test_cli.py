@@ -442,3 +442,12 @@ def test_fit_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
     assert result.exit_code == 2
     assert "device='cuda' is unavailable" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+def test_fit_seed_ensemble_reports_members_and_saves_one_model(tmp_path, files):
+    model = tmp_path / "ens.npz"
+    out = run("fit", files["train"], *TINY, "--test-frac", "0.2", "--seed", "3",
+              "--ensemble", "2", "--out", model, "--quiet").stdout
+    assert "seed ensemble of 2 models" in out and "seed 3 alone" in out and "seed 4 alone" in out
+    assert GLocalK.load(model).ensemble == 2
+    assert fails("fit", files["train"], *TINY, "--ensemble", "0").startswith("Error: Invalid value")

@@ -427,3 +427,33 @@ def test_resume_refuses_another_config_or_other_data(tmp_path, data):
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"garbage")
     with pytest.raises(ModelFileError, match="not an npz archive"):
         GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path, resume=True)
+
+
+# ------------------------------------------------------------ seed ensembles
+
+def test_seed_ensemble_averages_its_members_and_survives_save(data, fitted, tmp_path):
+    train, test, _ = data
+    ens = GLocalK(CONFIG, ensemble=2).fit(train, test=test)
+    second = GLocalK(replace(CONFIG, seed=CONFIG.seed + 1)).fit(train, test=test)
+    users, items = known_pairs(ens, test)
+    raw = lambda m: m._network(*_positions_of(m, users, items))
+    np.testing.assert_allclose(raw(ens), (raw(fitted) + raw(second)) / 2, rtol=1e-12)
+    assert [m["seed"] for m in ens.summary_["members"]] == [CONFIG.seed, CONFIG.seed + 1]
+    scored = ens.evaluate(test)
+    assert ens.summary_["test"]["rmse"] == pytest.approx(scored["rmse"], rel=1e-12)
+    ens.save(tmp_path / "ens.npz")
+    back = GLocalK.load(tmp_path / "ens.npz")
+    assert back.ensemble == 2
+    np.testing.assert_array_equal(back.predict(users, items)[0], ens.predict(users, items)[0])
+
+
+def test_ensemble_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="ensemble must be a positive integer, got 0"):
+        GLocalK(CONFIG, ensemble=0)
+
+
+def _positions_of(model, users, items):
+    """(item positions, user positions) of known id pairs."""
+    i = np.searchsorted(model.index_.items, items)
+    u = np.searchsorted(model.index_.users, users)
+    return i, u
