@@ -203,9 +203,10 @@ class GLocalK:
         """(items, warning): the ``top`` (item id, predicted rating) pairs for
         ``user``, best first by the network's unclipped output (so items that
         all clip to the top rating keep their order), ties in item order,
-        leaving out the items the user rated in training unless ``include_seen``. For a user without
-        training ratings the items are ranked by mean rating (see predict)
-        and ``warning`` says so; otherwise it is None."""
+        leaving out the items the user rated in training unless
+        ``include_seen``. For a user without training ratings the items are
+        ranked by mean rating (see predict) and ``warning`` says so;
+        otherwise it is None."""
         self._check_fitted()
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
