@@ -86,13 +86,7 @@ class GLocalKLoss:
         """Loss and a dict of gradients keyed like the optimised arrays: the
         layer parameters, and C for 'finetune'. Gradients are in compute dtype."""
         layers, reg = self._layers(params, stage)
-        if stage == "pretrain":
-            hidden = self._encode(self.R, self.values, layers)
-            conv, C = None, None
-        else:
-            C = np.asarray(params["C"], dtype=self.dtype)
-            conv = self._convolve(layers, C)
-            hidden = self._encode(conv.X, conv.x, layers)
+        hidden, conv, C = self._forward(stage, params, layers)
         out = layers[-1]
         # output layer at the observed entries: residual S, dH = S W^T, dW^T = S^T H
         resid = np.empty(self.R.nnz, dtype=self.dtype)
@@ -136,17 +130,23 @@ class GLocalKLoss:
     def predict(self, stage, params, rows, cols):
         """Predictions of the stage's network output at (item, user) pairs."""
         layers, _ = self._layers(params, stage)
-        if stage == "pretrain":
-            hidden = self._encode(self.R, self.values, layers)
-        else:
-            conv = self._convolve(layers, np.asarray(params["C"], dtype=self.dtype))
-            hidden = self._encode(conv.X, conv.x, layers)
+        hidden, _, _ = self._forward(stage, params, layers)
         out = layers[-1]
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         pred = np.empty(rows.size, dtype=self.dtype)
         cpu.pair_dot(rows, cols, hidden[-1], np.ascontiguousarray(out.Weff.T), pred)
         return pred + out.b[cols]
+
+    def _forward(self, stage, params, layers):
+        """(hidden activations of the network's input, the convolution, C):
+        the input is R for 'pretrain', the ReLU'd convolution of R for
+        'finetune' (then with its first pass; else None, None)."""
+        if stage == "pretrain":
+            return self._encode(self.R, self.values, layers), None, None
+        C = np.asarray(params["C"], dtype=self.dtype)
+        conv = self._convolve(layers, C)
+        return self._encode(conv.X, conv.x, layers), conv, C
 
     # ----- layers ---------------------------------------------------------
     def _layers(self, params, stage):
