@@ -1,7 +1,7 @@
 """PNG plots from the benchmark JSON files.
 
-- rmse_<dataset>.png (from reproduce.py --json): test RMSE after every epoch,
-  one line per seed (dashed: the honest runs' test RMSE), the start of
+- rmse_<dataset>.png (from reproduce.py --json, one file or several whose
+  runs are pooled per dataset): test RMSE after every epoch, one line per seed (dashed: the honest runs' test RMSE), the start of
   fine-tuning and the published number marked.
 - speed.png (from speed.py --json): seconds per (loss, gradient) evaluation
   against the number of training ratings, sparse engine vs dense baseline,
@@ -19,14 +19,24 @@ from common import PUBLISHED
 ENGINES = (("sparse", "o", "tab:blue"), ("dense", "s", "tab:red"))
 
 
-def rmse_curves(plt, data, out):
+def pooled_runs(files):
+    """dataset -> its runs, over several reproduce.py JSON files (say, seeds
+    run in separate invocations)."""
+    runs = {}
+    for data in files:
+        for name, res in data["datasets"].items():
+            runs.setdefault(name, []).extend(res["runs"])
+    return runs
+
+
+def rmse_curves(plt, files, out):
     """One figure per dataset: test RMSE per epoch over both stages."""
     from matplotlib import ticker
     paths = []
-    for name, res in data["datasets"].items():
+    for name, runs in pooled_runs(files).items():
         fig, ax = plt.subplots(figsize=(7, 4))
         lows, highs = [], []
-        for i, run in enumerate(res["runs"]):
+        for i, run in enumerate(runs):
             colour = f"C{i}"
             for key, style, label in ((None, "-", f"seed {run['seed']}"),
                                       ("honest", "--", f"seed {run['seed']} honest")):
@@ -37,7 +47,7 @@ def rmse_curves(plt, data, out):
                 ax.plot(range(1, len(y) + 1), y, style, color=colour, lw=1.2, label=label)
                 lows.append(min(y))
                 highs.append(y[-1])
-        n_pre = sum(r["stage"] == "pretrain" for r in res["runs"][0]["history"])
+        n_pre = sum(r["stage"] == "pretrain" for r in runs[0]["history"])
         ax.axvline(n_pre + 0.5, color="grey", ls=":", lw=1, label="fine-tuning starts")
         if name in PUBLISHED:
             ax.axhline(PUBLISHED[name]["rmse"], color="black", ls="--", lw=0.8,
@@ -89,20 +99,18 @@ def speed_plot(plt, data, out):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reproduce", metavar="JSON", help="reproduce.py --json output")
+    ap.add_argument("--reproduce", metavar="JSON", nargs="+", default=[],
+                    help="reproduce.py --json output(s); runs of one dataset are pooled")
     ap.add_argument("--speed", metavar="JSON", help="speed.py --json output")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "plots"),
                     help="folder for the PNG files (default bench/plots)")
     args = ap.parse_args(argv)
     if not (args.reproduce or args.speed):
         ap.error("give --reproduce and/or --speed")
-    inputs = {}
-    for key, path in (("reproduce", args.reproduce), ("speed", args.speed)):
-        if path:
-            if not Path(path).is_file():
-                print(f"error: missing input {path}", file=sys.stderr)
-                sys.exit(2)
-            inputs[key] = json.loads(Path(path).read_text())
+    for path in args.reproduce + [args.speed or ""]:
+        if path and not Path(path).is_file():
+            print(f"error: missing input {path}", file=sys.stderr)
+            sys.exit(2)
     try:
         import matplotlib
     except ImportError:
@@ -114,10 +122,10 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if "reproduce" in inputs:
-        written += rmse_curves(plt, inputs["reproduce"], out)
-    if "speed" in inputs:
-        written += speed_plot(plt, inputs["speed"], out)
+    if args.reproduce:
+        written += rmse_curves(plt, [json.loads(Path(f).read_text()) for f in args.reproduce], out)
+    if args.speed:
+        written += speed_plot(plt, json.loads(Path(args.speed).read_text()), out)
     for path in written:
         print(f"wrote {path}")
 

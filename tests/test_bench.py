@@ -134,6 +134,15 @@ def test_plots(speed_run, reproduce_run, tmp_path):
     assert (tmp_path / "rmse_synth-tiny.png").is_file() and (tmp_path / "speed.png").is_file()
 
 
+def test_plots_pool_runs_of_separate_invocations(reproduce_run):
+    from plots import pooled_runs
+    data = json.loads(reproduce_run[1].read_text())
+    later = {"datasets": {"synth-tiny": {"runs": [{"seed": 7}]}, "other": {"runs": [{"seed": 0}]}}}
+    runs = pooled_runs([data, later])
+    assert [r["seed"] for r in runs["synth-tiny"]] == [0, 1, 7]
+    assert [r["seed"] for r in runs["other"]] == [0]
+
+
 @pytest.mark.parametrize("script", ["speed.py", "reproduce.py"])
 def test_missing_data_exits_2(tmp_path, script):
     proc = run_script(script, "--datasets", "ml-100k", "--data-dir", str(tmp_path))
