@@ -92,7 +92,7 @@ class GLocalKLoss:
         resid = np.empty(self.R.nnz, dtype=self.dtype)
         dH = np.empty_like(hidden[-1])
         cpu.output_layer(self.R.indptr, self.R.indices, self.values, hidden[-1],
-                         np.ascontiguousarray(out.Weff.T), out.b, resid, dH)
+                         _transposed(out.Weff), out.b, resid, dH)
         loss = 0.5 * float(np.dot(resid.astype(np.float64), resid)) + reg
         dWeff = [np.zeros_like(l.W) for l in layers[:-1]]
         db = [np.zeros_like(l.b) for l in layers]
@@ -100,7 +100,7 @@ class GLocalKLoss:
         db[-1] += np.bincount(self.R.indices, resid, minlength=out.b.size)
         if stage == "pretrain":
             self._encode_backward(self.R, self.values, hidden, dH, layers, dWeff, db)
-            grads = self._layer_grads(layers, dWeff + [dWoutT.T], db)
+            grads = self._layer_grads(layers, dWeff + [_transposed(dWoutT)], db)
             return loss, grads
 
         dx = self._encode_backward(conv.X, conv.x, hidden, dH, layers, dWeff, db, want_dx=True)
@@ -115,7 +115,7 @@ class GLocalKLoss:
         db[-1] += dmu.sum() / n
         self._encode_backward(self.R, self.values, conv.hidden, np.outer(dmu, conv.w_mean),
                               layers, dWeff, db)
-        grads = self._layer_grads(layers, dWeff + [dWoutT.T], db)
+        grads = self._layer_grads(layers, dWeff + [_transposed(dWoutT)], db)
         grads["C"] = dC
         return loss, grads
 
@@ -135,7 +135,7 @@ class GLocalKLoss:
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         pred = np.empty(rows.size, dtype=self.dtype)
-        cpu.pair_dot(rows, cols, hidden[-1], np.ascontiguousarray(out.Weff.T), pred)
+        cpu.pair_dot(rows, cols, hidden[-1], _transposed(out.Weff), pred)
         return pred + out.b[cols]
 
     def _forward(self, stage, params, layers):
@@ -254,6 +254,13 @@ class GLocalKLoss:
         partial = np.empty((self.R.shape[0], cells))
         cpu.conv_kernel_grad(self.R.indptr, self.values, nbr, dpre, partial)
         return partial.sum(axis=0).astype(self.dtype)
+
+
+def _transposed(A):
+    """A.T as a C-contiguous array (the output layer reads W_eff by user)."""
+    out = np.empty(A.shape[::-1], dtype=A.dtype)
+    cpu.transpose(A, out)
+    return out
 
 
 def loss_and_grad(stage, params, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):

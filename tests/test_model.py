@@ -6,6 +6,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 from dense_reference import dense_forward, dense_loss_grad, numerical_grad, rel_error
+from glocalk_np.kernels import cpu
 from glocalk_np.model import GLocalKLoss, loss_and_grad
 from glocalk_np.params import flatten, init_global_kernel, init_layers, unflatten
 from glocalk_np.sparse import Pattern
@@ -123,6 +124,14 @@ def test_pattern_products_match_scipy():
     np.testing.assert_allclose(P.rmatmul(X.data, A), X.T @ A, rtol=1e-12)
     coo = X.tocoo()
     np.testing.assert_allclose(P.sample(A, B), (A @ B.T)[coo.row, coo.col], rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (31, 33), (64, 32), (65, 7), (3, 200)])
+def test_transpose_kernel_at_tile_edges(shape):
+    A = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    out = np.full(shape[::-1], np.nan, dtype=np.float32)
+    cpu.transpose(A, out)
+    assert np.array_equal(out, A.T)
 
 
 def test_pattern_neighbourhood_and_subset():

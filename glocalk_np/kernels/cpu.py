@@ -327,3 +327,19 @@ def sigmoid_backward(dH, H, dZ, row_partial):
                 dZ[i, k] = g
                 acc[k] += g
         restore_fpenv(fpenv)
+
+
+@njit(parallel=True, cache=True)
+def transpose(A, out):
+    """out = A.T for a C-contiguous A, in square tiles small enough for L1 so
+    that both the reads and the writes stream (NumPy's strided copy of a
+    500 x 6040 float32 matrix took 35 ms; this, a few). Cost: 2 * size moves."""
+    rows, cols = A.shape
+    tile = 32
+    for t in prange((rows + tile - 1) // tile):
+        i0 = t * tile
+        i1 = min(i0 + tile, rows)
+        for j0 in range(0, cols, tile):
+            for j in range(j0, min(j0 + tile, cols)):
+                for i in range(i0, i1):
+                    out[j, i] = A[i, j]
