@@ -1,8 +1,9 @@
 """PNG plots from the benchmark JSON files.
 
 - rmse_<dataset>.png (from reproduce.py --json, one file or several whose
-  runs are pooled per dataset): test RMSE after every epoch, one line per seed (dashed: the honest runs' test RMSE), the start of
-  fine-tuning and the published number marked.
+  runs are pooled per dataset): test RMSE after every epoch, one line per
+  seed (dashed: the honest runs' test RMSE), the start of fine-tuning and
+  the published number marked.
 - speed.png (from speed.py --json): seconds per (loss, gradient) evaluation
   against the number of training ratings, sparse engine vs dense baseline,
   one panel per stage, log-log.
