@@ -23,7 +23,7 @@ from numba import cuda
 
 from .kernels import cuda as kc
 from .model import STAGES, GLocalKLoss
-from .params import flatten, layer_count, unflatten
+from .params import check_for_matrix, flatten, layer_count, unflatten
 
 
 class _DevicePattern:
@@ -147,20 +147,10 @@ class CudaGLocalKLoss:
         CPU engine checks them."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        m, n = self.shape
-        L = layer_count(params)
-        if params["W0"].shape[0] != n or params[f"W{L - 1}"].shape[1] != n:
-            raise ValueError(f"parameters are for {params['W0'].shape[0]} users, "
-                             f"the training matrix has {n}")
+        check_for_matrix(params, stage, *self.shape)
         template = {k: v for k, v in params.items() if k != "C"}
         if stage == "finetune":
-            C = params["C"]
-            gk = int(round(np.sqrt(C.shape[1])))
-            if C.shape[0] != m:
-                raise ValueError(f"C is for {C.shape[0]} items, the training matrix has {m}")
-            if gk * gk != C.shape[1] or gk % 2 == 0:
-                raise ValueError(f"C must have gk^2 columns for an odd gk, got {C.shape[1]}")
-            template["C"] = C
+            template["C"] = params["C"]
         return template
 
     def _plan(self, stage, template):

@@ -27,7 +27,7 @@ class Ratings:
     """Ratings as parallel arrays, in file order.
 
     ``users`` and ``items`` hold ids: int64 when every id of the column is an
-    integer, else str. ``source`` is the path, for messages. ``shape`` is
+    integer written plainly, else an object array of str (see as_ids). ``source`` is the path, for messages. ``shape`` is
     ``(n_users, n_items)`` when the ids are 0-based positions in a matrix of
     that size (a .mat file), so that an index can cover users and items
     without any rating, as the official code does; None for text files.
@@ -39,8 +39,23 @@ class Ratings:
     source: str
     shape: tuple | None = None
 
+    def __post_init__(self):
+        self.users, self.items = as_ids(self.users), as_ids(self.items)
+
     def __len__(self):
         return len(self.values)
+
+
+def as_ids(ids):
+    """Ids as the library holds them: int64 for integers, otherwise an object
+    array of str, whose memory is what the ids' text needs (a fixed-width
+    unicode array costs its longest id times their number)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64, copy=False)
+    if ids.dtype == object and all(isinstance(x, str) for x in ids.tolist()):
+        return ids
+    return ids.astype(str).astype(object)
 
 
 def subset(ratings, mask):
@@ -60,6 +75,13 @@ _DETECT_LINES = 5
 _RATING_FIELDS = (range(3, 5), "3 or 4 (user, item, rating[, timestamp])")
 _PAIR_FIELDS = (range(2, 1 << 31), "at least 2 (user, item[, ...])")
 _WORD = re.compile(r"[A-Za-z_][\w .()/-]*")
+PLAIN_INT = re.compile(r"-?(0|[1-9][0-9]*)")     # [0-9]: ASCII digits only
+# first fields that make a lone first line of a pairs file a header
+_ID_COLUMN_NAMES = {"user", "users", "user_id", "userid", "uid", "item", "items", "item_id",
+                    "itemid", "iid", "movie", "movie_id", "movieid", "id"}
+# The largest rating glocalk-np trains on: squared float32 residuals of
+# larger ones would leave float32's range; rescale such data.
+MAX_RATING = 1e6
 
 
 def read_ratings(path, sep=None):
@@ -102,8 +124,9 @@ def read_pairs(path, sep=None):
     sep = (_detect_sep(lines[:_DETECT_LINES], _PAIR_FIELDS[0]) if sep is None
            else _parse_sep(src, sep))
     first, second = (_split_line(line, sep) for line in (lines + lines)[:2])
+    names = {f.strip().strip("\"'").lower() for f in first[:2]}
     if _is_header(first) or (_is_header(first[:2] + ["rating"])
-                             and any(map(_is_number, second[:2]))):
+                             and (any(map(_is_number, second[:2])) or names <= _ID_COLUMN_NAMES)):
         lines, linenos = lines[1:], linenos[1:]
         if not lines:
             raise DataError(f"{src}: no (user, item) pairs (only a header line)")
@@ -203,7 +226,9 @@ def _tokens(src, lines, linenos, sep, fields=_RATING_FIELDS):
         i = bad[0]
         raise DataError(f"{src}:{linenos[i]}: found {_n_fields(counts[i])} "
                         f"{what}, expected {k} as on line {linenos[0]}")
-    tokens = " ".join(lines).split() if sep is None else sep.join(lines).split(sep)
+    # "\n" + sep between lines: no line holds "\n", so a line ending in part
+    # of the separator (e.g. '3:' with '::') cannot shift the next line's fields
+    tokens = " ".join(lines).split() if sep is None else ("\n" + sep).join(lines).split(sep)
     return tokens, k
 
 
@@ -219,12 +244,15 @@ def _parse_ratings(src, col, linenos):
         i = next(i for i, s in enumerate(col) if not _is_number(s))
         problem = "empty rating" if not col[i].strip() else f"rating {col[i].strip()!r} is not a number"
         raise DataError(f"{src}:{linenos[i]}: {problem}") from None
-    bad = np.flatnonzero(~(values > 0) | ~np.isfinite(values))
+    bad = np.flatnonzero(~(values > 0) | ~(values <= MAX_RATING))
     if bad.size:
         i = bad[0]
         tok = col[i].strip()
         if not np.isfinite(values[i]):
             raise DataError(f"{src}:{linenos[i]}: rating {tok!r} is not a finite number")
+        if values[i] > MAX_RATING:
+            raise DataError(f"{src}:{linenos[i]}: rating {tok!r} is above {MAX_RATING:g}, the "
+                            "largest glocalk-np trains on in float32: rescale the ratings")
         raise DataError(f"{src}:{linenos[i]}: rating {tok!r} is not > 0; ratings must be > 0 "
                         "because the model reads 0 as a missing rating: shift the scale "
                         "(e.g. add 1 to every rating) before training")
@@ -232,16 +260,31 @@ def _parse_ratings(src, col, linenos):
 
 
 def _parse_ids(src, col, linenos, what):
-    """int64 ids when the whole column is integers, else stripped str ids."""
+    """int64 ids when every id of the column is an integer written plainly
+    ('-'? and ASCII digits without leading zeros, the form str(int) gives);
+    otherwise every id stays the text it is (surrounding blanks stripped),
+    so that no two ids written differently are merged ('01' and '1', '1_0'
+    and '10', Arabic-Indic digits and ASCII ones). A DataWarning names the
+    first id that is a number in another form next to plain integers."""
+    col = list(map(str.strip, col))
     try:
-        return np.fromiter(map(int, col), np.int64, len(col))
+        ints = np.fromiter(map(int, col), np.int64, len(col))
     except (ValueError, OverflowError):
-        pass
-    ids = np.char.strip(np.array(col, dtype=str))
-    empty = np.flatnonzero(ids == "")
-    if empty.size:
-        raise DataError(f"{src}:{linenos[empty[0]]}: empty {what} id")
-    return ids
+        ints = None
+    if ints is not None and all(map(str.__eq__, map(str, ints.tolist()), col)):
+        return ints
+    empty = next((i for i, t in enumerate(col) if not t), None)
+    if empty is not None:
+        raise DataError(f"{src}:{linenos[empty]}: empty {what} id")
+    if any(map(PLAIN_INT.fullmatch, col)):
+        odd = next((i for i, t in enumerate(col) if not PLAIN_INT.fullmatch(t) and _is_number(t)),
+                   None)
+        if odd is not None:
+            warnings.warn(f"{src}:{linenos[odd]}: {what} id {col[odd]!r} is a number not "
+                          f"written as a plain integer, so all {what} ids are read as text and "
+                          f"{col[odd]!r} is another {what} than any plain integer id",
+                          DataWarning, stacklevel=4)
+    return np.array(col, dtype=object)
 
 
 def _drop_duplicates(r):
@@ -293,10 +336,11 @@ def read_monti_mat(path):
     if not (M.shape == train_mask.shape == test_mask.shape):
         raise DataError(f"{src}: M, Otraining and Otest differ in shape "
                         f"({M.shape}, {train_mask.shape}, {test_mask.shape})")
-    bad = ~np.isfinite(M) | (M < 0)
+    bad = ~np.isfinite(M) | (M < 0) | (M > MAX_RATING)
     if bad.any():
         u, i = np.argwhere(bad)[0]
-        raise DataError(f"{src}: M[{u}, {i}] = {M[u, i]}: ratings must be finite and > 0")
+        raise DataError(f"{src}: M[{u}, {i}] = {M[u, i]}: ratings must be finite, > 0 and "
+                        f"at most {MAX_RATING:g}")
     return _masked(src, M, train_mask, "Otraining"), _masked(src, M, test_mask, "Otest")
 
 
@@ -338,6 +382,10 @@ class Index:
 
     users: np.ndarray
     items: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "users", as_ids(self.users))
+        object.__setattr__(self, "items", as_ids(self.items))
 
     @classmethod
     def from_ratings(cls, *ratings):
@@ -386,17 +434,24 @@ def _is_int(a):
     return a.dtype.kind in "iu"
 
 
+def _as_text(ids):
+    """Ids as an object array of str (integer ids written plainly)."""
+    return ids.astype(str).astype(object) if _is_int(ids) else as_ids(ids)
+
+
 def _union(arrays):
     """Sorted unique ids; int ids become str if another array has str ids."""
+    arrays = [as_ids(a) for a in arrays]
     if not all(_is_int(a) for a in arrays):
-        arrays = [a.astype(str) for a in arrays]
+        arrays = [_as_text(a) for a in arrays]
     return np.unique(np.concatenate(arrays))
 
 
 def _positions(keys, ids):
     """Ranks of ``ids`` in the sorted ``keys`` and whether each was found."""
+    keys, ids = as_ids(keys), as_ids(ids)
     if _is_int(keys) != _is_int(ids):
-        keys, ids = keys.astype(str), ids.astype(str)
+        keys, ids = _as_text(keys), _as_text(ids)
         order = np.argsort(keys)
         pos, found = _positions(keys[order], ids)
         return order[pos], found

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .kernels import cpu
-from .params import flatten, layer, layer_count, unflatten
+from .params import check_for_matrix, flatten, layer, layer_count, unflatten
 from .sparse import Pattern
 
 STAGES = ("pretrain", "finetune")
@@ -154,14 +154,8 @@ class GLocalKLoss:
         regulariser lambda_s/2 sum K^2 + lambda_2/2 sum W^2 (float64 sums)."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        check_for_matrix(params, stage, *self.R.shape)
         n_layers = layer_count(params)
-        n = self.R.shape[1]
-        if params["W0"].shape[0] != n or params[f"W{n_layers - 1}"].shape[1] != n:
-            raise ValueError(f"parameters are for {params['W0'].shape[0]} users, "
-                             f"the training matrix has {n}")
-        if stage == "finetune" and params["C"].shape[0] != self.R.shape[0]:
-            raise ValueError(f"C is for {params['C'].shape[0]} items, "
-                             f"the training matrix has {self.R.shape[0]}")
         layers, reg = [], 0.0
         for l in range(n_layers):
             W, U, V, b = (np.ascontiguousarray(a, dtype=self.dtype) for a in layer(params, l))
@@ -234,9 +228,7 @@ class GLocalKLoss:
     def _convolve(self, layers, C):
         """First pass, average pooling, global kernel G and the ReLU'd
         convolution of R with G, kept sparse (SPEC 3, steps 1-4)."""
-        gk = int(round(np.sqrt(C.shape[1])))
-        if gk * gk != C.shape[1] or gk % 2 == 0:
-            raise ValueError(f"C must have gk^2 columns for an odd gk, got {C.shape[1]}")
+        gk = int(round(np.sqrt(C.shape[1])))   # odd, checked by _layers
         hidden = self._encode(self.R, self.values, layers)
         out = layers[-1]
         w_mean = out.Weff.mean(axis=1)

@@ -10,6 +10,8 @@ n_in x n_out, U n_in x d, V n_out x d, b n_out. C (m x gk^2) is the global
 kernel's weight, present once fine-tuning has begun. The dict order is the
 order of the flat optimiser vector.
 """
+import math
+
 import numpy as np
 
 LAYER_KEYS = ("W", "U", "V", "b")
@@ -23,6 +25,60 @@ def layer_count(params):
 def layer(params, l):
     """(W, U, V, b) of layer ``l``."""
     return tuple(params[f"{k}{l}"] for k in LAYER_KEYS)
+
+
+def shapes(n_items, n_users, n_hidden, n_layers, kernel_dim, gk_size=None):
+    """The shape of every parameter array, in the flat vector's order; C
+    (n_items x gk^2) only when ``gk_size`` is given."""
+    dims = [n_users] + [n_hidden] * n_layers + [n_users]
+    out = {}
+    for l, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+        out.update({f"W{l}": (n_in, n_out), f"U{l}": (n_in, kernel_dim),
+                    f"V{l}": (n_out, kernel_dim), f"b{l}": (n_out,)})
+    if gk_size is not None:
+        out["C"] = (n_items, gk_size * gk_size)
+    return out
+
+
+def check_shapes(params, expected, what="parameters"):
+    """ValueError unless ``params`` holds exactly the arrays named in
+    ``expected``, each float32 or float64 of the expected shape. This is what
+    keeps the compiled kernels, which do not check bounds, inside their arrays."""
+    missing = [k for k in expected if k not in params]
+    extra = [k for k in params if k not in expected]
+    if missing or extra:
+        raise ValueError(f"{what}: " + "; ".join(
+            f"{label} {', '.join(map(str, keys))}"
+            for label, keys in (("missing", missing), ("unexpected", extra)) if keys))
+    for k, shape in expected.items():
+        a = params[k]
+        if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+            got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"{what}: {k} is {got}, expected float32 or float64")
+        if a.shape != shape:
+            raise ValueError(f"{what}: {k} has shape {a.shape}, expected {shape}")
+
+
+def check_for_matrix(params, stage, n_items, n_users):
+    """check_shapes against the network that ``params`` describe (hidden
+    width from W0, kernel dimension from U0, gk from C) on an n_items x
+    n_users matrix; C is needed for 'finetune' and ignored for 'pretrain'."""
+    context = f"parameters for a {n_items} x {n_users} (items x users) matrix"
+    W0, U0 = params.get("W0"), params.get("U0")
+    if np.ndim(W0) != 2 or np.ndim(U0) != 2 or layer_count(params) < 2:
+        raise ValueError(f"{context}: need 2-D W0 and U0 and at least two layers")
+    gk = None
+    if stage == "finetune":
+        if "C" not in params:
+            raise ValueError(f"{context}: missing C, the global kernel's weight")
+        cells = np.shape(params["C"])
+        gk = math.isqrt(cells[1]) if len(cells) == 2 else 0
+        if gk * gk != (cells[1] if len(cells) == 2 else -1) or gk % 2 == 0:
+            raise ValueError(f"{context}: C must be 2-D with gk^2 columns for an odd gk, "
+                             f"got shape {cells}")
+    layers = {k: v for k, v in params.items() if k != "C" or stage == "finetune"}
+    check_shapes(layers, shapes(n_items, n_users, W0.shape[1], layer_count(params) - 1,
+                                U0.shape[1], gk), context)
 
 
 def truncated_normal(rng, shape, stddev):

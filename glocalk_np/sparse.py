@@ -83,9 +83,12 @@ class Pattern:
         stored entry: where a gk x gk 'SAME' convolution of X can be non-zero.
         It is the pattern of band_m @ X @ band_n with 0/1 band matrices."""
         m, n = self.shape
-        r = gk // 2
-        band = lambda k: sp.diags([np.ones(k)] * (2 * r + 1), list(range(-r, r + 1)),
-                                  shape=(k, k), format="csr")
+
+        def band(k):
+            r = min(gk // 2, k - 1)   # a kernel wider than the matrix reaches k - 1 away
+            return sp.diags([np.ones(k)] * (2 * r + 1), list(range(-r, r + 1)),
+                            shape=(k, k), format="csr")
+
         X = sp.csr_matrix((np.ones(self.nnz), self.indices, self.indptr), shape=self.shape)
         S = (band(m) @ X @ band(n)).tocsr()
         S.sort_indices()

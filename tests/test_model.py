@@ -165,3 +165,29 @@ def test_rejects_bad_inputs():
         engine(R[:, :5], dict(lambda_2=1.0, lambda_s=1.0))("pretrain", params)
     with pytest.raises(ValueError, match="dtype"):
         GLocalKLoss(sp.csr_matrix(R), lambda_2=1, lambda_s=1, dtype=np.int32)
+
+
+def test_global_kernel_wider_than_the_matrix_matches_dense_reference():
+    """A gk x gk kernel larger than the matrix (here 9 on 5 x 6): the cells
+    that fall outside see the zero padding, as in TF's 'SAME' convolution."""
+    R, params = draw(5, 6, 3, 2, 1, 0.5, 3)
+    params["C"] = init_global_kernel(5, gk_size=9, seed=3)
+    hp = dict(lambda_2=0.5, lambda_s=0.2, dot_scale=3.0)
+    loss, grads = engine(R, hp)("finetune", params)
+    ref_loss, ref_grads = dense_loss_grad("finetune", params, R, **hp)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for k, g in ref_grads.items():
+        assert rel_error(grads[k], g) < 1e-10, k
+
+
+def test_engine_names_the_array_whose_shape_is_wrong():
+    R, params = draw(5, 6, 3, 2, 1, 0.5, 3)
+    f = engine(R, dict(lambda_2=1.0, lambda_s=1.0))
+    for key, shape in (("V0", (1, 2)), ("U1", (3, 5)), ("b1", (5,)), ("W1", (3, 7))):
+        bad = {**params, key: np.zeros(shape)}
+        with pytest.raises(ValueError, match=rf"{key} has shape \({shape[0]},"):
+            f("pretrain", bad)
+    with pytest.raises(ValueError, match="missing C"):
+        f("finetune", {k: v for k, v in params.items() if k != "C"})
+    with pytest.raises(ValueError, match="gk\\^2 columns"):
+        f("finetune", {**params, "C": np.zeros((5, 8))})
