@@ -6,19 +6,28 @@ computed from row i of the TRAINING matrix R (items x users), so a fitted
 model keeps R, and a model file stores it next to the parameters.
 """
 import hashlib
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numba
 import numpy as np
-import scipy.sparse as sp
 
 from . import metrics, modelfile
 from . import train as training
 from .backend import DEVICES, make_loss
-from .data import Index, _positions
-from .train import SELECTIONS, Config, EpochRecord, EvalSet, TrainState
+from .data import DataWarning, Index, _positions
+from .safeio import OutputError, check_target
+from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
+                     read_config, read_history, read_members, unpack_ids, unpack_matrix,
+                     unpack_params)
+from .train import SELECTIONS, Config, EvalSet, TrainState
 
-CHECKPOINT_NAME = "checkpoint.npz"
+
+def checkpoint_name(k):
+    """The checkpoint file of the k-th member of a seed ensemble."""
+    return "checkpoint.npz" if k == 0 else f"checkpoint-{k}.npz"
+
 EVAL_SETS = ("test", "val")
 
 
@@ -78,12 +87,22 @@ class GLocalK:
                 if evals[name].nnz == 0:
                     raise ValueError(f"{ratings.source}: none of the {len(ratings)} {name} "
                                      "ratings has a user and an item seen in training")
+        training.check_problem(self.config, R)
+        checkpoints = [None] * self.ensemble
+        if checkpoint_dir is not None:
+            digests = fingerprints(index, R, evals)
+            checkpoints = [Checkpoint(Path(checkpoint_dir) / checkpoint_name(k),
+                                      replace(self.config, seed=self.config.seed + k),
+                                      digests, R.shape) for k in range(self.ensemble)]
+            for checkpoint in checkpoints:
+                checkpoint.check_writable()
+        # every resumed state is read and checked before any training time is spent
+        states = [c.load() if resume else None for c in checkpoints]
         loss = make_loss(R, self.config, self.device)
         self._set_training_data(index, R, loss)
         self.dropped_ = dropped
-        self.members_ = [self._fit_member(k, R, evals, index, select, callback,
-                                          checkpoint_dir, resume)
-                         for k in range(self.ensemble)]
+        self.members_ = [self._fit_member(k, R, evals, select, callback, checkpoint, state)
+                         for k, (checkpoint, state) in enumerate(zip(checkpoints, states))]
         first = self.members_[0]
         self.params_, self.stage_ = first["params"], first["stage"]
         self.best_epoch_, self.history_ = first["best_epoch"], first["history"]
@@ -94,13 +113,10 @@ class GLocalK:
                                          **m["metrics"]} for m in self.members_]
         return self
 
-    def _fit_member(self, k, R, evals, index, select, callback, checkpoint_dir, resume):
-        """Train the k-th model (seed + k) and keep the epoch ``select`` picks."""
+    def _fit_member(self, k, R, evals, select, callback, checkpoint, state):
+        """Train the k-th model (seed + k) from ``state`` (None: afresh) and
+        keep the epoch ``select`` picks."""
         config = replace(self.config, seed=self.config.seed + k)
-        name = CHECKPOINT_NAME if k == 0 else f"checkpoint-{k}.npz"
-        checkpoint = (Checkpoint(Path(checkpoint_dir) / name, config,
-                                 fingerprints(index, R, evals))
-                      if checkpoint_dir is not None else None)
 
         def on_epoch(record, state):
             if checkpoint is not None:
@@ -108,7 +124,6 @@ class GLocalK:
             if callback is not None:
                 callback(record, state)
 
-        state = checkpoint.load() if resume else None
         state = training.fit(R, config, evals=evals, callback=on_epoch,
                              state=state, loss=self._loss)
         if "last" in state.best:
@@ -156,8 +171,13 @@ class GLocalK:
             return np.empty(0)
         if self._loss is None:
             self._loss = make_loss(self.train_matrix_, self.config, self.device)
-        return np.mean([self._loss.predict(m["stage"], m["params"], rows, cols).astype(np.float64)
-                        for m in self.members_], axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):   # checked just below
+            out = np.mean([self._loss.predict(m["stage"], m["params"], rows, cols)
+                           .astype(np.float64) for m in self.members_], axis=0)
+        if not np.isfinite(out).all():
+            raise ValueError("the network's outputs are not finite: its parameters are too "
+                             "large for float arithmetic (a corrupt or crafted model?)")
+        return out
 
     def predict(self, users, items):
         """(predictions, fallback) for parallel arrays of user and item ids.
@@ -196,6 +216,11 @@ class GLocalK:
         (no fallbacks), for export; it costs 8 * n_items * n_users bytes."""
         self._check_fitted()
         m, n = self.train_matrix_.shape
+        need, have = 32 * m * n, training.physical_memory()   # ids, outputs: 4 x 8 bytes
+        if have is not None and need > have:
+            raise ValueError(f"the full {m} x {n} (items x users) prediction matrix needs about "
+                             f"{need / 2**30:,.0f} GiB, more than this machine's "
+                             f"{have / 2**30:,.0f} GiB of memory: predict pairs instead")
         pred = self._network(np.repeat(np.arange(m), n), np.tile(np.arange(n), m))
         return metrics.clip(pred.reshape(m, n), *self.rating_range_)
 
@@ -221,7 +246,7 @@ class GLocalK:
         warning = None if user_known else (f"user {user!r} has no training ratings: "
                                            "items are ranked by their mean training rating")
         best = candidates[np.argsort(-raw[candidates], kind="stable")[:top]]
-        return [(items[k].item(), float(scores[k])) for k in best], warning
+        return list(zip(items[best].tolist(), scores[best].tolist())), warning
 
     def evaluate(self, test):
         """RMSE, MAE and NDCG (SPEC 7) of the network on the Ratings ``test``;
@@ -239,15 +264,13 @@ class GLocalK:
         """Write the fitted model to ``path`` (npz, atomically: a failure
         leaves an existing file untouched)."""
         self._check_fitted()
-        R = self.train_matrix_
         others = self.members_[1:]
         arrays = {**pack_params("param/", self.params_),
                   **{k: v for j, m in enumerate(others, 1)
                      for k, v in pack_params(f"member{j}/", m["params"]).items()},
-                  "index/users": _id_array(self.index_.users),
-                  "index/items": _id_array(self.index_.items),
-                  "train/indptr": R.indptr, "train/indices": R.indices,
-                  "train/data": R.data, "train/shape": np.array(R.shape, dtype=np.int64)}
+                  **pack_ids("index/users", self.index_.users),
+                  **pack_ids("index/items", self.index_.items),
+                  **pack_matrix("train/", self.train_matrix_)}
         meta = {"config": self.config.as_dict(), "params": list(self.params_),
                 "stage": self.stage_, "best_epoch": self.best_epoch_,
                 "summary": self.summary_, "dropped": self.dropped_,
@@ -259,59 +282,26 @@ class GLocalK:
     @classmethod
     def load(cls, path):
         """A fitted GLocalK from a file written by save(); ModelFileError
-        (a ValueError) with a one-line message if the file is unusable."""
+        (a ValueError) with a one-line message if the file is unusable.
+        Every array and metadata field is checked (schema.py) before any
+        kernel can see it."""
         f = modelfile.read(path, modelfile.MODEL)
-        model = cls(read_config(f))
-        try:
-            index = Index(f["index/users"], f["index/items"])
-            R = sp.csr_matrix((f["train/data"], f["train/indices"], f["train/indptr"]),
-                              shape=tuple(f["train/shape"]))
-            if R.shape != (index.n_items, index.n_users):
-                raise ValueError(f"training matrix is {R.shape[0]} x {R.shape[1]}, the index "
-                                 f"has {index.n_items} items x {index.n_users} users")
-            model._set_training_data(index, R)
-            model.history_ = [EpochRecord(**r) for r in f.field("history")]
-        except modelfile.ModelFileError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise f.error(f"inconsistent contents ({e})") from None
-        model.params_ = unpack_params(f, "param/", f.field("params"))
-        model.stage_ = f.field("stage")
-        model.best_epoch_ = f.field("best_epoch")
-        model.summary_ = f.field("summary")
-        model.dropped_ = f.field("dropped")
-        first = {"seed": model.config.seed, "params": model.params_, "stage": model.stage_,
-                 "best_epoch": model.best_epoch_, "history": model.history_}
-        others = [{**m, "params": unpack_params(f, f"member{j}/", m["params"]), "history": []}
-                  for j, m in enumerate(f.field("members"), 1)]
-        model.members_ = [first] + others
+        config = read_config(f)
+        model = cls(config)
+        index = Index(unpack_ids(f, "index/users"), unpack_ids(f, "index/items"))
+        shape = (index.n_items, index.n_users)
+        model._set_training_data(index, unpack_matrix(f, "train/", shape))
+        model.history_ = read_history(f, config)
+        model.members_ = read_members(f, config, shape)
+        model.members_[0]["history"] = model.history_
+        first = model.members_[0]
+        model.params_, model.stage_ = first["params"], first["stage"]
+        model.best_epoch_ = first["best_epoch"]
+        model.summary_ = field(f, "summary", lambda v: isinstance(v, dict), "an object")
+        model.dropped_ = field(f, "dropped", lambda v: isinstance(v, dict) and all(
+            isinstance(n, int) for n in v.values()), "a map of set names to counts")
         model.ensemble = len(model.members_)
         return model
-
-
-# ---------------------------------------------------------------- file helpers
-
-def pack_params(prefix, params):
-    """Parameter arrays under prefixed names, e.g. 'param/W0'."""
-    return {prefix + k: np.asarray(v) for k, v in params.items()}
-
-
-def unpack_params(contents, prefix, keys):
-    """The parameter dict, in the stored key order (the optimiser's vector order)."""
-    return {k: contents[prefix + k] for k in keys}
-
-
-def read_config(contents):
-    """The stored Config; ModelFileError if it is not a valid one (e.g. edited)."""
-    try:
-        return Config(**contents.field("config"))
-    except (TypeError, ValueError) as e:
-        raise contents.error(f"invalid config ({e})") from None
-
-
-def _id_array(ids):
-    """int64 for integer ids, unicode otherwise: never an object array (pickle)."""
-    return ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -319,9 +309,12 @@ def _id_array(ids):
 def _digest(*arrays):
     h = hashlib.sha256()
     for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
+        # string ids by their UTF-8 text and offsets, as a model file holds them
+        parts = pack_ids("", a).values() if a.dtype == object else [a]
+        for part in parts:
+            part = np.ascontiguousarray(part)
+            h.update(f"{part.dtype.str}{part.shape}".encode())
+            h.update(part.tobytes())
     return h.hexdigest()
 
 
@@ -333,13 +326,26 @@ def fingerprints(index, R, evals):
 
 
 class Checkpoint:
-    """A TrainState on disk, tied to the config and data that produced it."""
+    """A TrainState on disk, tied to the config and data that produced it:
+    ``shape`` is the training matrix's (n_items, n_users)."""
 
-    def __init__(self, path, config, fingerprint):
+    def __init__(self, path, config, fingerprint, shape):
         self.path, self.config, self.fingerprint = Path(path), config, fingerprint
+        self.shape = tuple(shape)
+
+    def check_writable(self):
+        """ValueError now, before any training, if the checkpoint could not
+        be written after the first epoch; creates its folder."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{self.path.parent}: cannot create the checkpoint folder: "
+                              f"{e.strerror}") from None
+        check_target(self.path)
 
     def save(self, state):
-        """Write ``state`` atomically: an interruption keeps the previous epoch's file."""
+        """Write ``state`` atomically: an interruption keeps the previous epoch's
+        file. The Numba thread count is recorded: parallel sums depend on it."""
         arrays = pack_params("param/", state.params)
         best = {}
         for sel, (epoch, rmse, params) in state.best.items():
@@ -348,15 +354,18 @@ class Checkpoint:
                 best[sel]["params"] = list(params)
                 arrays.update(pack_params(f"best/{sel}/", params))
         meta = {"config": self.config.as_dict(), "fingerprint": self.fingerprint,
-                "params": list(state.params), "best": best,
+                "params": list(state.params), "best": best, "threads": numba.get_num_threads(),
                 "history": [asdict(r) for r in state.history]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         modelfile.write(self.path, modelfile.CHECKPOINT, arrays, meta)
 
     def load(self):
-        """The saved TrainState, or None if there is no checkpoint yet.
-        ValueError if it was made with another config or other data."""
+        """The saved TrainState, or None (with a DataWarning) if there is no
+        checkpoint yet. ValueError if it was made with another config or
+        other data, or if any entry is malformed (schema.py); a DataWarning
+        if it was written with another Numba thread count."""
         if not self.path.exists():
+            warnings.warn(f"{self.path}: no checkpoint yet; starting afresh", DataWarning)
             return None
         f = modelfile.read(self.path, modelfile.CHECKPOINT)
         saved = read_config(f).as_dict()
@@ -364,7 +373,7 @@ class Checkpoint:
                  for k, v in self.config.as_dict().items() if saved[k] != v]
         if diffs:
             raise ValueError(f"{self.path}: cannot resume, the config differs: {', '.join(diffs)}")
-        theirs, ours = f.field("fingerprint"), self.fingerprint
+        theirs, ours = field(f, "fingerprint", is_fingerprint, "a map of digests"), self.fingerprint
         for name in [*ours, *(n for n in theirs if n not in ours)]:   # 'train' first
             what = "training data" if name == "train" else f"{name} set"
             if name not in ours or name not in theirs:
@@ -374,10 +383,20 @@ class Checkpoint:
             if theirs[name] != ours[name]:
                 raise ValueError(f"{self.path}: cannot resume, the {what} differs from "
                                  "the checkpoint's")
-        params = unpack_params(f, "param/", f.field("params"))
-        best = {}
-        for sel, entry in f.field("best").items():
-            kept = params if sel == "last" else unpack_params(f, f"best/{sel}/", entry["params"])
-            best[sel] = (entry["epoch"], entry["rmse"], kept)
-        history = [EpochRecord(**r) for r in f.field("history")]
+        history = read_history(f, self.config)
+        fine_done = sum(r.stage == "finetune" for r in history)
+        params = unpack_params(f, "param/", f.field("params"), self.config, self.shape,
+                               "finetune" if fine_done else "pretrain")
+        best = read_best(f, self.config, self.shape)
+        if ("last" in best) != (fine_done == self.config.epochs_finetune > 0) \
+                or any(epoch > fine_done for epoch, _, _ in best.values()):
+            raise f.error("metadata field 'best' does not match the history")
+        best = {sel: (epoch, rmse, params if kept is None else kept)
+                for sel, (epoch, rmse, kept) in best.items()}
+        threads = f.meta.get("threads")
+        if isinstance(threads, int) and threads != numba.get_num_threads():
+            warnings.warn(f"{self.path}: written with {threads} Numba threads, resumed with "
+                          f"{numba.get_num_threads()} (--threads): parallel sums round "
+                          "differently, so the result will differ slightly from an "
+                          "uninterrupted run", DataWarning)
         return TrainState(params, history, best)

@@ -9,14 +9,24 @@ every problem on reading raises one :class:`ModelFileError` line that names
 the file.
 """
 import json
+import math
 import os
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from .safeio import atomic_output
+
+# 2: string ids as UTF-8 bytes and offsets (1: fixed-width unicode arrays,
+# still read).
+FORMAT_VERSION = 2
+# Declared array bytes a file may hold in all: about ten times an ML-10M
+# model, so that a crafted header cannot make the reader allocate terabytes.
+MAX_BYTES = 16 << 30
+MAX_ENTRIES = 4096
+# bool, integers, floats and unicode: everything glocalk-np writes
+_DTYPE_KINDS = "biufU"
 MODEL = "glocalk-np-model"
 CHECKPOINT = "glocalk-np-checkpoint"
 KINDS = {MODEL: "model", CHECKPOINT: "checkpoint"}
@@ -34,45 +44,17 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _new_file_mode(path):
-    """The target's permissions if it exists, else what the umask allows, so
-    that a replaced file does not end up with the temp file's 0600."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def write(path, kind, arrays, meta):
-    """Write ``arrays`` and the JSON-able ``meta`` to ``path`` atomically.
-
-    The archive goes to a temp file in the target's directory, is fsynced and
-    then renamed over the target, so a failure or Ctrl-C at any point leaves
-    the previous file as it was (and no temp file behind).
-    """
+    """Write ``arrays`` and the JSON-able ``meta`` to ``path`` atomically
+    (safeio.atomic_output: a failure or Ctrl-C at any point leaves the
+    previous file as it was, and no temp file behind)."""
     clash = set(arrays) & set(_RESERVED)
     if clash:
         raise ValueError(f"reserved array name(s): {', '.join(sorted(clash))}")
-    path = os.fspath(path)
     header = dict(kind=np.array(kind), format_version=np.int64(FORMAT_VERSION),
                   meta=np.array(json.dumps(meta, default=_json_default)))
-    tmp = tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)),
-                                      prefix=".tmp-", suffix=".npz", delete=False)
-    try:
-        with tmp:
-            np.savez(tmp, **header, **arrays)   # a file object: no '.npz' appended
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, _new_file_mode(path))
-        os.replace(tmp.name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp.name)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as f:
+        np.savez(f, **header, **arrays)   # a file object: no '.npz' appended
 
 
 class Contents:
@@ -130,11 +112,17 @@ def read(path, kind):
 
 
 def _read_arrays(path):
-    """Every array of the npz at ``path``, read now so that a bad CRC shows here."""
+    """Every array of the npz at ``path``, read now so that a bad CRC shows
+    here. Each entry's header is checked first: a plain dtype, and a declared
+    size that the entry really holds and that stays under MAX_BYTES in all,
+    so that nothing is allocated on a header's word alone."""
     try:
         with open(path, "rb") as f:
             if f.read(2) != b"PK":
                 raise ModelFileError(f"{path}: not a glocalk-np file (not an npz archive)")
+            f.seek(0)
+            with zipfile.ZipFile(f) as zf:
+                _check_headers(path, zf)
             f.seek(0)
             with np.load(f, allow_pickle=False) as z:
                 return {name: z[name] for name in z.files}
@@ -142,7 +130,42 @@ def _read_arrays(path):
         raise
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: is a folder, not a file") from None
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    except MemoryError:
+        raise ModelFileError(f"{path}: too large to load into this machine's memory") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
         raise ModelFileError(f"{path}: corrupt or truncated file ({e})") from None
+
+
+def _check_headers(path, zf):
+    """ModelFileError for an entry that is not a plain .npy array of the
+    size its header declares, or for a total above MAX_BYTES."""
+    entries = zf.infolist()
+    if len(entries) > MAX_ENTRIES:
+        raise ModelFileError(f"{path}: {len(entries)} entries; a glocalk-np file has far fewer")
+    total = 0
+    for info in entries:
+        name = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if name is None:
+            raise ModelFileError(f"{path}: unexpected entry {info.filename[:60]!r}")
+        with zf.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+            header_size = member.tell()
+        if dtype.hasobject or dtype.kind not in _DTYPE_KINDS or dtype.fields is not None:
+            raise ModelFileError(f"{path}: entry {name!r} has dtype {dtype}, which glocalk-np "
+                                 "never writes")
+        nbytes = dtype.itemsize * math.prod(shape)
+        if info.file_size != header_size + nbytes:
+            raise ModelFileError(f"{path}: entry {name!r} declares shape {shape} of {dtype} "
+                                 f"({nbytes} bytes) but holds {info.file_size - header_size}: "
+                                 "corrupt or crafted file")
+        total += nbytes
+        if total > MAX_BYTES:
+            raise ModelFileError(f"{path}: arrays of more than {MAX_BYTES >> 30} GiB in all, "
+                                 "beyond any real model: corrupt or crafted file")

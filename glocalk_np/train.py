@@ -5,6 +5,8 @@ The optimiser sees one flat float64 vector and a function returning
 scipy.optimize.minimize(method='L-BFGS-B', options={'maxiter', 'maxcor': 10}),
 so the L-BFGS memory restarts every epoch, as in the official code.
 """
+import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -14,7 +16,7 @@ from scipy.optimize import minimize
 
 from . import metrics
 from .backend import make_loss
-from .params import flatten, init_global_kernel, init_layers, unflatten
+from .params import flatten, init_global_kernel, init_layers, shapes, unflatten
 
 # SPEC 6; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
 PRESETS = {
@@ -26,6 +28,13 @@ PRESETS = {
                    epochs_pretrain=20, epochs_finetune=60, dot_scale=2.0),
 }
 SELECTIONS = ("test", "val", "last")
+# Penalties and scales beyond this leave float32's range at TF1's initial
+# weights; the presets use at most 70.
+MAX_LAMBDA = 1e6
+# Memory a fit needs per parameter at least: the float64 vector and gradient,
+# scipy's 2 x maxcor history and its copies per call, the compute-dtype W,
+# K, W_eff and their gradients (an ML-10M-shaped epoch measured ~300).
+BYTES_PER_PARAMETER = 200
 
 
 @dataclass(frozen=True)
@@ -49,18 +58,19 @@ class Config:
         for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
                      "iters_pretrain", "iters_finetune"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if not _is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("epochs_pretrain", "epochs_finetune", "seed"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 0:
+            if not _is_integer(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if self.gk_size % 2 == 0:
             raise ValueError(f"gk_size must be odd, got {self.gk_size!r}")
         for name in ("lambda_2", "lambda_s", "dot_scale"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) \
+                    or not 0 <= value <= MAX_LAMBDA:
+                raise ValueError(f"{name} must be a number in [0, {MAX_LAMBDA:g}], got {value!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
@@ -82,6 +92,41 @@ class Config:
 
     def as_dict(self):
         return asdict(self)
+
+
+def _is_integer(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_problem(config, train):
+    """ValueError, before any training time is spent, when ``config``'s
+    network cannot be trained on the items x users matrix ``train`` in this
+    machine's memory (e.g. a hidden width of 10^9, or a global kernel whose
+    convolution map of nnz x gk^2 entries would not fit)."""
+    m, n = train.shape
+    n_params = sum(math.prod(s) for s in shapes(m, n, config.n_hidden, config.n_layers,
+                                                config.kernel_dim, config.gk_size).values())
+    cells = config.gk_size ** 2
+    need = n_params * BYTES_PER_PARAMETER + sp.csr_matrix(train).nnz * cells * 16
+    have = physical_memory()
+    if have is not None and need > have:
+        raise ValueError(f"n_hidden={config.n_hidden}, n_layers={config.n_layers}, "
+                         f"kernel_dim={config.kernel_dim}, gk_size={config.gk_size} on "
+                         f"{m} items x {n} users: training would need about "
+                         f"{need / 2**30:,.0f} GiB ({n_params:,} parameters), more than this "
+                         f"machine's {have / 2**30:,.0f} GiB of memory")
+
+
+def physical_memory():
+    """Bytes of RAM, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the parameters left the finite numbers."""
 
 
 @dataclass
@@ -157,6 +202,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
     the paper's protocol; 'val': best validation RMSE; 'last').
     """
     train = sp.csr_matrix(train)
+    check_problem(config, train)
     loss = loss or make_loss(train, config)
     state = state or initial_state(train, config)
     evals = {name: EvalSet(m) for name, m in (evals or {}).items()}
@@ -176,6 +222,12 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()
             result = minimize_epoch(fun, flatten(template), iters)
+            if not (np.isfinite(result.fun) and np.isfinite(result.x).all()):
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {result.fun} after {stage} epoch {epoch} "
+                    f"(ratings {low:g} to {high:g}, lambda_2={config.lambda_2:g}, "
+                    f"lambda_s={config.lambda_s:g}, dot_scale={config.dot_scale:g}): "
+                    "smaller ratings or penalties are needed")
             template = unflatten(result.x, template)
             state.params.update(template)
             scores = score(loss, stage, state.params, train_set, evals, low, high)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from glocalk_np import modelfile
-from glocalk_np.data import Index, Ratings, random_split
-from glocalk_np.estimator import CHECKPOINT_NAME, GLocalK
+from glocalk_np.cli import Terminated
+from glocalk_np.data import DataWarning, Index, Ratings, random_split
+from glocalk_np.estimator import GLocalK, checkpoint_name
 from glocalk_np.modelfile import ModelFileError
 from glocalk_np.train import Config
 
@@ -167,7 +168,7 @@ def test_ids_of_either_kind_survive_save_and_load(tmp_path, str_ids):
     m = GLocalK(CONFIG).fit(train, test=test)
     m.save(tmp_path / "m.npz")
     loaded = GLocalK.load(tmp_path / "m.npz")
-    kind = "U" if str_ids else "i"
+    kind = "O" if str_ids else "i"
     assert loaded.index_.users.dtype.kind == kind and loaded.index_.items.dtype.kind == kind
     np.testing.assert_array_equal(loaded.index_.users, m.index_.users)
     users, items = known_pairs(m, test)
@@ -258,7 +259,7 @@ def test_save_load_round_trip_predicts_identically(tmp_path, fitted, data):
     assert loaded.recommend(data[0].users[3]) == fitted.recommend(data[0].users[3])
 
 
-@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, Terminated, OSError])
 def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch, fitted, failure):
     path = tmp_path / "m.npz"
     fitted.save(path)
@@ -315,15 +316,15 @@ CORRUPTIONS = {
                                    flip_byte_in(bad, GLocalK.load(good).params_["W1"])),
                 "Bad CRC"),
     "foreign npz": (lambda good, bad: np.savez(bad, weights=np.ones(3)), "without a 'kind'"),
-    "newer version": (lambda good, bad: rewrite(good, bad, format_version=np.int64(2)),
-                      "format version 2 is newer"),
+    "newer version": (lambda good, bad: rewrite(good, bad, format_version=np.int64(3)),
+                      "format version 3 is newer"),
     "missing entry": (lambda good, bad: rewrite(good, bad, drop=("param/W0",)),
                       "missing entry 'param/W0'"),
     "bad metadata": (lambda good, bad: rewrite(good, bad, meta=np.array("{not json")),
                      "unreadable metadata"),
     "a checkpoint": (lambda good, bad: rewrite(good, bad, kind=np.array(modelfile.CHECKPOINT)),
                      "is a glocalk-np checkpoint, not a model"),
-    "a directory": (lambda good, bad: bad.mkdir(), "cannot read"),
+    "a directory": (lambda good, bad: bad.mkdir(), "is a folder"),
 }
 
 
@@ -398,15 +399,16 @@ def test_ctrl_c_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monk
         GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
                                    checkpoint_dir=tmp_path)
     monkeypatch.undo()
-    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint_name(0)]
     resume(tmp_path, data, selections, 3)
 
 
-def test_resume_without_a_checkpoint_starts_afresh(tmp_path, data, fitted):
+def test_resume_without_a_checkpoint_says_so_and_starts_afresh(tmp_path, data, fitted):
     train, test, _ = data
-    m = GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path / "new", resume=True)
+    with pytest.warns(DataWarning, match="no checkpoint yet; starting afresh"):
+        m = GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path / "new", resume=True)
     equal_fits(m, fitted)
-    assert (tmp_path / "new" / CHECKPOINT_NAME).exists()
+    assert (tmp_path / "new" / checkpoint_name(0)).exists()
 
 
 def test_resume_refuses_another_config_or_other_data(tmp_path, data):
@@ -424,7 +426,7 @@ def test_resume_refuses_another_config_or_other_data(tmp_path, data):
             GLocalK(config).fit(train_set, test=test_set, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
         GLocalK(CONFIG).fit(train, resume=True)
-    (tmp_path / CHECKPOINT_NAME).write_bytes(b"garbage")
+    (tmp_path / checkpoint_name(0)).write_bytes(b"garbage")
     with pytest.raises(ModelFileError, match="not an npz archive"):
         GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path, resume=True)
 

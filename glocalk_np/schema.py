@@ -1,0 +1,258 @@
+"""What a model file and a checkpoint hold, and the check of every entry.
+
+The compiled kernels index their arrays without bounds checks, so a file is
+trusted only after every array has the dtype, shape and values that the
+config and the training matrix imply and every metadata field has its type:
+the layer chain (params.shapes), ids sorted and unique, CSR index arrays in
+range and monotone, finite parameters and ratings. modelfile.py has already
+checked the container (sizes declared in the npz headers, no pickle). Each
+problem raises one ModelFileError line naming the file and the entry.
+
+Arrays (prefixes are the entry names' start):
+    param/<name>, member<k>/<name>   parameters (params.py's names)
+    index/users, index/items         int64 ids; string ids (format 2) as
+        index/<kind>/utf8 (uint8, the ids' UTF-8 bytes back to back) and
+        index/<kind>/offsets (int64, n + 1), which costs what the ids' text
+        does; format 1 stored them as fixed-width unicode, still read
+    train/indptr, indices, data, shape   the training matrix, CSR
+    best/<selection>/<name>          a checkpoint's best-epoch parameters
+"""
+from dataclasses import fields
+
+import numpy as np
+import scipy.sparse as sp
+
+from .data import MAX_RATING
+from .params import check_shapes, shapes
+from .model import STAGES
+from .train import SELECTIONS, Config, EpochRecord
+
+
+# ---------------------------------------------------------------- metadata
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str_list(v):
+    return isinstance(v, list) and all(isinstance(k, str) for k in v)
+
+
+def field(contents, name, ok, expected):
+    """The metadata field ``name`` if ``ok(value)``, else ModelFileError
+    saying that ``expected`` was expected."""
+    value = contents.field(name)
+    if not ok(value):
+        raise contents.error(f"metadata field {name!r} is not {expected}")
+    return value
+
+
+def read_config(contents):
+    """The stored Config; ModelFileError if it is not a valid one (e.g. edited)."""
+    try:
+        return Config(**field(contents, "config", lambda v: isinstance(v, dict), "an object"))
+    except (TypeError, ValueError) as e:
+        raise contents.error(f"invalid config ({e})") from None
+
+
+_RECORD_TYPES = {"stage": lambda v: v in STAGES, "epoch": lambda v: _is_int(v) and v >= 1,
+                 "train_rmse": _is_number, "seconds": _is_number,
+                 "evaluations": lambda v: _is_int(v) and v >= 0,
+                 "metrics": lambda v: isinstance(v, dict) and all(
+                     isinstance(s, dict) and all(x is None or _is_number(x) for x in s.values())
+                     for s in v.values())}
+assert set(_RECORD_TYPES) == {f.name for f in fields(EpochRecord)}
+
+
+def _is_record(r):
+    return (isinstance(r, dict) and set(r) == set(_RECORD_TYPES)
+            and all(ok(r[k]) for k, ok in _RECORD_TYPES.items()))
+
+
+def read_history(contents, config):
+    """The list of EpochRecords: pre-training epochs 1, 2, ... then
+    fine-tuning epochs 1, 2, ..., no more than the config has."""
+    history = [EpochRecord(**r) for r in field(
+        contents, "history", lambda v: isinstance(v, list) and all(map(_is_record, v)),
+        "a list of epoch records")]
+    stages = [r.stage for r in history]
+    pre = stages.count("pretrain")
+    expected = ([("pretrain", e) for e in range(1, pre + 1)]
+                + [("finetune", e) for e in range(1, len(history) - pre + 1)])
+    if [(r.stage, r.epoch) for r in history] != expected \
+            or pre > config.epochs_pretrain or len(history) - pre > config.epochs_finetune:
+        raise contents.error("metadata field 'history' does not follow the config's schedule")
+    return history
+
+
+def is_best_epoch(config):
+    """A check of a fine-tuning epoch number under ``config``."""
+    return lambda v: _is_int(v) and 1 <= v <= config.epochs_finetune
+
+
+# ---------------------------------------------------------------- parameters
+
+def pack_params(prefix, params):
+    """Parameter arrays under prefixed names, e.g. 'param/W0'."""
+    return {prefix + k: np.asarray(v) for k, v in params.items()}
+
+
+def unpack_params(contents, prefix, keys, config, shape, stage):
+    """The parameter dict stored under ``prefix`` in the order of ``keys``
+    (the optimiser's vector order), checked against the network that
+    ``config`` builds on a ``shape`` (items x users) matrix, with C exactly
+    when ``stage`` is 'finetune'; every value finite."""
+    expected = shapes(*shape, config.n_hidden, config.n_layers, config.kernel_dim,
+                      config.gk_size if stage == "finetune" else None)
+    where = prefix.rstrip("/")
+    if not _is_str_list(keys) or keys != list(expected):
+        raise contents.error(f"{where}: arrays listed as {str(keys)[:80]}, the config's "
+                             f"network has {', '.join(expected)}")
+    params = {k: contents[prefix + k] for k in keys}
+    try:
+        check_shapes(params, expected, where)
+    except ValueError as e:
+        raise contents.error(str(e)) from None
+    for k, a in params.items():
+        if not np.isfinite(a).all():
+            raise contents.error(f"{where}: {k} holds NaN or infinite values")
+    return params
+
+
+def read_members(contents, config, shape):
+    """The models of a model file: the first (meta ``params``, ``stage``,
+    ``best_epoch``; arrays param/) and the other members of a seed ensemble
+    (meta ``members``; arrays member<k>/), each a dict with seed, params,
+    stage, best_epoch and an empty history."""
+    first = {"seed": config.seed, "params": contents.field("params"),
+             "stage": field(contents, "stage", lambda v: v in STAGES, "a stage name"),
+             "best_epoch": contents.field("best_epoch")}
+    others = field(contents, "members", lambda v: isinstance(v, list) and all(
+        isinstance(m, dict) and set(m) == set(first) and m["stage"] in STAGES
+        and _is_int(m["seed"]) for m in v), "a list of ensemble members")
+    members = []
+    for k, m in enumerate([first] + others):
+        if not (is_best_epoch(config)(m["best_epoch"]) if m["stage"] == "finetune"
+                else m["best_epoch"] is None):
+            raise contents.error(f"metadata: best epoch {str(m['best_epoch'])[:20]} of a "
+                                 f"{m['stage']} model with {config.epochs_finetune} "
+                                 "fine-tuning epochs")
+        params = unpack_params(contents, f"member{k}/" if k else "param/", m["params"],
+                               config, shape, m["stage"])
+        members.append({**m, "params": params, "history": []})
+    return members
+
+
+# ---------------------------------------------------------------- ids
+
+def pack_ids(name, ids):
+    """int64 ids as they are; string ids as UTF-8 bytes and offsets (never
+    an object array, which would need pickle)."""
+    if ids.dtype.kind in "iu":
+        return {name: ids.astype(np.int64)}
+    encoded = [s.encode("utf-8") for s in ids.tolist()]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return {f"{name}/utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            f"{name}/offsets": offsets}
+
+
+def unpack_ids(contents, name):
+    """The ids stored by pack_ids (or format 1's unicode array): int64 or an
+    object array of str, one-dimensional, sorted and unique (an Index's)."""
+    if f"{name}/utf8" in contents.arrays:
+        blob, offsets = contents[f"{name}/utf8"], contents[f"{name}/offsets"]
+        if blob.dtype != np.uint8 or blob.ndim != 1 or not _is_offsets(offsets, blob.size):
+            raise contents.error(f"{name}: malformed string ids")
+        text = blob.tobytes()
+        try:
+            ids = np.array([text[a:b].decode("utf-8")
+                            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())],
+                           dtype=object)
+        except UnicodeDecodeError:
+            raise contents.error(f"{name}: string ids are not UTF-8") from None
+    else:
+        ids = contents[name]
+        if ids.dtype.kind == "U":
+            ids = ids.astype(object)
+        elif ids.dtype != np.int64:
+            raise contents.error(f"{name}: ids of dtype {ids.dtype}, expected int64 or text")
+    if ids.ndim != 1 or ids.size == 0:
+        raise contents.error(f"{name}: expected a non-empty list of ids, got shape {ids.shape}")
+    if not (ids[1:] > ids[:-1]).all():
+        raise contents.error(f"{name}: ids are not sorted and unique")
+    return ids
+
+
+def _is_offsets(offsets, end):
+    """Whether ``offsets`` is a 1-D int64 array rising from 0 to ``end``."""
+    return (offsets.dtype == np.int64 and offsets.ndim == 1 and offsets.size >= 1
+            and offsets[0] == 0 and offsets[-1] == end and bool((np.diff(offsets) >= 0).all()))
+
+
+# ---------------------------------------------------------------- training matrix
+
+def pack_matrix(prefix, R):
+    return {f"{prefix}indptr": R.indptr, f"{prefix}indices": R.indices,
+            f"{prefix}data": R.data, f"{prefix}shape": np.array(R.shape, dtype=np.int64)}
+
+
+def unpack_matrix(contents, prefix, shape):
+    """The CSR matrix stored by pack_matrix, checked to be ``shape``
+    (n_items, n_users) with every column index in range, each row's indices
+    strictly increasing, and ratings finite, > 0 and at most MAX_RATING."""
+    stored, indptr, indices, data = (contents[prefix + k]
+                                     for k in ("shape", "indptr", "indices", "data"))
+    m, n = shape
+    if stored.dtype.kind not in "iu" or stored.shape != (2,) or tuple(stored.tolist()) != shape:
+        raise contents.error(f"{prefix}shape: {stored.tolist()!s:.60}, the index has "
+                             f"{m} items x {n} users")
+    for name, a, kinds in (("indices", indices, "i"), ("data", data, "f")):
+        if a.ndim != 1 or a.dtype.kind not in kinds or a.dtype.itemsize < 4:
+            raise contents.error(f"{prefix}{name}: {a.dtype} of shape {a.shape}, expected "
+                                 f"1-D {'int32/int64' if kinds == 'i' else 'float'}")
+    if indices.size != data.size or indices.size == 0:
+        raise contents.error(f"{prefix}: {indices.size} indices and {data.size} ratings")
+    if indptr.dtype.kind != "i" or indptr.shape != (m + 1,) \
+            or not _is_offsets(indptr.astype(np.int64), indices.size):
+        raise contents.error(f"{prefix}indptr: not {m + 1} offsets rising from 0 to "
+                             f"{indices.size}")
+    if indices.min() < 0 or indices.max() >= n:
+        raise contents.error(f"{prefix}indices: a user position outside 0..{n - 1}")
+    rising = np.diff(indices) > 0
+    rising[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < indices.size)] - 1] = True
+    if not rising.all():
+        raise contents.error(f"{prefix}indices: a row's user positions are not "
+                             "strictly increasing")
+    if not (np.isfinite(data).all() and data.min() > 0 and data.max() <= MAX_RATING):
+        raise contents.error(f"{prefix}data: ratings must be finite, > 0 and at most "
+                             f"{MAX_RATING:g}")
+    return sp.csr_matrix((data.astype(np.float64), indices.astype(np.int64),
+                          indptr.astype(np.int64)), shape=shape)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def read_best(contents, config, shape):
+    """A checkpoint's ``best``: {selection: (epoch, rmse, params or None)}
+    (None for 'last', whose parameters are the current ones)."""
+    def ok(v):
+        return isinstance(v, dict) and set(v) <= set(SELECTIONS) and all(
+            isinstance(e, dict) and set(e) == ({"epoch", "rmse"} | ({"params"} if s != "last"
+                                                                    else set()))
+            and is_best_epoch(config)(e["epoch"]) and (e["rmse"] is None or _is_number(e["rmse"]))
+            for s, e in v.items())
+    best = {}
+    for sel, e in field(contents, "best", ok, "a map of selections to best epochs").items():
+        params = (None if sel == "last" else
+                  unpack_params(contents, f"best/{sel}/", e["params"], config, shape, "finetune"))
+        best[sel] = (e["epoch"], e["rmse"], params)
+    return best
+
+
+def is_fingerprint(v):
+    return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
