@@ -2,14 +2,16 @@
 
 Every problem with the input (DataError, ModelFileError, any ValueError of
 the library, a usage error) ends the command with one line ``Error: ...`` on
-stderr and exit status 2; Ctrl-C ends it with status 130. Files are written
-atomically: to a temporary file next to the target, then renamed.
+stderr and exit status 2; Ctrl-C ends it with status 130, SIGTERM with 143.
+Files are written atomically (safeio.py), and no output may be an input or
+another output of the same command.
 """
 import contextlib
 import csv
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -21,17 +23,28 @@ import numpy as np
 
 from . import datasets, metrics
 from .backend import DEVICES
-from .data import DataError, DataWarning, random_split, read_any, read_pairs
-from .estimator import GLocalK
+from .data import PLAIN_INT, DataError, DataWarning, random_split, read_any, read_pairs
+from .estimator import GLocalK, checkpoint_name
 from .gradcheck import TOLERANCE, check_gradients
+from .safeio import OutputError, atomic_output, check_distinct, check_target
 from .synthetic import low_rank_ratings
 from .train import PRESETS, SELECTIONS, Config
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 STAGE_LABELS = {"pretrain": "pre-training", "finetune": "fine-tuning"}
 # click >= 8.2 reports a bare group as an error that carries the help text
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that every temporary file is
+    removed on the way out (Python's default would end it on the spot)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
 
 
 class _Main(click.Group):
@@ -41,7 +54,12 @@ class _Main(click.Group):
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataWarning)
             warnings.showwarning = _show_warning
-            sys.exit(self._run(args, prog_name, extra))
+            previous = signal.signal(signal.SIGTERM, _terminate)
+            try:
+                status = self._run(args, prog_name, extra)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+            sys.exit(status)
 
     def _run(self, args, prog_name, extra):
         """The exit status of the command."""
@@ -49,9 +67,14 @@ class _Main(click.Group):
             return super().main(args, prog_name, standalone_mode=False, **extra) or 0
         except _NO_ARGS_IS_HELP as e:
             e.show()
-        except click.Abort:
+        except (click.Abort, KeyboardInterrupt):
             click.echo("Interrupted", err=True)
             return EXIT_INTERRUPTED
+        except Terminated:
+            click.echo("Terminated", err=True)
+            return EXIT_TERMINATED
+        except MemoryError:
+            _error("out of memory: the data or the model is too large for this machine")
         except click.ClickException as e:
             _error(e.format_message())
         except ValueError as e:
@@ -73,35 +96,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # ---------------------------------------------------------------- files
 
 class OutFile(click.Path):
-    """A file to write; its folder must exist and be writable."""
+    """A file to write: a non-empty name in an existing, writable folder,
+    not an existing folder, device or other non-regular file."""
 
     def __init__(self):
         super().__init__(dir_okay=False)
 
     def convert(self, value, param, ctx):
-        folder = Path(super().convert(value, param, ctx)).resolve().parent
-        if not folder.is_dir():
-            self.fail(f"folder {str(folder)!r} does not exist", param, ctx)
-        if not os.access(folder, os.W_OK):
-            self.fail(f"folder {str(folder)!r} is not writable", param, ctx)
-        return value
+        try:
+            check_target(value)
+        except OutputError as e:
+            self.fail(str(e), param, ctx)
+        return super().convert(value, param, ctx)
 
 
 INPUT = click.Path(exists=True, dir_okay=False)
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """A temporary path next to ``path`` (same suffix), renamed over ``path``
-    when the block succeeds and removed when it fails."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -110,7 +119,7 @@ def output(path):
     if path is None:
         yield click.get_text_stream("stdout")
         return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(path, text=True) as f:
         yield f
 
 
@@ -215,12 +224,14 @@ def _scores(by_set, keys=("rmse", "mae")):
 
 
 class Progress:
-    """The fit callback: a click progress bar per stage on stderr and one
-    line per epoch on stdout, or nothing when quiet."""
+    """The fit callback: one line per epoch on stdout and, on a terminal, a
+    click progress bar per stage on stderr; nothing when quiet. (Off a
+    terminal a bar prints only its label, so a log gets the epoch lines.)"""
 
     def __init__(self, config, quiet):
         self.totals = {"pretrain": config.epochs_pretrain, "finetune": config.epochs_finetune}
         self.quiet = quiet
+        self.tty = sys.stderr.isatty()
         self.last = None        # the last completed epoch's record
         self._stage = self.bar = None
         self._bars = contextlib.ExitStack()
@@ -231,12 +242,12 @@ class Progress:
             return
         if record.stage != self._stage:
             self.open(record.stage)
-        if sys.stderr.isatty():     # erase the bar; the update below redraws it
-            click.echo("\r\033[K", nl=False, err=True)
+        self.erase()                # the update below redraws the bar
         click.echo(f"{record.stage:<8} {record.epoch:>3}/{self.totals[record.stage]:<3}  "
                    f"train RMSE {record.train_rmse:.4f}  {_scores(record.metrics)}  "
                    f"{record.seconds:.1f}s")
-        self.bar.update(record.epoch - self.bar.pos)
+        if self.bar is not None:
+            self.bar.update(record.epoch - self.bar.pos)
         if record.stage == "pretrain" and record.epoch == self.totals["pretrain"]:
             self.open("finetune")
 
@@ -244,12 +255,18 @@ class Progress:
         """Close the current bar and start ``stage``'s (if it has epochs)."""
         self.close()
         self._stage = stage
-        if not self.quiet and self.totals[stage]:
+        if not self.quiet and self.tty and self.totals[stage]:
             self.bar = self._bars.enter_context(click.progressbar(
                 length=self.totals[stage], label=STAGE_LABELS[stage], file=sys.stderr))
 
+    def erase(self):
+        """Clear the bar's line on a terminal."""
+        if self.bar is not None:
+            click.echo("\r\033[K", nl=False, err=True)
+
     def close(self):
         self._bars.close()
+        self.bar = None
 
 
 def train_model(est, train, *, test=None, val=None, select, quiet, index=None,
@@ -266,6 +283,10 @@ def train_model(est, train, *, test=None, val=None, select, quiet, index=None,
         click.echo("Interrupted: " + (f"last completed epoch saved in {checkpoint_dir}"
                                       if saved else "nothing saved"), err=True)
         click.get_current_context().exit(EXIT_INTERRUPTED)
+    except BaseException:
+        progress.erase()            # a terminal shows the error line, not a stale bar
+        progress.close()
+        raise
     progress.close()
 
 
@@ -366,6 +387,10 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out,
         raise click.UsageError("give --test or --test-frac, not both")
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")
+    checkpoints = ([os.path.join(checkpoint_dir, checkpoint_name(k)) for k in range(ensemble)]
+                   if checkpoint_dir else [])
+    check_distinct([ratings if os.path.exists(ratings) else None, test_path],
+                   [out, metrics_json, *checkpoints])
     tic = time.perf_counter()
     train, test, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
                                                       val_frac, seed)
@@ -424,6 +449,10 @@ def predict(model, pairs, all_pairs, out, sep):
     ratings, global_mean for such an item."""
     if (pairs is None) == (not all_pairs):
         raise click.UsageError("give PAIRS or --all (exactly one)")
+    as_npy = all_pairs and out is not None and out.endswith(".npy")
+    id_files = [f"{Path(out).with_suffix('')}.{kind}.txt" for kind in ("users", "items")
+                ] if as_npy else []
+    check_distinct([model, pairs], [out, *id_files])
     est = GLocalK.load(model)
     if pairs is not None:
         users, items = read_pairs(pairs, sep)
@@ -433,12 +462,11 @@ def predict(model, pairs, all_pairs, out, sep):
         return
     matrix = est.predict_all()
     users, items = est.index_.users, est.index_.items
-    if out is not None and out.endswith(".npy"):
-        stem = Path(out).with_suffix("")
-        with atomic_path(out) as tmp:
-            np.save(tmp, matrix)
-        for ids, kind in ((users, "users"), (items, "items")):
-            with output(f"{stem}.{kind}.txt") as f:
+    if as_npy:
+        with atomic_output(out) as f:
+            np.save(f, matrix)
+        for ids, path in zip((users, items), id_files):
+            with output(path) as f:
                 f.writelines(f"{i}\n" for i in ids.tolist())
         return
     write_csv(out, ("user", "item", "prediction"),
@@ -447,11 +475,10 @@ def predict(model, pairs, all_pairs, out, sep):
 
 
 def _parse_id(text, ids):
-    """``text`` as an id of the kind of ``ids`` (int when they are)."""
-    if ids.dtype.kind in "iu":
-        with contextlib.suppress(ValueError):
-            return int(text)
-    return text
+    """``text`` as an id of the kind of ``ids``: an int when they are ints and
+    it is written as a plain integer, as a ratings file's ids are read."""
+    text = text.strip()
+    return int(text) if ids.dtype.kind in "iu" and PLAIN_INT.fullmatch(text) else text
 
 
 @cli.command()
@@ -564,10 +591,5 @@ def download(name, directory):
         click.echo(f"{name}: already downloaded in {found}")
 
 
-def main():
-    """Console entry point."""
-    cli.main()
-
-
 if __name__ == "__main__":
-    main()
+    cli.main()
