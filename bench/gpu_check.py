@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from glocalk_np.backend import cuda_unavailable
 from glocalk_np.model import STAGES, GLocalKLoss
-from glocalk_np.params import flatten, init_global_kernel, init_layers
+from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised
 from glocalk_np.train import PRESETS
 
 # float64: max relative error against the CPU engine. float32: the loss and the
@@ -234,7 +234,7 @@ def timing(make_train, preset):
     out = {"shape": list(train.shape), "nnz": int(train.nnz), "h": HIDDEN, "dtype": "float32",
            "engine_setup_s": time.perf_counter() - tic}
     for stage in STAGES:
-        template = {k: v for k, v in params.items() if k != "C" or stage == "finetune"}
+        template = optimised(stage, params)
         x = flatten(template)
         r = {"n_params": int(x.size)}
         tic = time.perf_counter()

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import common
 from dense_baseline import DenseGLocalK
 from glocalk_np.kernels import cpu
-from glocalk_np.params import flatten, init_global_kernel, init_layers
+from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised
 from glocalk_np.train import Config, make_loss, minimize_epoch
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "ml-1m", "synth-ml-1m", "synth-ml-10m"]
@@ -187,7 +187,7 @@ def worker(spec):
         out["profile"] = dict(kernels, rest=total - sum(kernels.values()), total=total)
     out["rss_peak_mib"] = common.max_rss_mib()
     if spec["time_epoch"]:
-        template = {k: v for k, v in params.items() if stage == "finetune" or k != "C"}
+        template = optimised(stage, params)
         iters = config.iters_pretrain if stage == "pretrain" else config.iters_finetune
         objective, inside = engine.objective(stage, template), [0.0]
 

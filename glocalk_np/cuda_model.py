@@ -23,7 +23,7 @@ from numba import cuda
 
 from .kernels import cuda as kc
 from .model import STAGES, GLocalKLoss
-from .params import check_for_matrix, flatten, layer_count, unflatten
+from .params import check_for_matrix, flatten, layer_count, optimised, unflatten
 
 
 class _DevicePattern:
@@ -148,10 +148,7 @@ class CudaGLocalKLoss:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         check_for_matrix(params, stage, *self.shape)
-        template = {k: v for k, v in params.items() if k != "C"}
-        if stage == "finetune":
-            template["C"] = params["C"]
-        return template
+        return optimised(stage, params)
 
     def _plan(self, stage, template):
         key = (stage,) + tuple((k, np.shape(v)) for k, v in template.items())

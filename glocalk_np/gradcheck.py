@@ -3,7 +3,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .model import STAGES, GLocalKLoss
-from .params import flatten, init_global_kernel, init_layers, unflatten
+from .params import flatten, init_global_kernel, init_layers, optimised, unflatten
 
 STEP = 1e-5        # balances truncation (~STEP^2) and round-off (~1e-16 * loss / STEP)
 TOLERANCE = 1e-6
@@ -31,7 +31,7 @@ def check_gradients(seed=0, lambda_2=0.5, lambda_s=0.2, dot_scale=3.0):
                        dtype=np.float64)
     worst = {}
     for stage in STAGES:
-        template = params if stage == "finetune" else {k: v for k, v in params.items() if k != "C"}
+        template = optimised(stage, params)
         _, grads = loss(stage, template)
         x = flatten(template)
         numeric = np.empty_like(x)

@@ -76,9 +76,16 @@ def check_for_matrix(params, stage, n_items, n_users):
         if gk * gk != (cells[1] if len(cells) == 2 else -1) or gk % 2 == 0:
             raise ValueError(f"{context}: C must be 2-D with gk^2 columns for an odd gk, "
                              f"got shape {cells}")
-    layers = {k: v for k, v in params.items() if k != "C" or stage == "finetune"}
-    check_shapes(layers, shapes(n_items, n_users, W0.shape[1], layer_count(params) - 1,
+    check_shapes(optimised(stage, params), shapes(n_items, n_users, W0.shape[1], layer_count(params) - 1,
                                 U0.shape[1], gk), context)
+
+
+def optimised(stage, params):
+    """The arrays ``stage`` optimises, in the flat vector's order: every layer
+    array for 'pretrain', and C (the last array) as well for 'finetune'.
+    The one statement of this rule; the trainer, the engines, gradcheck,
+    the benchmarks and the tests all use it."""
+    return {k: v for k, v in params.items() if k != "C" or stage == "finetune"}
 
 
 def truncated_normal(rng, shape, stddev):

@@ -16,7 +16,7 @@ from scipy.optimize import minimize
 
 from . import metrics
 from .backend import make_loss
-from .params import flatten, init_global_kernel, init_layers, shapes, unflatten
+from .params import flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
 
 # SPEC 6; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
 PRESETS = {
@@ -216,8 +216,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
             continue
         if stage == "finetune" and "C" not in state.params:
             state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
-        template = ({k: v for k, v in state.params.items() if k != "C"}
-                    if stage == "pretrain" else dict(state.params))
+        template = optimised(stage, state.params)
         fun = loss.objective(stage, template)
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()

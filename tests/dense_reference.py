@@ -8,7 +8,7 @@ finite differences in test_dense_reference.py.
 """
 import numpy as np
 
-from glocalk_np.params import layer_count
+from glocalk_np.params import layer_count, optimised
 
 
 def _as64(params):
@@ -120,7 +120,7 @@ def dense_loss_grad(stage, params, R, *, lambda_2, lambda_s, dot_scale=1.0):
     params = _as64(params)
     R = np.asarray(R, dtype=np.float64)
     M = (R > 1e-12).astype(np.float64)
-    keys = [k for k in params if k != "C"] + (["C"] if stage == "finetune" else [])
+    keys = list(optimised(stage, params))
     grads = {k: np.zeros_like(params[k]) for k in keys}
 
     Y1, caches1 = _ae_forward(params, R)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dense_reference import dense_loss_grad, rel_error
+from glocalk_np.params import optimised
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -30,8 +31,7 @@ def run_script(name, *args, timeout=60):
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_dense_baseline_matches_reference(problem, stage):
     R, params, hp = problem
-    if stage == "pretrain":
-        params = {k: v for k, v in params.items() if k != "C"}
+    params = optimised(stage, params)
     want_loss, want = dense_loss_grad(stage, params, R, **hp)
     loss, grads = DenseGLocalK(R, dtype=np.float64, **hp)(stage, params)
     assert list(grads) == list(want)          # same keys, in the flat vector's order

@@ -129,11 +129,11 @@ def _patch_simulator():
 
 def _compare(cpu, gpu, stage, params, R):
     """Relative errors of ``gpu`` against ``cpu`` at ``params``."""
-    from glocalk_np.params import flatten
+    from glocalk_np.params import flatten, optimised
 
     loss, grads = cpu(stage, params)
     g_loss, g_grads = gpu(stage, params)
-    template = {k: v for k, v in params.items() if k != "C" or stage == "finetune"}
+    template = optimised(stage, params)
     o_loss, o_grad = gpu.objective(stage, template)(flatten(template))
     rows, cols = np.divmod(np.arange(R.size), R.shape[1])
     return {

@@ -9,14 +9,14 @@ import pytest
 
 from dense_reference import (dense_forward, dense_loss_grad, numerical_grad, rel_error,
                              xcorr2d_same)
-from glocalk_np.params import layer_count
+from glocalk_np.params import layer_count, optimised
 from problems import FD_EPS, draw
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_gradient_matches_finite_differences(problem, stage):
     R, params, hp = problem
     loss, grads = dense_loss_grad(stage, params, R, **hp)
-    expected_keys = [k for k in params if k != "C"] + (["C"] if stage == "finetune" else [])
+    expected_keys = list(optimised(stage, params))
     assert list(grads) == expected_keys
     num = numerical_grad(lambda p: dense_loss_grad(stage, p, R, **hp)[0], params,
                          keys=expected_keys, eps=FD_EPS)

@@ -8,7 +8,7 @@ from scipy import stats
 from dense_reference import dense_forward, dense_loss_grad, numerical_grad, rel_error
 from glocalk_np.kernels import cpu
 from glocalk_np.model import GLocalKLoss, loss_and_grad
-from glocalk_np.params import flatten, init_global_kernel, init_layers, unflatten
+from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised, unflatten
 from glocalk_np.sparse import Pattern
 from problems import FD_EPS, draw
 
@@ -24,7 +24,7 @@ def test_gradient_matches_finite_differences(problem, stage):
     R, params, hp = problem
     f = engine(R, hp)
     loss, grads = f(stage, params)
-    keys = [k for k in params if k != "C"] + (["C"] if stage == "finetune" else [])
+    keys = list(optimised(stage, params))
     assert list(grads) == keys
     num = numerical_grad(lambda p: f(stage, p)[0], params, keys=keys, eps=FD_EPS)
     for k in keys:
@@ -191,3 +191,10 @@ def test_engine_names_the_array_whose_shape_is_wrong():
         f("finetune", {k: v for k, v in params.items() if k != "C"})
     with pytest.raises(ValueError, match="gk\\^2 columns"):
         f("finetune", {**params, "C": np.zeros((5, 8))})
+
+
+def test_each_stage_optimises_its_arrays_in_the_flat_order():
+    _, params = draw(5, 6, 3, 2, 1, 0.5, 3)
+    layers = [k for k in params if k != "C"]
+    assert list(optimised("pretrain", params)) == layers
+    assert list(optimised("finetune", params)) == layers + ["C"]
