@@ -16,9 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
-from glocalk_np.params import flatten, layer, layer_count, unflatten
+from glocalk_np.params import STAGES, flatten, layer, layer_count, unflatten
 
-STAGES = ("pretrain", "finetune")
 
 
 class DenseGLocalK:

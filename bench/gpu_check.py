@@ -29,8 +29,8 @@ os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
 import numpy as np
 import scipy.sparse as sp
 
-from glocalk_np.backend import cuda_unavailable
-from glocalk_np.model import STAGES, GLocalKLoss
+from glocalk_np.engines import cuda_unavailable
+from glocalk_np.engines.cpu import STAGES, CpuEngine
 from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised
 from glocalk_np.train import PRESETS
 
@@ -157,9 +157,9 @@ def model_params(train, spread, seed=0):
 
 
 def engines(train, preset, dtype):
-    from glocalk_np.cuda_model import CudaGLocalKLoss
+    from glocalk_np.engines.cuda import CudaEngine
     hp = {k: PRESETS[preset][k] for k in ("lambda_2", "lambda_s", "dot_scale")}
-    return (GLocalKLoss(train, dtype=dtype, **hp), CudaGLocalKLoss(train, dtype=dtype, **hp))
+    return (CpuEngine(train, dtype=dtype, **hp), CudaEngine(train, dtype=dtype, **hp))
 
 
 def rel(a, b):

@@ -23,7 +23,7 @@ import common
 from common import PUBLISHED, TF_RERUN
 from glocalk_np import metrics
 from glocalk_np.data import random_split
-from glocalk_np.train import Config, EvalSet, fit, make_loss, rating_range
+from glocalk_np.train import Config, EvalSet, fit, make_engine, rating_range
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "flixster", "ml-1m"]
 QUICK = dict(epochs_pretrain=1, epochs_finetune=2, iters_pretrain=2, iters_finetune=2)
@@ -41,7 +41,7 @@ def make_config(preset, seed, quick, epochs_scale):
     return config
 
 
-def train_run(train, evals, config, loss, label, verbose):
+def train_run(train, evals, config, engine, label, verbose):
     """One fit; returns (state, wall seconds), printing each epoch if verbose."""
     def progress(record, state):
         if verbose:
@@ -49,7 +49,7 @@ def train_run(train, evals, config, loss, label, verbose):
             print(f"    {label} {record.stage} {record.epoch:3d}: train {record.train_rmse:.4f} "
                   f"{scores} ({record.seconds:.1f} s, {record.evaluations} evals)", flush=True)
     tic = time.perf_counter()
-    state = fit(train, config, evals=evals, callback=progress, loss=loss)
+    state = fit(train, config, evals=evals, callback=progress, engine=engine)
     return state, time.perf_counter() - tic
 
 
@@ -72,15 +72,16 @@ def run_dataset(name, args):
     low, high = rating_range(train)
     print(f"{name}: {train.shape[0]} items x {train.shape[1]} users, {train.nnz:,} train / "
           f"{test.nnz:,} test ratings; {problem.protocol}; preset {problem.preset}", flush=True)
-    loss, runs, preds = None, [], {"last": [], "paper": []}
+    engine, runs, preds = None, [], {"last": [], "paper": []}
     for seed in args.seeds:
         config = make_config(problem.preset, seed, args.quick, args.epochs_scale)
-        loss = loss or make_loss(train, config)   # seeds share it: same matrix and lambdas
-        state, wall = train_run(train, {"test": test}, config, loss, f"seed {seed}", args.verbose)
+        engine = engine or make_engine(train, config)   # seeds share it: same matrix and lambdas
+        state, wall = train_run(train, {"test": test}, config, engine, f"seed {seed}",
+                                args.verbose)
         best_epoch, _, best_params = state.best["test"]
         last_epoch, _, last_params = state.best["last"]
         for sel, params in (("paper", best_params), ("last", last_params)):
-            p = loss.predict("finetune", params, test_set.rows, test_set.cols).astype(np.float64)
+            p = engine.predict("finetune", params, test_set.rows, test_set.cols).astype(np.float64)
             preds[sel].append(metrics.clip(p, low, high))
         run = dict(seed=seed, wall_s=wall, config=config.as_dict(),
                    paper=dict(epoch=best_epoch, **finetune_metrics(state, best_epoch)),

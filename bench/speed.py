@@ -36,11 +36,10 @@ import scipy.sparse as sp
 import common
 from dense_baseline import DenseGLocalK
 from glocalk_np.kernels import cpu
-from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised
-from glocalk_np.train import Config, make_loss, minimize_epoch
+from glocalk_np.params import STAGES, flatten, init_global_kernel, init_layers, optimised
+from glocalk_np.train import Config, make_engine, minimize_epoch
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "ml-1m", "synth-ml-1m", "synth-ml-10m"]
-STAGES = ("pretrain", "finetune")
 # ML-10M is timed for pre-training only (--stages overrides): its fine-tuning
 # neighbourhood holds tens of millions of entries, a multi-GB set-up; the
 # dense baseline would need 3 GB per m x n float32 matrix (see --dense-max-gb).
@@ -150,7 +149,7 @@ def worker(spec):
         params["C"] = C
     tic = time.perf_counter()
     if engine_name == "sparse":
-        engine = make_loss(train, config)
+        engine = make_engine(train, config)
     else:
         engine = DenseGLocalK(train, config.lambda_2, config.lambda_s, config.dot_scale)
     engine(stage, params)

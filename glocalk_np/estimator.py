@@ -15,7 +15,7 @@ import numpy as np
 
 from . import metrics, modelfile
 from . import train as training
-from .backend import DEVICES, make_loss
+from .engines import DEVICES, make_engine
 from .data import DataWarning, Index, _positions
 from .safeio import OutputError, check_target
 from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
@@ -98,8 +98,8 @@ class GLocalK:
                 checkpoint.check_writable()
         # every resumed state is read and checked before any training time is spent
         states = [c.load() if resume else None for c in checkpoints]
-        loss = make_loss(R, self.config, self.device)
-        self._set_training_data(index, R, loss)
+        engine = make_engine(R, self.config, self.device)
+        self._set_training_data(index, R, engine)
         self.dropped_ = dropped
         self.members_ = [self._fit_member(k, R, evals, select, callback, checkpoint, state)
                          for k, (checkpoint, state) in enumerate(zip(checkpoints, states))]
@@ -125,7 +125,7 @@ class GLocalK:
                 callback(record, state)
 
         state = training.fit(R, config, evals=evals, callback=on_epoch,
-                             state=state, loss=self._loss)
+                             state=state, engine=self._engine)
         if "last" in state.best:
             best_epoch, params = training.selected(state, select)
             stage = "finetune"
@@ -147,10 +147,10 @@ class GLocalK:
                                          entries.values, entries.cols, *self.rating_range_)
         return out
 
-    def _set_training_data(self, index, R, loss=None):
+    def _set_training_data(self, index, R, engine=None):
         """The index, training matrix and the statistics the fallbacks use."""
         self.index_, self.train_matrix_ = index, R
-        self._loss = loss
+        self._engine = engine
         self.rating_range_ = training.rating_range(R)
         self.item_counts_ = np.diff(R.indptr).astype(np.int64)
         self.user_counts_ = np.bincount(R.indices, minlength=R.shape[1]).astype(np.int64)
@@ -169,10 +169,10 @@ class GLocalK:
         the mean over the members of a seed ensemble."""
         if rows.size == 0:
             return np.empty(0)
-        if self._loss is None:
-            self._loss = make_loss(self.train_matrix_, self.config, self.device)
+        if self._engine is None:
+            self._engine = make_engine(self.train_matrix_, self.config, self.device)
         with np.errstate(over="ignore", invalid="ignore"):   # checked just below
-            out = np.mean([self._loss.predict(m["stage"], m["params"], rows, cols)
+            out = np.mean([self._engine.predict(m["stage"], m["params"], rows, cols)
                            .astype(np.float64) for m in self.members_], axis=0)
         if not np.isfinite(out).all():
             raise ValueError("the network's outputs are not finite: its parameters are too "

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 LAYER_KEYS = ("W", "U", "V", "b")
+STAGES = ("pretrain", "finetune")
 
 
 def layer_count(params):

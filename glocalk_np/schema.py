@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from .data import MAX_RATING
 from .params import check_shapes, shapes
-from .model import STAGES
+from .params import STAGES
 from .train import SELECTIONS, Config, EpochRecord
 
 

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from . import metrics
-from .backend import make_loss
+from .engines import make_engine, settings
 from .params import flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
 
 # SPEC 6; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
@@ -187,7 +187,7 @@ def rating_range(train):
     return float(data.min()), float(data.max())
 
 
-def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=None):
+def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine=None):
     """Train GLocal-K on the sparse items x users matrix ``train``.
 
     evals: optional {'test': matrix, 'val': matrix} of held-out ratings, scored
@@ -195,15 +195,19 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
     callback(record, state): called after every epoch, e.g. to print or to
     checkpoint; ``state`` then holds everything needed to resume.
     state: a TrainState to resume from (its completed epochs are skipped).
-    loss: the (loss, gradient) engine, e.g. backend.make_loss(train, config,
-    device='cuda'); the CPU engine by default.
+    engine: the (loss, gradient) engine, e.g. engines.make_engine(train, config,
+    device='cuda'), to share one among fits; the CPU engine by default. It
+    must have been built for ``train`` with ``config``'s settings.
     Returns the final TrainState; ``state.best[sel]`` holds the fine-tuning epoch
     and parameters picked by each available selection ('test': best test RMSE,
     the paper's protocol; 'val': best validation RMSE; 'last').
     """
     train = sp.csr_matrix(train)
     check_problem(config, train)
-    loss = loss or make_loss(train, config)
+    engine = engine or make_engine(train, config)
+    if engine.settings != settings(config) or engine.shape != train.shape:
+        raise ValueError(f"the engine was built with {engine.settings} for a matrix of "
+                         f"{engine.shape}; the config says {settings(config)} for {train.shape}")
     state = state or initial_state(train, config)
     evals = {name: EvalSet(m) for name, m in (evals or {}).items()}
     low, high = rating_range(train)
@@ -217,7 +221,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
         if stage == "finetune" and "C" not in state.params:
             state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
         template = optimised(stage, state.params)
-        fun = loss.objective(stage, template)
+        fun = engine.objective(stage, template)
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()
             result = minimize_epoch(fun, flatten(template), iters)
@@ -229,7 +233,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
                     "smaller ratings or penalties are needed")
             template = unflatten(result.x, template)
             state.params.update(template)
-            scores = score(loss, stage, state.params, train_set, evals, low, high)
+            scores = score(engine, stage, state.params, train_set, evals, low, high)
             record = EpochRecord(stage, epoch, scores.pop("train")["rmse"],
                                  time.perf_counter() - tic, int(result.nfev), scores)
             state.history.append(record)
@@ -240,11 +244,11 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, loss=N
     return state
 
 
-def score(loss, stage, params, train_set, evals, low, high):
+def score(engine, stage, params, train_set, evals, low, high):
     """RMSE (and for held-out sets MAE and NDCG) of the stage's predictions,
     clipped to [low, high], from one forward pass over all the entries."""
     sets = {"train": train_set, **evals}
-    pred = loss.predict(stage, params, np.concatenate([s.rows for s in sets.values()]),
+    pred = engine.predict(stage, params, np.concatenate([s.rows for s in sets.values()]),
                         np.concatenate([s.cols for s in sets.values()])).astype(np.float64)
     out, pos = {}, 0
     for name, s in sets.items():

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from glocalk_np.backend import cuda_unavailable, make_loss
+from glocalk_np.engines import cuda_unavailable, make_engine
+from glocalk_np.params import STAGES
 from glocalk_np.train import Config
 
 # (m, n, n_hidden, d, n_layers, density, lambda_2, lambda_s, dot_scale, seed), as in problems.py
 SPECS = {"L1": (7, 9, 4, 3, 1, 0.3, 0.5, 0.2, 4.0, 0),
          "L2": (8, 7, 4, 3, 2, 0.4, 0.5, 0.2, 3.0, 4)}
-STAGES = ("pretrain", "finetune")
+# float64 measured 2e-15 at most (summation order); float32 4e-7
+FLOAT64_AGREEMENT = 1e-12
 SKIP = 77  # the script's exit status when the simulator itself cannot be imported
 
 
@@ -42,9 +44,9 @@ def report():
 def test_loss_and_gradient_match_cpu(report, problem, stage):
     r = report[f"{problem}/float64/{stage}"]
     assert r["keys_match"]
-    assert r["loss"] < 1e-5
+    assert r["loss"] < FLOAT64_AGREEMENT
     for k, err in r["grads"].items():
-        assert err < 1e-5, k
+        assert err < FLOAT64_AGREEMENT, k
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -52,44 +54,44 @@ def test_loss_and_gradient_match_cpu(report, problem, stage):
 def test_objective_is_flat_float64(report, problem, stage):
     r = report[f"{problem}/float64/{stage}"]
     assert r["objective_types"] == ["float", "float64", 1]
-    assert r["objective_loss"] < 1e-5
-    assert r["objective_grad"] < 1e-5
+    assert r["objective_loss"] < FLOAT64_AGREEMENT
+    assert r["objective_grad"] < FLOAT64_AGREEMENT
 
 
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("problem", SPECS)
 def test_predict_matches_cpu(report, problem, stage):
-    assert report[f"{problem}/float64/{stage}"]["predict"] < 1e-5
+    assert report[f"{problem}/float64/{stage}"]["predict"] < FLOAT64_AGREEMENT
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_float32_close_to_cpu_float32(report, stage):
     r = report[f"L2/float32/{stage}"]
     assert r["grad_dtype"] == "float32"
-    assert r["loss"] < 1e-5
-    assert max(r["grads"].values()) < 1e-4
+    assert r["loss"] < 1e-7
+    assert max(r["grads"].values()) < 1e-5
 
 
 def test_backend_builds_the_cuda_engine_under_the_simulator(report):
-    assert report["backend"] == "CudaGLocalKLoss"
+    assert report["backend"] == "CudaEngine"
 
 
 def test_fit_on_cuda_follows_fit_on_cpu(report):
     r = report["fit"]
-    assert r["history_cpu"] == pytest.approx(r["history_cuda"], rel=1e-9)
-    assert r["params"] < 1e-9
+    assert r["history_cpu"] == pytest.approx(r["history_cuda"], rel=FLOAT64_AGREEMENT)
+    assert r["params"] < FLOAT64_AGREEMENT
 
 
 def test_unknown_device_is_a_value_error():
     with pytest.raises(ValueError, match="device must be one of"):
-        make_loss(sp.csr_matrix(np.eye(3) + 1), Config(), device="gpu")
+        make_engine(sp.csr_matrix(np.eye(3) + 1), Config(), device="gpu")
 
 
 def test_missing_cuda_is_a_clear_error():
     if cuda_unavailable() is None:
         pytest.skip("CUDA is available in this process")
     with pytest.raises(ValueError, match=r"glocalk-np\[cuda\]|no CUDA GPU found"):
-        make_loss(sp.csr_matrix(np.eye(3) + 1), Config(), device="cuda")
+        make_engine(sp.csr_matrix(np.eye(3) + 1), Config(), device="cuda")
 
 
 # ----- the script run under the simulator ------------------------------------
@@ -157,19 +159,19 @@ def main():
         sys.exit(SKIP)
     from problems import smooth_problem
 
-    from glocalk_np.cuda_model import CudaGLocalKLoss
-    from glocalk_np.model import GLocalKLoss
+    from glocalk_np.engines.cuda import CudaEngine
+    from glocalk_np.engines.cpu import CpuEngine
 
     report = {}
     for name, spec in SPECS.items():
         R, params, hp = smooth_problem(spec)
         for dtype in (np.float64, np.float32) if name == "L2" else (np.float64,):
-            cpu = GLocalKLoss(sp.csr_matrix(R), dtype=dtype, **hp)
-            gpu = CudaGLocalKLoss(sp.csr_matrix(R), dtype=dtype, **hp)
+            cpu = CpuEngine(sp.csr_matrix(R), dtype=dtype, **hp)
+            gpu = CudaEngine(sp.csr_matrix(R), dtype=dtype, **hp)
             for stage in STAGES:
                 report[f"{name}/{np.dtype(dtype).name}/{stage}"] = _compare(cpu, gpu, stage, params, R)
     config = Config(lambda_2=hp["lambda_2"], lambda_s=hp["lambda_s"], dot_scale=hp["dot_scale"])
-    report["backend"] = type(make_loss(sp.csr_matrix(R), config, device="cuda")).__name__
+    report["backend"] = type(make_engine(sp.csr_matrix(R), config, device="cuda")).__name__
     report["fit"] = _fit_both(R, hp)
     print(json.dumps(report))
 
@@ -181,7 +183,7 @@ def _fit_both(R, hp):
     config = Config(n_hidden=4, n_layers=1, kernel_dim=3, epochs_pretrain=1, epochs_finetune=1,
                     iters_pretrain=3, iters_finetune=3, dtype="float64", **hp)
     R = sp.csr_matrix(R)
-    states = {dev: fit(R, config, loss=make_loss(R, config, device=dev)) for dev in ("cpu", "cuda")}
+    states = {dev: fit(R, config, engine=make_engine(R, config, device=dev)) for dev in ("cpu", "cuda")}
     out = {f"history_{dev}": [r.train_rmse for r in s.history] for dev, s in states.items()}
     out["params"] = max(_rel(states["cuda"].params[k], v) for k, v in states["cpu"].params.items())
     return out

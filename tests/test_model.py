@@ -7,16 +7,16 @@ from scipy import stats
 
 from dense_reference import dense_forward, dense_loss_grad, numerical_grad, rel_error
 from glocalk_np.kernels import cpu
-from glocalk_np.model import GLocalKLoss, loss_and_grad
-from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised, unflatten
+from glocalk_np.engines.cpu import CpuEngine, loss_and_grad
+from glocalk_np.params import (STAGES, flatten, init_global_kernel, init_layers, optimised,
+                               unflatten)
 from glocalk_np.sparse import Pattern
 from problems import FD_EPS, draw
 
-STAGES = ["pretrain", "finetune"]
 
 
 def engine(R, hp, dtype=np.float64):
-    return GLocalKLoss(sp.csr_matrix(R), dtype=dtype, **hp)
+    return CpuEngine(sp.csr_matrix(R), dtype=dtype, **hp)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -155,16 +155,16 @@ def test_pattern_neighbourhood_and_subset():
 def test_rejects_bad_inputs():
     R, params = draw(5, 6, 3, 2, 1, 0.5, 3)
     with pytest.raises(ValueError, match="> 0"):
-        GLocalKLoss(sp.csr_matrix(-R), lambda_2=1, lambda_s=1)
+        CpuEngine(sp.csr_matrix(-R), lambda_2=1, lambda_s=1)
     with pytest.raises(ValueError, match="no ratings"):
-        GLocalKLoss(sp.csr_matrix((5, 6)), lambda_2=1, lambda_s=1)
+        CpuEngine(sp.csr_matrix((5, 6)), lambda_2=1, lambda_s=1)
     f = engine(R, dict(lambda_2=1.0, lambda_s=1.0))
     with pytest.raises(ValueError, match="stage"):
         f("pre-train", params)
     with pytest.raises(ValueError, match="users"):
         engine(R[:, :5], dict(lambda_2=1.0, lambda_s=1.0))("pretrain", params)
     with pytest.raises(ValueError, match="dtype"):
-        GLocalKLoss(sp.csr_matrix(R), lambda_2=1, lambda_s=1, dtype=np.int32)
+        CpuEngine(sp.csr_matrix(R), lambda_2=1, lambda_s=1, dtype=np.int32)
 
 
 def test_global_kernel_wider_than_the_matrix_matches_dense_reference():

@@ -1,11 +1,11 @@
-"""Numba CUDA kernels for the GPU engine (cuda_model): the CPU kernels' sparse
+"""Numba CUDA kernels for the GPU engine (engines/cuda.py): the CPU kernels' sparse
 work, the dense GEMMs and the small element-wise steps between them.
 
 Notation as in kernels/cpu.py. Every kernel writes into caller-owned device
 arrays, is generic over float32/float64 (compiled per argument types on first
 launch), and strides over its outer dimension with the whole grid, so any
 grid size is correct; only the block shapes below are fixed, and the
-launchers in cuda_model use them.
+launchers in engines/cuda.py use them.
 
 Importing this module imports numba.cuda; the package imports it only when
 the CUDA engine is asked for. Under Numba's CUDA simulator

@@ -23,12 +23,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from .kernels import cpu
-from .params import check_for_matrix, flatten, layer, layer_count, unflatten
-from .sparse import Pattern
-
-STAGES = ("pretrain", "finetune")
-
+from ..kernels import cpu
+from ..params import STAGES, check_for_matrix, flatten, layer, layer_count, unflatten
+from ..sparse import Pattern
 
 @dataclass
 class _Layer:
@@ -54,7 +51,7 @@ class _Conv:
     x: np.ndarray          # their values
 
 
-class GLocalKLoss:
+class CpuEngine:
     """(loss, gradient) of either stage for one training matrix.
 
     Set-up that depends only on the matrix (its index arrays, and the
@@ -76,10 +73,13 @@ class GLocalKLoss:
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
         self.R = Pattern.from_csr(R)
         self.values = R.data.astype(self.dtype)
+        self.shape = R.shape
         self.lambda_2 = float(lambda_2)
         self.lambda_s = float(lambda_s)
         self.dot_scale = float(dot_scale)
         self._conv_pattern = {}
+        self.settings = dict(lambda_2=self.lambda_2, lambda_s=self.lambda_s,
+                             dot_scale=self.dot_scale, dtype=self.dtype)
 
     # ----- public ---------------------------------------------------------
     def __call__(self, stage, params):
@@ -137,6 +137,12 @@ class GLocalKLoss:
         pred = np.empty(rows.size, dtype=self.dtype)
         cpu.pair_dot(rows, cols, hidden[-1], _transposed(out.Weff), pred)
         return pred + out.b[cols]
+
+    def conv_preactivation(self, params):
+        """The global convolution before its ReLU, on the neighbourhood
+        pattern of the ratings (where it can be non-zero): what the ReLU sees."""
+        layers, _ = self._layers(params, "finetune")
+        return self._convolve(layers, np.asarray(params["C"], dtype=self.dtype)).pre
 
     def _forward(self, stage, params, layers):
         """(hidden activations of the network's input, the convolution, C):
@@ -258,6 +264,6 @@ def _transposed(A):
 def loss_and_grad(stage, params, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
     """(loss, gradient dict) of ``stage`` ('pretrain' or 'finetune') at
     ``params`` for the sparse m x n training matrix ``train`` (items x users).
-    For repeated calls build a GLocalKLoss once instead."""
-    f = GLocalKLoss(train, lambda_2=lambda_2, lambda_s=lambda_s, dot_scale=dot_scale, dtype=dtype)
+    For repeated calls build a CpuEngine once instead."""
+    f = CpuEngine(train, lambda_2=lambda_2, lambda_s=lambda_s, dot_scale=dot_scale, dtype=dtype)
     return f(stage, params)

@@ -1,5 +1,5 @@
 """GLocal-K's loss and gradient on a CUDA GPU: the CPU engine's algorithm
-(model.py, whose docstrings give it and its cost) with numba.cuda kernels
+(engines/cpu.py, whose docstrings give it and its cost) with numba.cuda kernels
 (kernels/cuda.py).
 
 On the device for the whole fit: the rating matrix (values, CSR and CSC index
@@ -21,9 +21,9 @@ summation order:
 import numpy as np
 from numba import cuda
 
-from .kernels import cuda as kc
-from .model import STAGES, GLocalKLoss
-from .params import check_for_matrix, flatten, layer_count, optimised, unflatten
+from ..kernels import cuda as kc
+from ..params import STAGES, check_for_matrix, flatten, layer_count, optimised, unflatten
+from .cpu import CpuEngine
 
 
 class _DevicePattern:
@@ -88,20 +88,20 @@ def _flat(a):
     return a.reshape(a.size)
 
 
-class CudaGLocalKLoss:
+class CudaEngine:
     """(loss, gradient) of either stage for one training matrix, on the GPU;
-    the interface of GLocalKLoss. ``objective`` is the trainer's entry point.
+    the interface of CpuEngine. ``objective`` is the trainer's entry point.
 
     The host-side set-up (validation, the rating pattern, the convolution's
     neighbourhood) is the CPU engine's, kept as ``self.host``."""
 
     def __init__(self, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
-        self.host = GLocalKLoss(train, lambda_2=lambda_2, lambda_s=lambda_s,
+        self.host = CpuEngine(train, lambda_2=lambda_2, lambda_s=lambda_s,
                                 dot_scale=dot_scale, dtype=dtype)
-        self.dtype = self.host.dtype
+        self.dtype, self.settings = self.host.dtype, self.host.settings
         self.lambda_2, self.lambda_s = self.host.lambda_2, self.host.lambda_s
         self.dot_scale = self.host.dot_scale
-        self.shape = self.host.R.shape
+        self.shape = self.host.shape
         self.R = _DevicePattern(self.host.R)
         self.values = cuda.to_device(self.host.values)
         self.values_csc = cuda.to_device(self.host.values[self.host.R.csc_perm])
@@ -122,7 +122,7 @@ class CudaGLocalKLoss:
         return fun
 
     def __call__(self, stage, params):
-        """Loss and gradient dict (host arrays in compute dtype), as GLocalKLoss."""
+        """Loss and gradient dict (host arrays in compute dtype), as CpuEngine."""
         template = self._template(stage, params)
         loss, grad = self.objective(stage, template)(flatten(template))
         return loss, unflatten(grad, template, dtype=self.dtype)
@@ -306,7 +306,7 @@ class CudaGLocalKLoss:
 
     def _finetune_backward(self, plan, hidden):
         """Back through the second pass, the convolution and g into C, then
-        through mu into the first pass (as GLocalKLoss.__call__)."""
+        through mu into the first pass (as CpuEngine.__call__)."""
         m, n = self.shape
         self._encode_backward(plan, plan.S, plan.xs_csc, hidden, dx=plan.dx)
         self._elementwise(kc.relu_backward, plan.S.nnz, plan.dx, plan.pre)
@@ -334,7 +334,7 @@ class CudaGLocalKLoss:
 
     def _layer_grads(self, plan, l):
         """dW, dU, dV of layer l from dloss/dW_eff, the regulariser included
-        (as GLocalKLoss._layer_grads; D [Q | 1] gives D Q and D's row sums)."""
+        (as CpuEngine._layer_grads; D [Q | 1] gives D Q and D's row sums)."""
         W, U, V = (plan.P[f"{k}{l}"] for k in "WUV")
         self._elementwise(kc.local_kernel_grad, W.size, _flat(plan.dWeff[l]), _flat(W),
                           _flat(plan.K[l]), self._t(self.lambda_2), self._t(self.lambda_s),
