@@ -78,8 +78,8 @@ def run_dataset(name, args):
         engine = engine or make_engine(train, config)   # seeds share it: same matrix and lambdas
         state, wall = train_run(train, {"test": test}, config, engine, f"seed {seed}",
                                 args.verbose)
-        best_epoch, _, best_params = state.best["test"]
-        last_epoch, _, last_params = state.best["last"]
+        best_epoch, best_params = state.best["test"].epoch, state.best["test"].params
+        last_epoch, last_params = state.best["last"].epoch, state.best["last"].params
         for sel, params in (("paper", best_params), ("last", last_params)):
             p = engine.predict("finetune", params, test_set.rows, test_set.cols).astype(np.float64)
             preds[sel].append(metrics.clip(p, low, high))
@@ -93,7 +93,7 @@ def run_dataset(name, args):
             rest, val = random_split(problem.train, VAL_FRACTION, seed)
             hstate, hwall = train_run(problem.matrix(rest), {"test": test, "val": problem.matrix(val)},
                                       config, None, f"seed {seed} honest", args.verbose)
-            epoch, val_rmse, _ = hstate.best["val"]
+            epoch, val_rmse = hstate.best["val"].epoch, hstate.best["val"].rmse
             run["honest"] = dict(epoch=epoch, val_rmse=val_rmse, wall_s=hwall,
                                  **finetune_metrics(hstate, epoch), history=history(hstate))
             line += f"; honest RMSE {run['honest']['rmse']:.4f} (epoch {epoch}), {hwall:.0f} s"

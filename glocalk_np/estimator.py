@@ -21,7 +21,7 @@ from .safeio import OutputError, check_target
 from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
                      read_config, read_history, read_members, unpack_ids, unpack_matrix,
                      unpack_params)
-from .train import SELECTIONS, Config, EvalSet, TrainState
+from .train import SELECTIONS, Config, EvalSet, Member, TrainState
 
 
 def checkpoint_name(k):
@@ -104,13 +104,13 @@ class GLocalK:
         self.members_ = [self._fit_member(k, R, evals, select, callback, checkpoint, state)
                          for k, (checkpoint, state) in enumerate(zip(checkpoints, states))]
         first = self.members_[0]
-        self.params_, self.stage_ = first["params"], first["stage"]
-        self.best_epoch_, self.history_ = first["best_epoch"], first["history"]
-        self.summary_ = {"select": select, "best_epoch": self.best_epoch_, **first["metrics"]}
+        self.params_, self.stage_ = first.params, first.stage
+        self.best_epoch_, self.history_ = first.best_epoch, first.history
+        self.summary_ = {"select": select, "best_epoch": self.best_epoch_, **first.metrics}
         if self.ensemble > 1:
             self.summary_.update(self._score(evals))
-            self.summary_["members"] = [{"seed": m["seed"], "best_epoch": m["best_epoch"],
-                                         **m["metrics"]} for m in self.members_]
+            self.summary_["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, **m.metrics}
+                                        for m in self.members_]
         return self
 
     def _fit_member(self, k, R, evals, select, callback, checkpoint, state):
@@ -134,9 +134,8 @@ class GLocalK:
         else:   # no fine-tuning epoch: the pre-trained network is the model
             best_epoch, params, stage = None, state.params, "pretrain"
             record = state.history[-1] if state.history else None
-        return {"seed": config.seed, "params": dict(params), "stage": stage,
-                "best_epoch": best_epoch, "history": state.history,
-                "metrics": {k: dict(v) for k, v in (record.metrics if record else {}).items()}}
+        return Member(config.seed, dict(params), stage, best_epoch, state.history,
+                      {k: dict(v) for k, v in (record.metrics if record else {}).items()})
 
     def _score(self, evals):
         """RMSE, MAE and NDCG of the (ensemble's) predictions on each eval matrix."""
@@ -172,7 +171,7 @@ class GLocalK:
         if self._engine is None:
             self._engine = make_engine(self.train_matrix_, self.config, self.device)
         with np.errstate(over="ignore", invalid="ignore"):   # checked just below
-            out = np.mean([self._engine.predict(m["stage"], m["params"], rows, cols)
+            out = np.mean([self._engine.predict(m.stage, m.params, rows, cols)
                            .astype(np.float64) for m in self.members_], axis=0)
         if not np.isfinite(out).all():
             raise ValueError("the network's outputs are not finite: its parameters are too "
@@ -267,7 +266,7 @@ class GLocalK:
         others = self.members_[1:]
         arrays = {**pack_params("param/", self.params_),
                   **{k: v for j, m in enumerate(others, 1)
-                     for k, v in pack_params(f"member{j}/", m["params"]).items()},
+                     for k, v in pack_params(f"member{j}/", m.params).items()},
                   **pack_ids("index/users", self.index_.users),
                   **pack_ids("index/items", self.index_.items),
                   **pack_matrix("train/", self.train_matrix_)}
@@ -275,8 +274,8 @@ class GLocalK:
                 "stage": self.stage_, "best_epoch": self.best_epoch_,
                 "summary": self.summary_, "dropped": self.dropped_,
                 "history": [asdict(r) for r in self.history_],
-                "members": [{"seed": m["seed"], "params": list(m["params"]), "stage": m["stage"],
-                             "best_epoch": m["best_epoch"]} for m in others]}
+                "members": [{"seed": m.seed, "params": list(m.params), "stage": m.stage,
+                             "best_epoch": m.best_epoch} for m in others]}
         modelfile.write(path, modelfile.MODEL, arrays, meta)
 
     @classmethod
@@ -293,10 +292,9 @@ class GLocalK:
         model._set_training_data(index, unpack_matrix(f, "train/", shape))
         model.history_ = read_history(f, config)
         model.members_ = read_members(f, config, shape)
-        model.members_[0]["history"] = model.history_
         first = model.members_[0]
-        model.params_, model.stage_ = first["params"], first["stage"]
-        model.best_epoch_ = first["best_epoch"]
+        first.history = model.history_
+        model.params_, model.stage_, model.best_epoch_ = first.params, first.stage, first.best_epoch
         model.summary_ = field(f, "summary", lambda v: isinstance(v, dict), "an object")
         model.dropped_ = field(f, "dropped", lambda v: isinstance(v, dict) and all(
             isinstance(n, int) for n in v.values()), "a map of set names to counts")
@@ -348,11 +346,11 @@ class Checkpoint:
         file. The Numba thread count is recorded: parallel sums depend on it."""
         arrays = pack_params("param/", state.params)
         best = {}
-        for sel, (epoch, rmse, params) in state.best.items():
-            best[sel] = {"epoch": epoch, "rmse": rmse}
+        for sel, pick in state.best.items():
+            best[sel] = {"epoch": pick.epoch, "rmse": pick.rmse}
             if sel != "last":   # 'last' is the current parameters
-                best[sel]["params"] = list(params)
-                arrays.update(pack_params(f"best/{sel}/", params))
+                best[sel]["params"] = list(pick.params)
+                arrays.update(pack_params(f"best/{sel}/", pick.params))
         meta = {"config": self.config.as_dict(), "fingerprint": self.fingerprint,
                 "params": list(state.params), "best": best, "threads": numba.get_num_threads(),
                 "history": [asdict(r) for r in state.history]}
@@ -389,10 +387,10 @@ class Checkpoint:
                                "finetune" if fine_done else "pretrain")
         best = read_best(f, self.config, self.shape)
         if ("last" in best) != (fine_done == self.config.epochs_finetune > 0) \
-                or any(epoch > fine_done for epoch, _, _ in best.values()):
+                or any(pick.epoch > fine_done for pick in best.values()):
             raise f.error("metadata field 'best' does not match the history")
-        best = {sel: (epoch, rmse, params if kept is None else kept)
-                for sel, (epoch, rmse, kept) in best.items()}
+        if "last" in best:
+            best["last"].params = params
         threads = f.meta.get("threads")
         if isinstance(threads, int) and threads != numba.get_num_threads():
             warnings.warn(f"{self.path}: written with {threads} Numba threads, resumed with "

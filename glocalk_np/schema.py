@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from .data import MAX_RATING
 from .params import check_shapes, shapes
 from .params import STAGES
-from .train import SELECTIONS, Config, EpochRecord
+from .train import SELECTIONS, Best, Config, EpochRecord, Member
 
 
 # ---------------------------------------------------------------- metadata
@@ -124,10 +124,9 @@ def unpack_params(contents, prefix, keys, config, shape, stage):
 
 
 def read_members(contents, config, shape):
-    """The models of a model file: the first (meta ``params``, ``stage``,
-    ``best_epoch``; arrays param/) and the other members of a seed ensemble
-    (meta ``members``; arrays member<k>/), each a dict with seed, params,
-    stage, best_epoch and an empty history."""
+    """The Members of a model file: the first (meta ``params``, ``stage``,
+    ``best_epoch``; arrays param/) and the others of a seed ensemble (meta
+    ``members``; arrays member<k>/), without history or metrics."""
     first = {"seed": config.seed, "params": contents.field("params"),
              "stage": field(contents, "stage", lambda v: v in STAGES, "a stage name"),
              "best_epoch": contents.field("best_epoch")}
@@ -143,7 +142,7 @@ def read_members(contents, config, shape):
                                  "fine-tuning epochs")
         params = unpack_params(contents, f"member{k}/" if k else "param/", m["params"],
                                config, shape, m["stage"])
-        members.append({**m, "params": params, "history": []})
+        members.append(Member(m["seed"], params, m["stage"], m["best_epoch"]))
     return members
 
 
@@ -238,8 +237,8 @@ def unpack_matrix(contents, prefix, shape):
 # ---------------------------------------------------------------- checkpoints
 
 def read_best(contents, config, shape):
-    """A checkpoint's ``best``: {selection: (epoch, rmse, params or None)}
-    (None for 'last', whose parameters are the current ones)."""
+    """A checkpoint's ``best``: {selection: Best}, the params of 'last'
+    None (they are the current ones)."""
     def ok(v):
         return isinstance(v, dict) and set(v) <= set(SELECTIONS) and all(
             isinstance(e, dict) and set(e) == ({"epoch", "rmse"} | ({"params"} if s != "last"
@@ -250,7 +249,7 @@ def read_best(contents, config, shape):
     for sel, e in field(contents, "best", ok, "a map of selections to best epochs").items():
         params = (None if sel == "last" else
                   unpack_params(contents, f"best/{sel}/", e["params"], config, shape, "finetune"))
-        best[sel] = (e["epoch"], e["rmse"], params)
+        best[sel] = Best(e["epoch"], e["rmse"], params)
     return best
 
 

@@ -141,17 +141,40 @@ class EpochRecord:
 
 
 @dataclass
+class Best:
+    """What a selection rule picks: a fine-tuning epoch, its RMSE on the
+    rule's set (None for 'last') and the parameters after it."""
+    epoch: int
+    rmse: float | None
+    params: dict
+
+
+@dataclass
 class TrainState:
     """Everything needed to go on from the end of an epoch: a checkpoint."""
     params: dict
     history: list = field(default_factory=list)
-    best: dict = field(default_factory=dict)   # selection -> (epoch, params) of the best fine-tuning epoch
+    best: dict = field(default_factory=dict)   # selection rule -> Best
 
     @property
     def done(self):
         """(pre-training epochs, fine-tuning epochs) completed."""
         pre = sum(r.stage == "pretrain" for r in self.history)
         return pre, len(self.history) - pre
+
+
+@dataclass
+class Member:
+    """One trained model of a (seed) ensemble: the parameters of the epoch
+    its selection rule picked (``best_epoch``; None and stage 'pretrain'
+    when no fine-tuning ran), its per-epoch history and that epoch's
+    held-out metrics."""
+    seed: int
+    params: dict
+    stage: str
+    best_epoch: int | None
+    history: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
 
 
 class EvalSet:
@@ -265,10 +288,11 @@ def _update_best(state, record, evals, last):
         if sel in evals:
             rmse = record.metrics[sel]["rmse"]
             best = state.best.get(sel)
-            if best is None or rmse < best[1]:
-                state.best[sel] = (record.epoch, rmse, {k: v.copy() for k, v in state.params.items()})
+            if best is None or rmse < best.rmse:
+                state.best[sel] = Best(record.epoch, rmse,
+                                       {k: v.copy() for k, v in state.params.items()})
     if last:
-        state.best["last"] = (record.epoch, None, state.params)
+        state.best["last"] = Best(record.epoch, None, state.params)
 
 
 def selected(state, select):
@@ -278,6 +302,5 @@ def selected(state, select):
     if select not in state.best:
         raise ValueError(f"select={select!r} needs a {select} set" if select != "last"
                          else "no fine-tuning epoch has run")
-    epoch, _, params = state.best[select]
-    return epoch, params
+    return state.best[select].epoch, state.best[select].params
 
