@@ -1,7 +1,7 @@
 """Datasets and small helpers shared by the benchmark scripts.
 
 Real data is read from ../shared/data beside the repository (or --data-dir)
-with the paper's protocols (SPEC 8); a missing file stops the script with
+with the paper's protocols (docs/model.md §11); a missing file stops the script with
 exit status 2 and the missing path. Synthetic matrices have MovieLens-like
 shapes and popularity, for sizes no copy of the real data is at hand.
 """
@@ -20,7 +20,7 @@ from glocalk_np.data import (DataError, Index, Ratings, ml1m_split, read_monti_m
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 
-# name -> (files under the data folder, preset of SPEC 6, protocol)
+# name -> (files under the data folder, preset (docs/model.md §9), protocol)
 REAL = {
     "ml-100k": (("ml-100k/u1.base", "ml-100k/u1.test"), "ml-100k",
                 "u1.base / u1.test, index over both (1682 items x 943 users)"),
@@ -45,18 +45,18 @@ SYNTHETIC = {
 # the matrix, against 44% / 38% / 26% in the real ML-1M training split.
 ITEM_SPREAD, USER_SPREAD = 1.3, 1.1
 
-# SPEC 9: the paper's best-test-epoch RMSE and the official README's MAE and NDCG
+# published: the paper's best-test-epoch RMSE and the official README's MAE and NDCG
 PUBLISHED = {"ml-100k": dict(rmse=0.8889, mae=0.6950, ndcg=0.9053),
              "ml-1m": dict(rmse=0.8227, mae=0.6421, ndcg=0.9288),
              "douban": dict(rmse=0.7208, mae=0.5622, ndcg=0.9435)}
-# SPEC 9: the official TF graph re-run on 2 CPU cores (best test RMSE, seconds per run)
+# published: the official TF graph re-run on 2 CPU cores (best test RMSE, seconds per run)
 TF_RERUN = {"ml-100k": ("0.8899-0.8912", 90), "douban": ("0.7215", 281), "ml-1m": ("0.8258", 1273)}
 
 
 @dataclass
 class Problem:
     """A dataset under its protocol: raw training and test ratings, the id
-    index both live in, and the preset of SPEC 6 that goes with it."""
+    index both live in, and the preset (docs/model.md §9) that goes with it."""
     name: str
     train: Ratings
     test: Ratings

@@ -1,6 +1,6 @@
 """A dense NumPy GLocal-K in the compute dtype: the baseline the sparse engine is timed against.
 
-It computes SPEC 2-3 the way the official TensorFlow graph does: the rating
+It computes the model (docs/model.md §2-4) the way the official TensorFlow graph does: the rating
 matrix, the mask, the network's output and every gradient flowing back into
 it are full m x n arrays; all products are BLAS GEMMs (including R^T dZ and
 the full output layer); the 'SAME' cross-correlation is nine shifted-slice

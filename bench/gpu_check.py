@@ -30,8 +30,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from glocalk_np.engines import cuda_unavailable
-from glocalk_np.engines.cpu import STAGES, CpuEngine
-from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised
+from glocalk_np.engines.cpu import CpuEngine
+from glocalk_np.params import STAGES, flatten, init_global_kernel, init_layers, optimised
 from glocalk_np.train import PRESETS
 
 # float64: max relative error against the CPU engine. float32: the loss and the
@@ -39,7 +39,7 @@ from glocalk_np.train import PRESETS
 # the GPU may be at most F32_FACTOR times as far off as CPU float32 is.
 TOLERANCE = {"float64": 1e-8, "float32": 1e-4}
 F32_FACTOR = 4.0
-ML100K_SHAPE = (1682, 943)                         # items x users (SPEC 8)
+ML100K_SHAPE = (1682, 943)                         # items x users (docs/model.md §11)
 ML1M_SHAPE, ML1M_RATINGS = (3706, 6040), 900_188
 HIDDEN = 500
 TIMED, WARMUP, CPU_TIMED = 10, 2, 3
@@ -143,7 +143,7 @@ def ml1m_shaped(seed=0):
 
 
 def model_params(train, spread, seed=0):
-    """Initial parameters (SPEC 4) for ``train``; with ``spread`` U, V ~ N(0, 0.3)
+    """Initial parameters (docs/model.md §8) for ``train``; with ``spread`` U, V ~ N(0, 0.3)
     so that the local kernels hold zeros and values in (0, 1)."""
     m, n = train.shape
     params = init_layers(n, n_hidden=HIDDEN, n_layers=2, kernel_dim=5, seed=seed)

@@ -1,4 +1,4 @@
-"""Accuracy under the paper's protocols (SPEC 6-8), over several seeds, beside the published numbers.
+"""Accuracy under the paper's protocols (docs/model.md §9-11), over several seeds, beside the published numbers.
 
 Per dataset and seed, one fit with the official preset scores the test set
 after every epoch. Paper protocol: the best test RMSE over the fine-tuning

@@ -7,9 +7,9 @@ the engine is built and called once to warm up (Numba compilation or cache
 load, and for fine-tuning the convolution's neighbourhood pattern), then
 timed over --repeats calls (the median is reported). The sparse engine is
 then profiled by kernel, and one real L-BFGS-B epoch of the preset
-(SPEC 5) gives evaluations and seconds per epoch.
+(docs/model.md §9) gives evaluations and seconds per epoch.
 
-Parameters are the initial ones (SPEC 4). The sparse fine-tuning cost grows
+Parameters are the initial ones (docs/model.md §8). The sparse fine-tuning cost grows
 with the number s of convolution entries the ReLU keeps, so by default C is
 given equal columns with the sign that makes the global kernel G a positive
 constant: every entry of the 3 x 3 neighbourhood is kept, the largest

@@ -1,4 +1,4 @@
-"""Rating files in, id index and splits out (SPEC sections 1 and 8).
+"""Rating files in, id index and splits out (docs/model.md §1, §11).
 
 Every problem with the input raises :class:`DataError` whose one-line message
 names the file, the line where there is one, and what is wrong, so that the
@@ -92,7 +92,7 @@ def read_ratings(path, sep=None):
     ``" "``) for runs of blanks, or None to detect it from the first lines.
     A first line whose fields are all words and whose rating is not a number
     is a header. Blank lines are skipped; the timestamp is ignored. Ratings
-    must be finite and > 0 (0 means "missing" to the model, SPEC 1).
+    must be finite and > 0 (0 means "missing" to the model, docs/model.md §1).
     Duplicate (user, item) pairs keep their last rating, with a DataWarning.
 
     The common case is parsed without a Python loop per line; a slow scan
@@ -308,7 +308,7 @@ _MONTI_VARS = ("M", "Otraining", "Otest")
 
 
 def read_monti_mat(path):
-    """(train, test) from Monti et al.'s MATLAB v7.3 file (SPEC 8).
+    """(train, test) from Monti et al.'s MATLAB v7.3 file (docs/model.md §11).
 
     As in the official loader, each dense variable is read with h5py and
     transposed (HDF5 holds MATLAB's column-major arrays transposed); then
@@ -376,7 +376,7 @@ def read_any(path, sep=None):
 class Index:
     """Sorted unique user and item ids; a position is an id's rank.
 
-    Integer ids sort numerically, which is SPEC 8's "renumbered by sorted id";
+    Integer ids sort numerically, which is docs/model.md §11's "renumbered by sorted id";
     str ids sort lexicographically.
     """
 
@@ -416,7 +416,7 @@ class Index:
         return np.where(known, i, -1), np.where(known, u, -1), known
 
     def matrix(self, ratings):
-        """(R, n_dropped): R is n_items x n_users CSR (rows are ITEMS, SPEC 1),
+        """(R, n_dropped): R is n_items x n_users CSR (rows are ITEMS, docs/model.md §1),
         float64, canonical; ratings of unknown users or items are dropped and
         counted. A repeated (item, user) keeps its last rating."""
         i, u, known = self.lookup(ratings)
@@ -477,7 +477,7 @@ def random_split(ratings, frac, seed):
 
 
 def ml1m_split(ratings, frac=0.1, seed=1234):
-    """(train, test) by the official ML-1M recipe (SPEC 8).
+    """(train, test) by the official ML-1M recipe (docs/model.md §11).
 
     The legacy code runs ``np.random.seed(seed); idx = np.arange(n);
     np.random.shuffle(idx)`` and takes the first ``int(frac * n)`` shuffled

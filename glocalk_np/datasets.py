@@ -1,5 +1,5 @@
 """The MovieLens benchmarks: download once into a cache folder, load by name
-with the paper's protocol (SPEC 8)."""
+with the paper's protocol (docs/model.md §11)."""
 import hashlib
 import os
 import shutil

@@ -248,7 +248,7 @@ class GLocalK:
         return list(zip(items[best].tolist(), scores[best].tolist())), warning
 
     def evaluate(self, test):
-        """RMSE, MAE and NDCG (SPEC 7) of the network on the Ratings ``test``;
+        """RMSE, MAE and NDCG (docs/model.md §10) of the network on the Ratings ``test``;
         ``n`` entries are scored, ``dropped`` ones with a user or item outside
         the index are not. The same numbers fit() reports for a test set."""
         self._check_fitted()

@@ -1,4 +1,4 @@
-"""Test-set metrics of SPEC section 7, on sparse (entry-list) data.
+"""Test-set metrics of docs/model.md §10, on sparse (entry-list) data.
 
 Every function takes 1-D arrays with one value per test entry, so no dense
 m x n matrix is ever built. Callers clip predictions to the rating range
@@ -44,7 +44,7 @@ def _ranked_dcg(score, true, groups, idx):
 def ndcg(pred, true, groups):
     """Mean NDCG over users with >= 2 test ratings, cut-off = the user's test count.
 
-    The official definition (SPEC 7): each user's test items are ranked by
+    The official definition (docs/model.md §10): each user's test items are ranked by
     predicted score, descending; DCG = sum_k (2^r - 1) / log2(k + 2) over ranks
     k = 0.., r the true rating; it is divided by the DCG of the order by true
     rating. ``groups`` holds the user of each entry (any integers). Ties in

@@ -1,4 +1,4 @@
-"""Parameter layout and initialisation (SPEC sections 2-4).
+"""Parameter layout and initialisation (docs/model.md §1, §8).
 
 A parameter set is a plain ``dict[str, ndarray]``, in this order:
 
@@ -64,6 +64,8 @@ def check_for_matrix(params, stage, n_items, n_users):
     """check_shapes against the network that ``params`` describe (hidden
     width from W0, kernel dimension from U0, gk from C) on an n_items x
     n_users matrix; C is needed for 'finetune' and ignored for 'pretrain'."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     context = f"parameters for a {n_items} x {n_users} (items x users) matrix"
     W0, U0 = params.get("W0"), params.get("U0")
     if np.ndim(W0) != 2 or np.ndim(U0) != 2 or layer_count(params) < 2:
@@ -100,7 +102,7 @@ def truncated_normal(rng, shape, stddev):
 
 
 def init_layers(n_users, n_hidden=500, n_layers=2, kernel_dim=5, seed=0):
-    """Layer parameters initialised as TF1 does in the official code (SPEC 4).
+    """Layer parameters initialised as TF1 does in the official code (docs/model.md §8).
 
     W is Glorot uniform, b is Glorot uniform with fan_in = fan_out = n_out
     (TF1's default for a 1-D variable), U and V truncated normal with
@@ -120,7 +122,7 @@ def init_layers(n_users, n_hidden=500, n_layers=2, kernel_dim=5, seed=0):
 
 
 def init_global_kernel(n_items, gk_size=3, seed=0):
-    """C (m x gk^2): truncated normal with stddev 0.1 (SPEC 4)."""
+    """C (m x gk^2): truncated normal with stddev 0.1 (docs/model.md §8)."""
     rng = np.random.default_rng([seed, 1])
     return truncated_normal(rng, (n_items, gk_size * gk_size), 0.1)
 

@@ -1,4 +1,4 @@
-"""Training: hyper-parameters, presets and the L-BFGS-B schedule (SPEC 5-7).
+"""Training: hyper-parameters, presets and the L-BFGS-B schedule (docs/model.md §9-10).
 
 The optimiser sees one flat float64 vector and a function returning
 (loss, flat gradient), nothing else. One epoch is one call of
@@ -18,7 +18,7 @@ from . import metrics
 from .engines import make_engine, settings
 from .params import flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
 
-# SPEC 6; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
+# docs/model.md §9; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
 PRESETS = {
     "ml-100k": dict(lambda_2=20.0, lambda_s=0.006, iters_pretrain=5, iters_finetune=5,
                     epochs_pretrain=30, epochs_finetune=60, dot_scale=1.0),
@@ -76,7 +76,7 @@ class Config:
 
     @classmethod
     def from_preset(cls, preset=None, **overrides):
-        """The official hyper-parameters of ``preset`` (SPEC 6); explicit
+        """The official hyper-parameters of ``preset`` (docs/model.md §9); explicit
         keyword arguments override them; None values are ignored."""
         values = {}
         if preset is not None:
@@ -199,7 +199,7 @@ def minimize_epoch(fun, x0, maxiter):
 
 
 def initial_state(train, config):
-    """Fresh layer parameters for ``train``'s shape (SPEC 4)."""
+    """Fresh layer parameters for ``train``'s shape (docs/model.md §8)."""
     return TrainState(init_layers(train.shape[1], config.n_hidden, config.n_layers,
                                   config.kernel_dim, seed=config.seed))
 

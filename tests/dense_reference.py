@@ -1,9 +1,9 @@
-"""Dense NumPy reference of the GLocal-K model (SPEC sections 2-3).
+"""Dense NumPy reference of the GLocal-K model (docs/model.md §2-5).
 
-A direct, unoptimised transcription of SPEC with dense m x n arrays and a
+A direct, unoptimised transcription of docs/model.md with dense m x n arrays and a
 hand-written backward pass, in float64. It is the independent yardstick the
 sparse engine is tested (and benchmarked) against, so it stays simple: every
-line should be checkable against SPEC by eye. Its own correctness is proved by
+line should be checkable against docs/model.md by eye. Its own correctness is proved by
 finite differences in test_dense_reference.py.
 """
 import numpy as np
@@ -20,7 +20,7 @@ def _sigmoid(z):
 
 
 def local_kernel(U, V):
-    """K = max(0, 1 - ||U_i - V_j||^2) and the mask where it is > 0 (SPEC 2)."""
+    """K = max(0, 1 - ||U_i - V_j||^2) and the mask where it is > 0 (docs/model.md §2)."""
     dist2 = ((U[:, None, :] - V[None, :, :]) ** 2).sum(axis=2)
     pre = 1.0 - dist2
     return np.maximum(pre, 0.0), pre > 0.0
@@ -92,7 +92,7 @@ def _regulariser(params, lambda_2, lambda_s, grads):
 
 
 def _global_kernel(params, Y1, dot_scale):
-    """G (gk x gk) from the first-pass output: mean-pool items, times C, reshaped (SPEC 3)."""
+    """G (gk x gk) from the first-pass output: mean-pool items, times C, reshaped (docs/model.md §4)."""
     mu = Y1.mean(axis=1)
     g = dot_scale * (mu @ params["C"])
     gk = int(round(np.sqrt(g.size)))
@@ -114,7 +114,7 @@ def dense_forward(stage, params, R, *, dot_scale=1.0):
 
 
 def dense_loss_grad(stage, params, R, *, lambda_2, lambda_s, dot_scale=1.0):
-    """(loss, grads) of SPEC 3 for ``stage``; grads cover the stage's optimised variables."""
+    """(loss, grads) of docs/model.md §3-4 for ``stage``; grads cover the stage's optimised variables."""
     if stage not in ("pretrain", "finetune"):
         raise ValueError(f"unknown stage {stage!r}")
     params = _as64(params)

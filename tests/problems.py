@@ -34,7 +34,7 @@ def draw(m, n, n_hidden, d, n_layers, density, seed):
 
 
 def conv_pre(R, params, dot_scale):
-    """Pre-activation of the global-kernel convolution, xcorr(R, G) (SPEC 3)."""
+    """Pre-activation of the global-kernel convolution, xcorr(R, G) (docs/model.md §4)."""
     mu = dense_forward("pretrain", params, R).mean(axis=1)
     return xcorr2d_same(R, (dot_scale * (mu @ params["C"])).reshape(3, 3))
 

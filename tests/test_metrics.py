@@ -1,4 +1,4 @@
-"""Metrics of SPEC 7 against hand computations and a per-user loop."""
+"""Metrics of docs/model.md §10 against hand computations and a per-user loop."""
 import math
 
 import numpy as np

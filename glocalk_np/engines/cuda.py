@@ -1,13 +1,13 @@
-"""GLocal-K's loss and gradient on a CUDA GPU: the CPU engine's algorithm
-(engines/cpu.py, whose docstrings give it and its cost) with numba.cuda kernels
-(kernels/cuda.py).
+"""The CUDA engine: network.py's operations with numba.cuda kernels
+(kernels/cuda.py) on arrays in GPU memory.
 
 On the device for the whole fit: the rating matrix (values, CSR and CSC index
 arrays), the convolution's neighbourhood pattern with its maps between ratings
-and output entries, and for each parameter layout one set of buffers
-(parameters and gradient in compute dtype, kernels, activations, residuals).
-Per evaluation exactly two transfers: the flat float64 parameter vector to the
-device, and the flat float64 gradient back, with the loss in one extra slot.
+and output entries, the work arrays (made on first use, one per name and
+shape, kept between evaluations) and for each parameter layout the flat
+vectors. Per evaluation exactly two transfers: the flat float64 parameter
+vector to the device, and the flat float64 gradient back, with the loss in
+one extra slot.
 
 Two departures from the CPU engine, neither changing the result beyond
 summation order:
@@ -18,183 +18,218 @@ summation order:
 - the convolution is a gather over S through the inverse of
   cpu.conv_neighbours' map, so no two threads write one entry.
 """
+from dataclasses import dataclass
+
 import numpy as np
 from numba import cuda
 
 from ..kernels import cuda as kc
-from ..params import STAGES, check_for_matrix, flatten, layer_count, optimised, unflatten
+from ..network import Network
+from ..params import check_for_matrix, flatten, optimised, unflatten
 from .cpu import CpuEngine
 
 
 class _DevicePattern:
-    """A Pattern's index arrays on the device."""
+    """A Pattern's index arrays on the device; ``name`` keys its work arrays."""
 
-    def __init__(self, pattern):
-        self.shape, self.nnz = pattern.shape, pattern.nnz
-        for name in ("indptr", "indices", "rows", "csc_indptr", "csc_rows", "csc_perm"):
-            setattr(self, name, cuda.to_device(getattr(pattern, name)))
+    def __init__(self, pattern, name):
+        self.shape, self.nnz, self.name = pattern.shape, pattern.nnz, name
+        for k in ("indptr", "indices", "rows", "csc_indptr", "csc_rows", "csc_perm"):
+            setattr(self, k, cuda.to_device(getattr(pattern, k)))
 
 
-class _Plan:
-    """Device buffers for one parameter layout (stage and shapes), made once:
-    the flat vectors and their per-array views, and the work arrays."""
-
-    def __init__(self, engine, stage, template):
-        dt = engine.dtype
-        m, n = engine.shape
-        empty = lambda shape, dtype=dt: cuda.device_array(shape, dtype=dtype)
-        size = sum(np.size(a) for a in template.values())
-        self.x = empty(size, np.float64)
-        self.out = empty(size + 1, np.float64)   # gradient, then the loss
-        self.loss = self.out[size:]
-        self.grad_out = self.out[:size]
-        self.p, self.g = empty(size), empty(size)
-        self.P, self.G, pos = {}, {}, 0
-        for k, a in template.items():
-            shape = np.shape(a)
-            self.P[k] = self.p[pos:pos + np.size(a)].reshape(shape)
-            self.G[k] = self.g[pos:pos + np.size(a)].reshape(shape)
-            pos += np.size(a)
-        self.L = layer_count(template)
-        Ws = [np.shape(template[f"W{l}"]) for l in range(self.L)]
-        d = np.shape(template["U0"])[1]
-        self.K = [empty(s) for s in Ws]
-        self.Weff = [empty(s) for s in Ws]
-        self.dWeff = [empty(s) for s in Ws]
-        self.dD = [empty(s) for s in Ws]
-        self.ones_in = [empty((s[0], d + 1)) for s in Ws]    # [U | 1]
-        self.ones_out = [empty((s[1], d + 1)) for s in Ws]   # [V | 1]
-        self.T_in = [empty((s[0], d + 1)) for s in Ws]       # dD [V | 1]
-        self.T_out = [empty((s[1], d + 1)) for s in Ws]      # dD^T [U | 1]
-        widths = [s[1] for s in Ws[:-1]]
-        passes = 1 if stage == "pretrain" else 2
-        self.hidden = [[empty((m, w)) for w in widths] for _ in range(passes)]
-        self.dH = [empty((m, w)) for w in widths]
-        h = widths[-1]
-        self.WoutT, self.dWoutT = empty((n, h)), empty((n, h))
-        self.resid, self.resid_csc = empty(engine.R.nnz), empty(engine.R.nnz)
-        if stage == "finetune":
-            cells = np.shape(template["C"])[1]
-            self.S, self.nbr, self.rnbr = engine._conv_maps(cells)
-            self.w_mean, self.mu, self.dmu = empty((h, 1)), empty((m, 1)), empty((m, 1))
-            self.b_mean, self.db_shift = empty(1), empty(1)
-            self.gvec, self.dG = empty((cells, 1)), empty((cells, 1))
-            self.partial = empty((m, cells), np.float64)
-            self.v = empty((h, 1))
-            self.pre, self.xs, self.xs_csc, self.dx = (empty(self.S.nnz) for _ in range(4))
+@dataclass
+class _Conv:
+    """The ReLU'd convolution on the whole neighbourhood S: pre-activation,
+    and x = relu(pre), the second pass's input on X = S."""
+    pre: object
+    X: _DevicePattern
+    x: object
+    nbr: object              # (rating, kernel cell) -> entry of S, or -1
 
 
 def _flat(a):
     return a.reshape(a.size)
 
 
-class CudaEngine:
-    """(loss, gradient) of either stage for one training matrix, on the GPU;
-    the interface of CpuEngine. ``objective`` is the trainer's entry point.
+class CudaOps:
+    """network.OPERATIONS on the GPU (see there for each one's contract)."""
 
-    The host-side set-up (validation, the rating pattern, the convolution's
-    neighbourhood) is the CPU engine's, kept as ``self.host``."""
+    def __init__(self, host):
+        self.host, self.dtype = host, host.dtype
+        self.lambda_2, self.lambda_s = host.ops.lambda_2, host.ops.lambda_s
+        self.dot_scale = host.ops.dot_scale
+        self.R = _DevicePattern(host.R, "R")
+        self.values = cuda.to_device(host.values)
+        self._values_csc = cuda.to_device(host.values[host.R.csc_perm])
+        self._arrays, self._conv_maps = {}, {}
 
-    def __init__(self, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
-        self.host = CpuEngine(train, lambda_2=lambda_2, lambda_s=lambda_s,
-                                dot_scale=dot_scale, dtype=dtype)
-        self.dtype, self.settings = self.host.dtype, self.host.settings
-        self.lambda_2, self.lambda_s = self.host.lambda_2, self.host.lambda_s
-        self.dot_scale = self.host.dot_scale
-        self.shape = self.host.shape
-        self.R = _DevicePattern(self.host.R)
-        self.values = cuda.to_device(self.host.values)
-        self.values_csc = cuda.to_device(self.host.values[self.host.R.csc_perm])
-        self._conv = {}
-        self._plans = {}
+    # ----- arrays -----------------------------------------------------------
+    def empty(self, name, shape, dtype=None):
+        """A device array kept under (name, shape, dtype) between evaluations;
+        a fresh one for name None (e.g. a prediction's output)."""
+        dtype = np.dtype(dtype or self.dtype)
+        if name is None:
+            return cuda.device_array(shape, dtype=dtype)
+        key = (name, tuple(shape), dtype)
+        if key not in self._arrays:
+            self._arrays[key] = cuda.device_array(shape, dtype=dtype)
+        return self._arrays[key]
 
-    # ----- public ---------------------------------------------------------
-    def objective(self, stage, template):
-        """fun(x) -> (loss, gradient) for scipy: x and the gradient are flat
-        float64 vectors in ``template``'s order; one copy each way per call."""
-        plan = self._plan(stage, template)
+    def zeros(self, name, shape):
+        a = self.empty(name, shape)
+        self.fill(a)
+        return a
 
-        def fun(x):
-            plan.x.copy_to_device(np.ascontiguousarray(x, dtype=np.float64))
-            self._evaluate(stage, plan)
-            out = plan.out.copy_to_host()
-            return float(out[-1]), out[:-1]
-        return fun
+    def new_loss(self):
+        loss = self.empty("loss", (1,), np.float64)
+        kc.fill[1, 1](loss, 0.0)
+        return loss
 
-    def __call__(self, stage, params):
-        """Loss and gradient dict (host arrays in compute dtype), as CpuEngine."""
-        template = self._template(stage, params)
-        loss, grad = self.objective(stage, template)(flatten(template))
-        return loss, unflatten(grad, template, dtype=self.dtype)
+    # ----- operations -------------------------------------------------------
+    def local_kernel(self, W, U, V, K, Weff, loss):
+        self._elementwise(kc.local_kernel, W.size, W, U, V, K, Weff)
+        if loss is not None:
+            self._sum_squares(K, 0.5 * self.lambda_s, loss)
+            self._sum_squares(W, 0.5 * self.lambda_2, loss)
 
-    def predict(self, stage, params, rows, cols):
-        """Predictions of the stage's network output at (item, user) pairs."""
-        template = self._template(stage, params)
-        plan = self._plan(stage, template)
-        plan.x.copy_to_device(flatten(template))
-        self._upload(plan)
-        hidden = self._forward(stage, plan)
-        rows = cuda.to_device(np.asarray(rows, dtype=np.int64))
-        cols = cuda.to_device(np.asarray(cols, dtype=np.int64))
-        pred = cuda.device_array(rows.size, dtype=self.dtype)
-        self._sddmm(rows, cols, hidden[-1], plan.WoutT, pred)
-        kc.add_bias[kc.blocks(pred.size), kc.TPB](pred, cols, plan.P[f"b{plan.L - 1}"])
-        return pred.copy_to_host()
+    def transpose(self, A, out):
+        rows, cols = A.shape
+        kc.transpose[(-(-cols // kc.TILE), -(-rows // kc.TILE)), (kc.TILE, kc.TILE)](A, out)
 
-    # ----- set-up ---------------------------------------------------------
-    def _template(self, stage, params):
-        """The optimised arrays of ``stage`` in params' order, checked as the
-        CPU engine checks them."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        check_for_matrix(params, stage, *self.shape)
-        return optimised(stage, params)
+    def spmm(self, X, x, B, out):
+        self._spmm(X.indptr, X.indices, x, B, out)
 
-    def _plan(self, stage, template):
-        key = (stage,) + tuple((k, np.shape(v)) for k, v in template.items())
-        if key not in self._plans:
-            self._plans[key] = _Plan(self, stage, template)
-        return self._plans[key]
+    def spmm_t(self, X, x, B, out, accumulate=False):
+        self._spmm(X.csc_indptr, X.csc_rows, self._csc(X, x), B, out, accumulate)
 
-    def _conv_maps(self, cells):
-        """Device copies of the neighbourhood pattern S of a gk x gk kernel
-        (gk^2 = cells), of cpu.conv_neighbours' map nbr (rating, cell) -> entry
-        of S, and of its inverse rnbr (entry of S, cell) -> rating, or -1."""
-        if cells not in self._conv:
-            S, nbr = self.host._neighbourhood(int(round(np.sqrt(cells))))
-            index = np.int32 if max(S.nnz, self.R.nnz) < 2 ** 31 else np.int64
-            rnbr = np.full((S.nnz, cells), -1, dtype=index)
-            e, c = np.nonzero(nbr >= 0)
-            rnbr[nbr[e, c], c] = e
-            self._conv[cells] = (_DevicePattern(S), cuda.to_device(nbr.astype(index)),
-                                 cuda.to_device(rnbr))
-        return self._conv[cells]
+    def sddmm(self, X, A, B, out):
+        self._sddmm(X.rows, X.indices, A, B, out)
 
-    # ----- launchers --------------------------------------------------------
-    def _t(self, value):
-        """A scalar argument in compute dtype, so float32 kernels stay float32."""
-        return self.dtype.type(value)
-
-    def _fill(self, a, value=0):
-        flat = _flat(a)
-        kc.fill[kc.blocks(flat.size), kc.TPB](flat, self._t(value))
-
-    def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, accumulate=False):
-        """C (+)= alpha op(A) op(B), split over the inner dimension when C has
-        too few tiles to fill the GPU."""
-        M, N = C.shape
+    def gemm(self, A, B, out, trans_a=False, trans_b=False, accumulate=False, alpha=1.0):
+        """out (+)= alpha op(A) op(B), split over the inner dimension when out
+        has too few tiles to fill the GPU."""
+        M, N = out.shape
         depth = A.shape[0] if trans_a else A.shape[1]
         tiles = (-(-N // kc.GEMM_M), -(-M // kc.GEMM_M))
         split = max(1, min(kc.SPLIT_TARGET // (tiles[0] * tiles[1]),
                            depth // (kc.GEMM_K * kc.SPLIT_MIN_STEPS)))
         if split > 1 and not accumulate:
-            self._fill(C)
+            self.fill(out)
         kc.gemm[tiles + (split,), (kc.GEMM_T, kc.GEMM_T)](
-            A, B, C, trans_a, trans_b, self._t(alpha), accumulate)
+            A, B, out, trans_a, trans_b, self._t(alpha), accumulate)
 
-    def _transpose(self, A, out):
-        rows, cols = A.shape
-        kc.transpose[(-(-cols // kc.TILE), -(-rows // kc.TILE)), (kc.TILE, kc.TILE)](A, out)
+    def bias_sigmoid(self, H, b):
+        self._elementwise(kc.bias_sigmoid, H.size, H, b)
+
+    def sigmoid_backward(self, dH, H, db):
+        self._elementwise(kc.sigmoid_backward, dH.size, _flat(dH), _flat(H))
+        self._column_sums(dH, 1.0, db)
+
+    def output_layer(self, H, WoutT, b, resid, dH, loss):
+        R = self.R
+        self._sddmm(R.rows, R.indices, H, WoutT, resid)
+        self._elementwise(kc.add_bias, R.nnz, resid, R.indices, b)
+        self._elementwise(kc.subtract, R.nnz, resid, self.values)
+        self._sum_squares(resid, 0.5, loss)
+        self._spmm(R.indptr, R.indices, resid, WoutT, dH)
+
+    def user_sums(self, X, x, out):
+        self._elementwise(kc.segment_sums, X.shape[1], X.csc_indptr, self._csc(X, x), out)
+
+    def item_means(self, H, Weff_out, WoutT, b):
+        n = WoutT.shape[0]
+        w_mean, b_mean = self.zeros("w_mean", (H.shape[1], 1)), self.zeros("b_mean", (1,))
+        self._column_sums(WoutT, 1.0 / n, _flat(w_mean))
+        self._column_sums(b.reshape(n, 1), 1.0 / n, b_mean)
+        mu = self.empty("mu", (H.shape[0], 1))
+        self.gemm(H, w_mean, mu)
+        self._elementwise(kc.add_rows, mu.size, mu, b_mean)
+        return w_mean, mu
+
+    def convolve(self, mu, C):
+        cells = C.shape[1]
+        S, nbr, rnbr = self._maps(cells)
+        g = self.empty("g", (cells, 1))
+        self.gemm(C, mu, g, trans_a=True, alpha=self.dot_scale)
+        pre, x = self.empty("pre", (S.nnz,)), self.empty("xs", (S.nnz,))
+        self._elementwise(kc.conv_forward, S.nnz, rnbr, self.values, _flat(g), pre, x)
+        return _Conv(pre, S, x, nbr)
+
+    def conv_backward(self, conv, dx):
+        self._elementwise(kc.relu_backward, dx.size, dx, conv.pre)
+        partial = self.empty("dG.partial", (self.R.shape[0], conv.nbr.shape[1]), np.float64)
+        self._elementwise(kc.conv_kernel_grad, partial.size, self.R.indptr, self.values,
+                          conv.nbr, dx, partial)
+        dG = self.zeros("dG", (partial.shape[1], 1))
+        self._column_sums(partial, 1.0, _flat(dG))
+        return dG
+
+    def global_kernel_grad(self, mu, C, dG, dC, dmu):
+        self._elementwise(kc.outer, dC.size, _flat(mu), _flat(dG), self._t(self.dot_scale), dC)
+        self.gemm(C, dG, dmu, alpha=self.dot_scale)
+
+    def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
+        n = dWoutT.shape[0]
+        v = self.empty("mean_backward.v", (H.shape[1], 1))
+        self.gemm(H, dmu, v, trans_a=True, alpha=1.0 / n)
+        self._elementwise(kc.add_rows, dWoutT.size, dWoutT, _flat(v))
+        shift = self.zeros("mean_backward.db", (1,))
+        self._column_sums(dmu, 1.0 / n, shift)
+        self._elementwise(kc.add_rows, n, db_out.reshape(n, 1), shift)
+        self._elementwise(kc.outer, dH.size, _flat(dmu), _flat(w_mean), self._t(1.0), dH)
+
+    def layer_grad(self, dWeff, W, U, V, K, dW, dU, dV):
+        """dD = dloss/d|U_i - V_j|^2 from the element-wise chain rule; then
+        D [Q | 1] gives D Q and D's row sums in one GEMM (position_grad)."""
+        d = U.shape[1]
+        dD = self.empty("dD", W.shape)
+        self._elementwise(kc.local_kernel_grad, W.size, _flat(dWeff), _flat(W), _flat(K),
+                          self._t(self.lambda_2), self._t(self.lambda_s), _flat(dW), _flat(dD))
+        for P, Q, out, trans in ((U, V, dU, False), (V, U, dV, True)):
+            Q1, T = self.empty("Q1", (Q.shape[0], d + 1)), self.empty("T", (P.shape[0], d + 1))
+            self._elementwise(kc.with_ones, Q1.size, Q, Q1)
+            self.gemm(dD, Q1, T, trans_a=trans)
+            self._elementwise(kc.position_grad, P.size, P, T, out)
+
+    def pair_outputs(self, rows, cols, H, WoutT, b, out):
+        rows, cols = cuda.to_device(rows), cuda.to_device(cols)
+        self._sddmm(rows, cols, H, WoutT, out)
+        self._elementwise(kc.add_bias, out.size, out, cols, b)
+
+    # ----- launchers --------------------------------------------------------
+    def fill(self, a, value=0):
+        flat = _flat(a)
+        kc.fill[kc.blocks(flat.size), kc.TPB](flat, self._t(value))
+
+    def cast(self, src, dst):
+        self._elementwise(kc.cast, dst.size, src, dst)
+
+    def _t(self, value):
+        """A scalar argument in compute dtype, so float32 kernels stay float32."""
+        return self.dtype.type(value)
+
+    def _csc(self, X, x):
+        """The values x of X (CSR order) in X's CSC order; R's ratings are kept."""
+        if x is self.values:
+            return self._values_csc
+        out = self.empty(f"csc.{X.name}", x.shape)
+        self._elementwise(kc.gather, X.nnz, x, X.csc_perm, out)
+        return out
+
+    def _maps(self, cells):
+        """Device copies of the neighbourhood pattern S of a gk x gk kernel
+        (gk^2 = cells), of cpu.conv_neighbours' map nbr (rating, cell) -> entry
+        of S, and of its inverse rnbr (entry of S, cell) -> rating, or -1."""
+        if cells not in self._conv_maps:
+            S, nbr = self.host.ops.neighbourhood(int(round(np.sqrt(cells))))
+            index = np.int32 if max(S.nnz, self.R.nnz) < 2 ** 31 else np.int64
+            rnbr = np.full((S.nnz, cells), -1, dtype=index)
+            e, c = np.nonzero(nbr >= 0)
+            rnbr[nbr[e, c], c] = e
+            self._conv_maps[cells] = (_DevicePattern(S, "S"), cuda.to_device(nbr.astype(index)),
+                                      cuda.to_device(rnbr))
+        return self._conv_maps[cells]
 
     def _spmm(self, indptr, indices, data, B, out, accumulate=False):
         kc.spmm[kc.blocks(indptr.size - 1, 1), kc.TPB](indptr, indices, data, B, out, accumulate)
@@ -215,133 +250,79 @@ class CudaEngine:
     def _elementwise(self, kernel, size, *args):
         kernel[kc.blocks(size), kc.TPB](*args)
 
-    # ----- evaluation -------------------------------------------------------
-    def _upload(self, plan):
-        """The parameters in compute dtype, from the float64 vector on the device."""
-        self._elementwise(kc.cast, plan.p.size, plan.x, plan.p)
 
-    def _evaluate(self, stage, plan):
-        """Loss into plan.loss and the float64 gradient into plan.grad_out."""
-        self._upload(plan)
-        kc.fill[1, 1](plan.loss, 0.0)
-        self._fill(plan.g)
-        for a in plan.dWeff:
-            self._fill(a)
-        hidden = self._forward(stage, plan)
-        R, out = self.R, plan.L - 1
-        # output layer: resid = P - R at the ratings, dH = S W^T, dW^T = S^T H
-        self._sddmm(R.rows, R.indices, hidden[-1], plan.WoutT, plan.resid)
-        self._elementwise(kc.add_bias, R.nnz, plan.resid, R.indices, plan.P[f"b{out}"])
-        self._elementwise(kc.subtract, R.nnz, plan.resid, self.values)
-        self._sum_squares(plan.resid, 0.5, plan.loss)
-        self._elementwise(kc.gather, R.nnz, plan.resid, R.csc_perm, plan.resid_csc)
-        self._spmm(R.csc_indptr, R.csc_rows, plan.resid_csc, hidden[-1], plan.dWoutT)
-        self._elementwise(kc.segment_sums, self.shape[1], R.csc_indptr, plan.resid_csc,
-                          plan.G[f"b{out}"])
-        self._spmm(R.indptr, R.indices, plan.resid, plan.WoutT, plan.dH[-1])
-        if stage == "pretrain":
-            self._encode_backward(plan, R, self.values_csc, hidden)
-        else:
-            self._finetune_backward(plan, hidden)
-        self._transpose(plan.dWoutT, plan.dWeff[out])
-        for l in range(plan.L):
-            self._layer_grads(plan, l)
-        self._elementwise(kc.cast, plan.g.size, plan.g, plan.grad_out)
+class _Plan:
+    """The flat vectors of one parameter layout, made once: the float64
+    parameters, the float64 gradient with the loss in its last slot, and
+    their compute-dtype copies with per-array views (P, G)."""
 
-    def _forward(self, stage, plan):
-        """Local kernels (their regulariser into plan.loss), W_eff of the output
-        layer transposed, and the hidden activations that feed the output layer."""
-        for l in range(plan.L):
-            W, U, V = (plan.P[f"{k}{l}"] for k in "WUV")
-            self._elementwise(kc.local_kernel, W.size, W, U, V, plan.K[l], plan.Weff[l])
-            self._sum_squares(plan.K[l], 0.5 * self.lambda_s, plan.loss)
-            self._sum_squares(W, 0.5 * self.lambda_2, plan.loss)
-        self._transpose(plan.Weff[-1], plan.WoutT)
-        self._encode(plan, self.R, self.values, plan.hidden[0])
-        if stage == "pretrain":
-            return plan.hidden[0]
-        self._convolve(plan)
-        self._encode(plan, plan.S, plan.xs, plan.hidden[1])
-        return plan.hidden[1]
+    def __init__(self, ops, template):
+        size = sum(np.size(a) for a in template.values())
+        self.x = cuda.device_array(size, dtype=np.float64)
+        self.out = cuda.device_array(size + 1, dtype=np.float64)
+        self.grad_out, self.loss = self.out[:size], self.out[size:]
+        self.p = cuda.device_array(size, dtype=ops.dtype)
+        self.g = cuda.device_array(size, dtype=ops.dtype)
+        self.P, self.G, pos = {}, {}, 0
+        for k, a in template.items():
+            self.P[k] = self.p[pos:pos + np.size(a)].reshape(np.shape(a))
+            self.G[k] = self.g[pos:pos + np.size(a)].reshape(np.shape(a))
+            pos += np.size(a)
 
-    def _encode(self, plan, X, x, hidden):
-        """Sigmoid hidden activations of the sparse input X (values x)."""
-        self._spmm(X.indptr, X.indices, x, plan.Weff[0], hidden[0])
-        self._elementwise(kc.bias_sigmoid, hidden[0].size, hidden[0], plan.P["b0"])
-        for l in range(1, plan.L - 1):
-            self._gemm(hidden[l - 1], plan.Weff[l], hidden[l])
-            self._elementwise(kc.bias_sigmoid, hidden[l].size, hidden[l], plan.P[f"b{l}"])
 
-    def _encode_backward(self, plan, X, x_csc, hidden, dx=None):
-        """Back through the hidden layers from plan.dH[-1]: adds into dWeff and
-        the bias gradients; dloss/dX at X's entries into dx when given."""
-        for l in range(plan.L - 2, -1, -1):
-            dZ = plan.dH[l]
-            self._elementwise(kc.sigmoid_backward, dZ.size, _flat(dZ), _flat(hidden[l]))
-            self._column_sums(dZ, 1.0, plan.G[f"b{l}"])
-            if l > 0:
-                self._gemm(hidden[l - 1], dZ, plan.dWeff[l], trans_a=True, accumulate=True)
-                self._gemm(dZ, plan.Weff[l], plan.dH[l - 1], trans_b=True)
-        self._spmm(X.csc_indptr, X.csc_rows, x_csc, plan.dH[0], plan.dWeff[0], accumulate=True)
-        if dx is not None:
-            self._sddmm(X.rows, X.indices, plan.dH[0], plan.Weff[0], dx)
+class CudaEngine:
+    """(loss, gradient) of either stage for one training matrix, and
+    predictions, on the GPU (the protocol in engines/__init__.py).
 
-    def _convolve(self, plan):
-        """Item means mu of the first pass, g = dot_scale C^T mu, and the ReLU'd
-        convolution of R with G on S (SPEC 3, steps 2-4); as in the CPU engine
-        mu = H (W_eff 1) / n + mean(b) needs no first-pass output layer."""
-        n = self.shape[1]
-        out = plan.L - 1
-        self._fill(plan.w_mean)
-        self._column_sums(plan.WoutT, 1.0 / n, _flat(plan.w_mean))
-        self._fill(plan.b_mean)
-        b = plan.P[f"b{out}"]
-        self._column_sums(b.reshape(n, 1), 1.0 / n, plan.b_mean)
-        self._gemm(plan.hidden[0][-1], plan.w_mean, plan.mu)
-        self._elementwise(kc.add_rows, plan.mu.size, plan.mu, plan.b_mean)
-        self._gemm(plan.P["C"], plan.mu, plan.gvec, trans_a=True, alpha=self.dot_scale)
-        self._elementwise(kc.conv_forward, plan.S.nnz, plan.rnbr, self.values,
-                          _flat(plan.gvec), plan.pre, plan.xs)
-        self._elementwise(kc.gather, plan.S.nnz, plan.xs, plan.S.csc_perm, plan.xs_csc)
+    The host-side set-up (validation, the rating pattern, the convolution's
+    neighbourhood) is the CPU engine's, kept as ``self.host``."""
 
-    def _finetune_backward(self, plan, hidden):
-        """Back through the second pass, the convolution and g into C, then
-        through mu into the first pass (as CpuEngine.__call__)."""
-        m, n = self.shape
-        self._encode_backward(plan, plan.S, plan.xs_csc, hidden, dx=plan.dx)
-        self._elementwise(kc.relu_backward, plan.S.nnz, plan.dx, plan.pre)
-        cells = plan.partial.shape[1]
-        self._elementwise(kc.conv_kernel_grad, plan.partial.size, self.R.indptr, self.values,
-                          plan.nbr, plan.dx, plan.partial)
-        self._fill(plan.dG)
-        self._column_sums(plan.partial, 1.0, _flat(plan.dG))
-        C = plan.P["C"]
-        self._elementwise(kc.outer, m * cells, _flat(plan.mu), _flat(plan.dG),
-                          self._t(self.dot_scale), plan.G["C"])
-        self._gemm(C, plan.dG, plan.dmu, alpha=self.dot_scale)
-        # mu = H1 (W_eff 1) / n + mean(b): into dW_out^T, b_out and the first pass
-        first = plan.hidden[0]
-        self._gemm(first[-1], plan.dmu, plan.v, trans_a=True, alpha=1.0 / n)
-        self._elementwise(kc.add_rows, plan.dWoutT.size, plan.dWoutT, _flat(plan.v))
-        self._fill(plan.db_shift)
-        self._column_sums(plan.dmu, 1.0 / n, plan.db_shift)
-        b = plan.G[f"b{plan.L - 1}"]
-        self._elementwise(kc.add_rows, n, b.reshape(n, 1), plan.db_shift)
-        dH = plan.dH[-1]
-        self._elementwise(kc.outer, dH.size, _flat(plan.dmu), _flat(plan.w_mean),
-                          self._t(1.0), dH)
-        self._encode_backward(plan, self.R, self.values_csc, first)
+    def __init__(self, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
+        self.host = CpuEngine(train, lambda_2=lambda_2, lambda_s=lambda_s,
+                              dot_scale=dot_scale, dtype=dtype)
+        self.dtype, self.settings, self.shape = self.host.dtype, self.host.settings, self.host.shape
+        self.ops = CudaOps(self.host)
+        self.network = Network(self.ops)
+        self._plans = {}
 
-    def _layer_grads(self, plan, l):
-        """dW, dU, dV of layer l from dloss/dW_eff, the regulariser included
-        (as CpuEngine._layer_grads; D [Q | 1] gives D Q and D's row sums)."""
-        W, U, V = (plan.P[f"{k}{l}"] for k in "WUV")
-        self._elementwise(kc.local_kernel_grad, W.size, _flat(plan.dWeff[l]), _flat(W),
-                          _flat(plan.K[l]), self._t(self.lambda_2), self._t(self.lambda_s),
-                          _flat(plan.G[f"W{l}"]), _flat(plan.dD[l]))
-        self._elementwise(kc.with_ones, plan.ones_out[l].size, V, plan.ones_out[l])
-        self._gemm(plan.dD[l], plan.ones_out[l], plan.T_in[l])
-        self._elementwise(kc.position_grad, U.size, U, plan.T_in[l], plan.G[f"U{l}"])
-        self._elementwise(kc.with_ones, plan.ones_in[l].size, U, plan.ones_in[l])
-        self._gemm(plan.dD[l], plan.ones_in[l], plan.T_out[l], trans_a=True)
-        self._elementwise(kc.position_grad, V.size, V, plan.T_out[l], plan.G[f"V{l}"])
+    def objective(self, stage, template):
+        """fun(x) -> (loss, gradient) for scipy: x and the gradient are flat
+        float64 vectors in ``template``'s order; one copy each way per call."""
+        plan = self._plan(stage, template)
+
+        def fun(x):
+            plan.x.copy_to_device(np.ascontiguousarray(x, dtype=np.float64))
+            self.ops.cast(plan.x, plan.p)
+            self.ops.fill(plan.g)
+            loss = self.network.loss_and_grad(stage, plan.P, plan.G)
+            self.ops.cast(plan.g, plan.grad_out)
+            plan.loss.copy_to_device(loss)
+            out = plan.out.copy_to_host()
+            return float(out[-1]), out[:-1]
+        return fun
+
+    def __call__(self, stage, params):
+        """Loss and gradient dict (host arrays in compute dtype), as CpuEngine."""
+        template = self._template(stage, params)
+        loss, grad = self.objective(stage, template)(flatten(template))
+        return loss, unflatten(grad, template, dtype=self.dtype)
+
+    def predict(self, stage, params, rows, cols):
+        """Predictions of the stage's network output at (item, user) pairs."""
+        template = self._template(stage, params)
+        plan = self._plan(stage, template)
+        plan.x.copy_to_device(flatten(template))
+        self.ops.cast(plan.x, plan.p)
+        return self.network.predict(stage, plan.P, np.asarray(rows, dtype=np.int64),
+                                    np.asarray(cols, dtype=np.int64)).copy_to_host()
+
+    def _template(self, stage, params):
+        """The optimised arrays of ``stage`` in params' order, checked."""
+        check_for_matrix(params, stage, *self.shape)
+        return optimised(stage, params)
+
+    def _plan(self, stage, template):
+        key = (stage,) + tuple((k, np.shape(v)) for k, v in template.items())
+        if key not in self._plans:
+            self._plans[key] = _Plan(self.ops, template)
+        return self._plans[key]

@@ -167,14 +167,14 @@ def column_sums(A, alpha, out):
 
 @cuda.jit
 def segment_sums(indptr, data, out):
-    """out[i] = sum of data[indptr[i]:indptr[i+1]]: the output bias gradient
+    """out[i] += sum of data[indptr[i]:indptr[i+1]]: the output bias gradient
     from the residual in CSC order, one thread per column. Cost: nnz."""
     zero = out.dtype.type(0)
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         s = zero
         for e in range(indptr[i], indptr[i + 1]):
             s += data[e]
-        out[i] = s
+        out[i] += s
 
 
 # ----- sparse products -------------------------------------------------------
