@@ -13,12 +13,12 @@ number of kernel layers (hidden layers + the output layer). ``P`` holds the
 parameters in compute dtype, ``G`` the gradient arrays to fill: the bias
 arrays arrive zeroed and are added into, every other one is overwritten.
 
-The evaluation falls into the phases a distributed engine over blocks of
-item rows needs: per-row work (the local kernels aside, every product below
-runs row by row over items), and the global steps of fine-tuning, each
-marked GLOBAL: the item means mu (one number per item, but G needs all of
-them), the convolution (it reads the neighbouring item rows), dG (a sum over
-all ratings), and the weight gradients (sums over all items).
+The evaluation falls into the phases (Network's methods) a distributed
+engine over blocks of item rows needs: work per rows (every product with
+the hidden activations runs item row by item row), and GLOBAL steps that
+combine all items: the weights every block needs, the item means mu (G
+needs every item's), the convolution (it reads neighbouring item rows), dG
+(a sum over all ratings) and the weight gradients (sums over all items).
 """
 from dataclasses import dataclass
 
@@ -68,18 +68,55 @@ class Forward:
     conv: object = None      # fine-tuning: the convolution (engine-specific)
 
 
+@dataclass
+class Backward:
+    """The gradients the backward pass accumulates before the layer gradients."""
+    dH: object               # dloss/d(last hidden activations of the pass that fed the output)
+    dWeff: list              # dloss/dWeff of each layer, summed over passes
+    dWoutT: object           # dloss/dWeff of the output layer, transposed (n x h)
+
+
 class Network:
-    """The GLocal-K network of an engine's ``ops`` (see the module docstring)."""
+    """The GLocal-K network of an engine's ``ops`` (see the module docstring).
+
+    One evaluation is a sequence of phases. Those marked "per rows" compute
+    item rows from the same rows only, so an engine may run them block by
+    block; the GLOBAL ones combine all items (a block-wise engine reduces or
+    exchanges between blocks there)."""
 
     def __init__(self, ops):
         self.ops = ops
 
     def forward(self, stage, P, loss=None):
         """The forward pass of ``stage``; the regulariser goes into ``loss``
-        when given. Cost: the local kernels, then the hidden layers of R (and
-        for fine-tuning the convolution and a second pass over its output)."""
+        when given."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        fwd = self.weights(P, loss)
+        fwd.hidden = self._encode(self.ops.R, self.ops.values, P, fwd.Weff, "first")
+        if stage == "finetune":
+            self.global_kernel(P, fwd)
+            fwd.hidden = self._encode(fwd.conv.X, fwd.conv.x, P, fwd.Weff, "second")
+        return fwd
+
+    def loss_and_grad(self, stage, P, G):
+        """The loss accumulator of ``stage`` at ``P``, the gradient into ``G``."""
+        loss = self.ops.new_loss()
+        fwd = self.forward(stage, P, loss)
+        back = self.output_layer(P, G, fwd, loss)
+        if stage == "pretrain":
+            self._encode_backward(self.ops.R, self.ops.values, fwd.hidden, back.dH, fwd.Weff,
+                                  back.dWeff, G)
+        else:
+            self.finetune_backward(P, G, fwd, back)
+        self.layer_grads(P, G, fwd, back)
+        return loss
+
+    # ----- the phases -------------------------------------------------------
+    def weights(self, P, loss):
+        """GLOBAL (every block needs all of them): each layer's local kernel
+        and effective weight, and the output layer's transposed, with the
+        regulariser into ``loss``. Cost: the layers' n_in * n_out * d."""
         ops, L = self.ops, layer_count(P)
         K, Weff = [], []
         for l in range(L):
@@ -89,44 +126,53 @@ class Network:
             ops.local_kernel(W, P[f"U{l}"], P[f"V{l}"], K[l], Weff[l], loss)
         WoutT = ops.empty("WoutT", Weff[-1].shape[::-1])
         ops.transpose(Weff[-1], WoutT)
-        fwd = Forward(K, Weff, WoutT, self._encode(ops.R, ops.values, P, Weff, "first"))
-        if stage == "finetune":
-            fwd.first = fwd.hidden
-            fwd.w_mean, fwd.mu = ops.item_means(fwd.first[-1], Weff[-1], WoutT,
-                                                P[f"b{L - 1}"])            # GLOBAL: mu
-            fwd.conv = ops.convolve(fwd.mu, P["C"])                        # GLOBAL: rows
-            fwd.hidden = self._encode(fwd.conv.X, fwd.conv.x, P, Weff, "second")
-        return fwd
+        return Forward(K, Weff, WoutT, None)
 
-    def loss_and_grad(self, stage, P, G):
-        """The loss accumulator of ``stage`` at ``P``, the gradient into ``G``."""
-        ops, L = self.ops, layer_count(P)
-        loss = ops.new_loss()
-        fwd = self.forward(stage, P, loss)
+    def global_kernel(self, P, fwd):
+        """GLOBAL: the item means mu of the first pass (G needs every item's),
+        the global kernel and the ReLU'd convolution (each output row reads
+        the gk // 2 item rows on either side). Per rows otherwise."""
+        ops, L = self.ops, len(fwd.Weff)
+        fwd.first = fwd.hidden
+        fwd.w_mean, fwd.mu = ops.item_means(fwd.first[-1], fwd.Weff[-1], fwd.WoutT, P[f"b{L - 1}"])
+        fwd.conv = ops.convolve(fwd.mu, P["C"])
+
+    def output_layer(self, P, G, fwd, loss):
+        """Per rows: the output layer at the ratings, its loss and dH; the
+        output layer's weight and bias gradients are sums over items."""
+        ops, L = self.ops, len(fwd.Weff)
         H = fwd.hidden[-1]
         resid, dH = ops.empty("resid", (ops.R.nnz,)), ops.empty("dH.out", H.shape)
         ops.output_layer(H, fwd.WoutT, P[f"b{L - 1}"], resid, dH, loss)
         dWeff = [ops.zeros(f"dWeff{l}", W.shape) for l, W in enumerate(fwd.Weff[:-1])]
         dWeff.append(ops.empty(f"dWeff{L - 1}", fwd.Weff[-1].shape))
-        dWoutT = ops.empty("dWoutT", fwd.WoutT.shape)
-        ops.spmm_t(ops.R, resid, H, dWoutT)
+        back = Backward(dH, dWeff, ops.empty("dWoutT", fwd.WoutT.shape))
+        ops.spmm_t(ops.R, resid, H, back.dWoutT)
         ops.user_sums(ops.R, resid, G[f"b{L - 1}"])
-        if stage == "pretrain":
-            self._encode_backward(ops.R, ops.values, fwd.hidden, dH, fwd.Weff, dWeff, G)
-        else:
-            dx = self._encode_backward(fwd.conv.X, fwd.conv.x, fwd.hidden, dH, fwd.Weff,
-                                       dWeff, G, want_dx=True)
-            dG = ops.conv_backward(fwd.conv, dx)                             # GLOBAL: dG
-            dmu = ops.empty("dmu", fwd.mu.shape)
-            ops.global_kernel_grad(fwd.mu, P["C"], dG, G["C"], dmu)
-            dH1 = ops.empty("dH.first", fwd.first[-1].shape)
-            ops.mean_backward(fwd.first[-1], dmu, fwd.w_mean, dWoutT, G[f"b{L - 1}"], dH1)
-            self._encode_backward(ops.R, ops.values, fwd.first, dH1, fwd.Weff, dWeff, G)
-        ops.transpose(dWoutT, dWeff[-1])
-        for l in range(L):                                            # GLOBAL: sums over items
-            ops.layer_grad(dWeff[l], P[f"W{l}"], P[f"U{l}"], P[f"V{l}"], fwd.K[l],
+        return back
+
+    def finetune_backward(self, P, G, fwd, back):
+        """Back through the second pass (per rows), the convolution and the
+        global kernel (dG: GLOBAL, a sum over all ratings), and through the
+        item means into the first pass (per rows)."""
+        ops, L = self.ops, len(fwd.Weff)
+        dx = self._encode_backward(fwd.conv.X, fwd.conv.x, fwd.hidden, back.dH, fwd.Weff,
+                                   back.dWeff, G, want_dx=True)
+        dG = ops.conv_backward(fwd.conv, dx)
+        dmu = ops.empty("dmu", fwd.mu.shape)
+        ops.global_kernel_grad(fwd.mu, P["C"], dG, G["C"], dmu)
+        dH1 = ops.empty("dH.first", fwd.first[-1].shape)
+        ops.mean_backward(fwd.first[-1], dmu, fwd.w_mean, back.dWoutT, G[f"b{L - 1}"], dH1)
+        self._encode_backward(ops.R, ops.values, fwd.first, dH1, fwd.Weff, back.dWeff, G)
+
+    def layer_grads(self, P, G, fwd, back):
+        """GLOBAL (once dWeff is summed over all items): every layer's dW, dU
+        and dV, the regulariser included."""
+        ops = self.ops
+        ops.transpose(back.dWoutT, back.dWeff[-1])
+        for l in range(len(fwd.Weff)):
+            ops.layer_grad(back.dWeff[l], P[f"W{l}"], P[f"U{l}"], P[f"V{l}"], fwd.K[l],
                            G[f"W{l}"], G[f"U{l}"], G[f"V{l}"])
-        return loss
 
     def predict(self, stage, P, rows, cols):
         """The network's outputs at (item position, user position) pairs."""
