@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import common
 from dense_baseline import DenseGLocalK
 from glocalk_np.kernels import cpu
-from glocalk_np.params import STAGES, flatten, init_global_kernel, init_layers, optimised
+from glocalk_np.params import STAGES, init_global_kernel, init_layers, optimised
 from glocalk_np.train import Config, make_engine, minimize_epoch
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "ml-1m", "synth-ml-1m", "synth-ml-10m"]
@@ -188,19 +188,17 @@ def worker(spec):
     if spec["time_epoch"]:
         template = optimised(stage, params)
         iters = config.iters_pretrain if stage == "pretrain" else config.iters_finetune
-        objective, inside = engine.objective(stage, template), [0.0]
-
-        def timed(x):                 # the loss, gradient and (un)flattening scipy waits for
+        # scipy's L-BFGS-B, and on the sparse engine also lbfgsb.py's (the same steps)
+        for key, optimizer in (("epoch", "scipy"), ("epoch_numba", "numba")):
+            if optimizer == "numba" and not hasattr(engine, "objective_into"):
+                continue
+            timed = _Timed(engine)
             tic = time.perf_counter()
-            value = objective(x)
-            inside[0] += time.perf_counter() - tic
-            return value
-        tic = time.perf_counter()
-        result = minimize_epoch(timed, flatten(template), iters)
-        seconds = time.perf_counter() - tic
-        # the rest is L-BFGS-B's own work on the flat vector, and scipy's copies of it
-        out["epoch"] = dict(iters=iters, evaluations=int(result.nfev), seconds=seconds,
-                            objective_s=inside[0], optimizer_s=seconds - inside[0],
+            _, _, evaluations = minimize_epoch(timed, stage, template, iters, optimizer)
+            seconds = time.perf_counter() - tic
+            # the rest is L-BFGS-B's own work on the flat vector (and scipy's copies of it)
+            out[key] = dict(iters=iters, evaluations=evaluations, seconds=seconds,
+                            objective_s=timed.inside, optimizer_s=seconds - timed.inside,
                             rss_peak_mib=common.max_rss_mib())   # with L-BFGS' 2 x 10 vectors
     out["numba_threads"] = numba.get_num_threads()
     return out
@@ -232,9 +230,31 @@ def _fmt(r, key, spec):
     return "-" if value is None else format(value, spec)
 
 
-def _epoch(r):
-    e = (r or {}).get("epoch")
-    return (f"{e['evaluations']} ev {e['seconds']:.1f} s (opt {e['optimizer_s']:.1f}) "
+class _Timed:
+    """An engine whose objectives add the seconds spent inside them to ``inside``:
+    the loss, the gradient and the (un)flattening the optimiser waits for."""
+
+    def __init__(self, engine):
+        self.engine, self.inside = engine, 0.0
+
+    def _timed(self, f):
+        def call(*args):
+            tic = time.perf_counter()
+            value = f(*args)
+            self.inside += time.perf_counter() - tic
+            return value
+        return call
+
+    def objective(self, stage, template):
+        return self._timed(self.engine.objective(stage, template))
+
+    def objective_into(self, stage, template):
+        return self._timed(self.engine.objective_into(stage, template))
+
+
+def _epoch(r, key="epoch"):
+    e = (r or {}).get(key)
+    return (f"{e['evaluations']} ev {e['seconds']:.1f} s (opt {e['optimizer_s']:.2f}) "
             f"{e['rss_peak_mib']:.0f} MiB") if e else "-"
 
 
@@ -256,15 +276,16 @@ def print_tables(results, scaling):
               f"{_fmt(sp_, 'gflops_per_s', '.1f'):>11} {_fmt(de, 'gflops_per_s', '.1f'):>10}")
 
     print(f"\n{'dataset':<13} {'stage':<8} {'sparse MiB':>10} {'dense MiB':>9} {'(data)':>7} "
-          f"{'sparse epoch':>35} {'dense epoch':>35}")
+          f"{'sparse epoch, scipy':>36} {'sparse epoch, numba':>36} {'dense epoch, scipy':>36}")
     for ds, stage in keys:
         sp_, de = by.get((ds, stage, "sparse")), by.get((ds, stage, "dense"))
         print(f"{ds:<13} {stage:<8} {_fmt(sp_, 'rss_peak_mib', '.0f'):>10} "
               f"{_fmt(de, 'rss_peak_mib', '.0f'):>9} {_fmt(sp_ or de, 'rss_data_mib', '.0f'):>7} "
-              f"{_epoch(sp_):>35} {_epoch(de):>35}")
+              f"{_epoch(sp_):>36} {_epoch(sp_, 'epoch_numba'):>36} {_epoch(de):>36}")
     print("MiB: peak RSS of a fresh process over the evaluations; (data): before the engine; "
-          "epoch: one L-BFGS-B call of the preset's iterations: evaluations, seconds, (opt: "
-          "seconds outside the objective, the optimiser's own work), peak RSS")
+          "epoch: one L-BFGS-B run of the preset's iterations with scipy's optimiser or "
+          "lbfgsb.py's (the same steps): evaluations, seconds, (opt: seconds outside the "
+          "objective, the optimiser's own work), peak RSS")
     for r in results:
         if "skipped" in r or "error" in r:
             print(f"  {r['dataset']} {r['stage']} {r['engine']}: {r.get('skipped') or r['error']}")

@@ -28,12 +28,15 @@ from .estimator import GLocalK, checkpoint_name
 from .gradcheck import TOLERANCE, check_gradients
 from .safeio import OutputError, atomic_output, check_distinct, check_target
 from .synthetic import low_rank_ratings
-from .train import PRESETS, SELECTIONS, Config
+from .train import OPTIMIZERS, PRESETS, SELECTIONS, Config
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 STAGE_LABELS = {"pretrain": "pre-training", "finetune": "fine-tuning"}
+# from about this many parameters scipy's L-BFGS-B costs more than the loss
+# and gradient (BENCHMARKS.md), so fit says once that --optimizer numba exists
+OPTIMIZER_HINT_PARAMETERS = 1_000_000
 # click >= 8.2 reports a bare group as an error that carries the help text
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -212,6 +215,9 @@ HYPER = options(
            "L-BFGS-B iterations per fine-tuning epoch."),
     _hyper("--dtype", "dtype", click.Choice(["float32", "float64"]),
            "Compute precision of the network."),
+    _hyper("--optimizer", "optimizer", click.Choice(OPTIMIZERS),
+           "L-BFGS-B: scipy's, or numba, the same steps at a fraction of scipy's cost "
+           "on large fits."),
 )
 
 
@@ -232,6 +238,7 @@ class Progress:
         self.totals = {"pretrain": config.epochs_pretrain, "finetune": config.epochs_finetune}
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
+        self.hint = not quiet and config.optimizer == "scipy"
         self.last = None        # the last completed epoch's record
         self._stage = self.bar = None
         self._bars = contextlib.ExitStack()
@@ -243,6 +250,12 @@ class Progress:
         if record.stage != self._stage:
             self.open(record.stage)
         self.erase()                # the update below redraws the bar
+        if self.hint:
+            self.hint = False
+            size = sum(a.size for a in state.params.values())
+            if size >= OPTIMIZER_HINT_PARAMETERS:
+                click.echo(f"Note: {size:,} parameters; --optimizer numba takes scipy's "
+                           "L-BFGS-B steps at a fraction of its cost", err=True)
         click.echo(f"{record.stage:<8} {record.epoch:>3}/{self.totals[record.stage]:<3}  "
                    f"train RMSE {record.train_rmse:.4f}  {_scores(record.metrics)}  "
                    f"{record.seconds:.1f}s")

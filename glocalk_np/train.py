@@ -3,7 +3,10 @@
 The optimiser sees one flat float64 vector and a function returning
 (loss, flat gradient), nothing else. One epoch is one call of
 scipy.optimize.minimize(method='L-BFGS-B', options={'maxiter', 'maxcor': 10}),
-so the L-BFGS memory restarts every epoch, as in the official code.
+so the L-BFGS memory restarts every epoch, as in the official code; or,
+with optimizer='numba', one run of lbfgsb.minimize, which takes the same
+steps with the engine writing its gradient straight into the optimiser's
+vector and the vectors allocated once per stage.
 """
 import math
 import os
@@ -14,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from . import metrics
+from . import lbfgsb, metrics
 from .engines import make_engine, settings
 from .params import flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
 
@@ -28,6 +31,8 @@ PRESETS = {
                    epochs_pretrain=20, epochs_finetune=60, dot_scale=2.0),
 }
 SELECTIONS = ("test", "val", "last")
+OPTIMIZERS = ("scipy", "numba")
+MAXCOR = 10
 # Penalties and scales beyond this leave float32's range at TF1's initial
 # weights; the presets use at most 70.
 MAX_LAMBDA = 1e6
@@ -53,6 +58,7 @@ class Config:
     iters_finetune: int = 5
     dtype: str = "float32"
     seed: int = 0
+    optimizer: str = "scipy"
 
     def __post_init__(self):
         for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
@@ -73,6 +79,8 @@ class Config:
                 raise ValueError(f"{name} must be a number in [0, {MAX_LAMBDA:g}], got {value!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
     @classmethod
     def from_preset(cls, preset=None, **overrides):
@@ -192,10 +200,19 @@ class EvalSet:
         return self.values.size
 
 
-def minimize_epoch(fun, x0, maxiter):
-    """One epoch: one L-BFGS-B call, as tf.contrib.opt.ScipyOptimizerInterface made it."""
-    return minimize(fun, x0, jac=True, method="L-BFGS-B",
-                    options={"maxiter": maxiter, "maxcor": 10})
+def minimize_epoch(engine, stage, template, maxiter, optimizer="scipy", workspace=None):
+    """One epoch from the arrays ``template``: one L-BFGS-B run of at most
+    ``maxiter`` iterations, as tf.contrib.opt.ScipyOptimizerInterface made it
+    ('scipy'), or the same steps by lbfgsb.minimize ('numba', in
+    ``workspace``). Returns (x, loss, evaluations)."""
+    x0 = flatten(template)
+    if optimizer == "scipy":
+        r = minimize(engine.objective(stage, template), x0, jac=True, method="L-BFGS-B",
+                     options={"maxiter": maxiter, "maxcor": MAXCOR})
+        return r.x, r.fun, int(r.nfev)
+    r = lbfgsb.minimize(engine.objective_into(stage, template), x0, maxiter=maxiter,
+                        maxcor=MAXCOR, workspace=workspace)
+    return r.x.copy(), r.fun, r.nfev
 
 
 def initial_state(train, config):
@@ -244,21 +261,23 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
         if stage == "finetune" and "C" not in state.params:
             state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
         template = optimised(stage, state.params)
-        fun = engine.objective(stage, template)
+        workspace = (lbfgsb.Workspace(sum(a.size for a in template.values()), MAXCOR)
+                     if config.optimizer == "numba" else None)
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()
-            result = minimize_epoch(fun, flatten(template), iters)
-            if not (np.isfinite(result.fun) and np.isfinite(result.x).all()):
+            x, loss, evaluations = minimize_epoch(engine, stage, template, iters,
+                                                  config.optimizer, workspace)
+            if not (np.isfinite(loss) and np.isfinite(x).all()):
                 raise TrainingDiverged(
-                    f"training diverged: the loss is {result.fun} after {stage} epoch {epoch} "
+                    f"training diverged: the loss is {loss} after {stage} epoch {epoch} "
                     f"(ratings {low:g} to {high:g}, lambda_2={config.lambda_2:g}, "
                     f"lambda_s={config.lambda_s:g}, dot_scale={config.dot_scale:g}): "
                     "smaller ratings or penalties are needed")
-            template = unflatten(result.x, template)
+            template = unflatten(x, template)
             state.params.update(template)
             scores = score(engine, stage, state.params, train_set, evals, low, high)
             record = EpochRecord(stage, epoch, scores.pop("train")["rmse"],
-                                 time.perf_counter() - tic, int(result.nfev), scores)
+                                 time.perf_counter() - tic, evaluations, scores)
             state.history.append(record)
             if stage == "finetune":
                 _update_best(state, record, evals, epoch == epochs)

@@ -109,6 +109,8 @@ def test_speed_epoch_and_thread_scaling(tmp_path):
         assert r["epoch"]["iters"] == 5 and r["epoch"]["evaluations"] >= 5
         assert 0 < r["epoch"]["objective_s"] < r["epoch"]["seconds"]
         assert np.isclose(r["epoch"]["objective_s"] + r["epoch"]["optimizer_s"], r["epoch"]["seconds"])
+        if r["engine"] == "sparse":  # lbfgsb.py's epoch: the same steps as scipy's
+            assert r["epoch_numba"]["evaluations"] == r["epoch"]["evaluations"]
     assert sorted((r["engine"], r["numba_threads"]) for r in data["scaling"]) == [
         ("dense", 1), ("dense", 2), ("sparse", 1), ("sparse", 2)]
     assert "thread scaling" in proc.stdout

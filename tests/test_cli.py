@@ -117,6 +117,16 @@ def test_preset_with_overrides_dtype_and_threads(tmp_path, files):
     assert (config.dtype, config.seed) == ("float64", 3)
 
 
+def test_optimizer_option_is_recorded_and_resume_keeps_to_it(tmp_path, files):
+    model, ckpt = tmp_path / "m.npz", tmp_path / "ckpt"
+    run("fit", files["train"], *TINY, "--optimizer", "numba", "--checkpoint-dir", ckpt,
+        "--out", model, "--quiet")
+    assert GLocalK.load(model).config.optimizer == "numba"
+    line = fails("fit", files["train"], *TINY, "--checkpoint-dir", ckpt, "--resume",
+                 "--out", model)
+    assert "optimizer='scipy' (checkpoint: 'numba')" in line
+
+
 def test_explicit_separator(tmp_path, files):
     piped = tmp_path / "piped.txt"
     piped.write_text(files["train"].read_text().replace(",", "|"))

@@ -58,6 +58,15 @@ class DenseEngine:
             return loss, flatten(grads)
         return fun
 
+    def objective_into(self, stage, template):
+        fun = self.objective(stage, template)
+
+        def fg(x, g):
+            loss, grad = fun(x)
+            g[:] = grad
+            return loss
+        return fg
+
     def predict(self, stage, params, rows, cols):
         return dense_forward(stage, params, self.R, dot_scale=self.hp["dot_scale"])[rows, cols]
 
@@ -100,6 +109,8 @@ def measure(make, dtype, problems):
             x = flatten(template)
             fun = engine.objective(stage, template)
             o_loss, o_grad = fun(x)
+            g_into = np.full_like(x, np.nan)
+            loss_into = engine.objective_into(stage, template)(x.copy(), g_into)
             r = {"keys": list(grads) == list(want),
                  "dtypes": sorted({str(g.dtype) for g in grads.values()}),
                  "loss": abs(loss - want_loss) / abs(want_loss),
@@ -109,6 +120,8 @@ def measure(make, dtype, problems):
                                  [rows, cols]),
                  "objective": [isinstance(o_loss, float), str(o_grad.dtype), o_grad.shape == x.shape,
                                abs(o_loss - loss) / abs(loss), _rel(o_grad, flatten(grads))],
+                 "objective_into": [float(loss_into) == float(o_loss),
+                                    bool(np.array_equal(g_into, o_grad))],
                  "refusals": _refusals(engine, params, stage),
                  "settings": engine.settings == settings(Config(dtype=np.dtype(dtype).name, **hp)),
                  "shape": list(engine.shape) == [m, n]}
@@ -169,6 +182,12 @@ def test_objective_is_what_scipy_needs(engine_report):
         is_float, grad_dtype, same_shape, loss_err, grad_err = r["objective"]
         assert (is_float, grad_dtype, same_shape) == (True, "float64", True), case
         assert loss_err < TOLERANCE[dtype] and grad_err < TOLERANCE[dtype], case
+
+
+def test_objective_into_writes_the_same_gradient_into_the_callers_vector(engine_report):
+    name, dtype, report = engine_report
+    for case, r in report.items():
+        assert r["objective_into"] == [True, True], case
 
 
 def test_misshaped_arrays_are_refused_by_name(engine_report):

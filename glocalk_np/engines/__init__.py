@@ -16,6 +16,9 @@ benchmarks use nothing else):
 - ``engine.objective(stage, template) -> fun``, where ``fun(x)`` takes the
   flat float64 vector laid out like ``template`` and returns (loss, flat
   float64 gradient): what scipy.optimize.minimize calls;
+- ``engine.objective_into(stage, template) -> fg``, where ``fg(x, g)``
+  writes that gradient into the float64 array ``g`` and returns the loss:
+  what lbfgsb.minimize calls;
 - ``engine.predict(stage, params, rows, cols)``: the network's outputs at
   (item position, user position) pairs.
 Bad shapes raise ValueError naming the array (params.check_for_matrix).

@@ -209,6 +209,37 @@ class CpuEngine:
             return loss, flatten(grads)
         return fun
 
+    def objective_into(self, stage, template):
+        """fg(x, g) -> loss, the function lbfgsb.minimize calls: ``x`` the flat
+        float64 vector laid out like ``template``, the float64 gradient written
+        into ``g``. The parameters and gradient live in flat compute-dtype
+        buffers made once here (views of x and g themselves in float64), so
+        an evaluation costs one cast in and one cast out, and no copies."""
+        check_for_matrix(template, stage, *self.shape)
+        size = sum(np.size(v) for v in template.values())
+        flat_p = np.empty(0) if self.dtype == np.float64 else np.empty(size, self.dtype)
+        flat_g = np.empty(0) if self.dtype == np.float64 else np.empty(size, self.dtype)
+
+        def views(flat):
+            out, pos = {}, 0
+            for k, v in template.items():
+                out[k] = flat[pos:pos + np.size(v)].reshape(np.shape(v))
+                pos += np.size(v)
+            return out
+
+        def fg(x, g):
+            if flat_p.size:
+                np.copyto(flat_p, x)
+            P, G = views(flat_p if flat_p.size else x), views(flat_g if flat_g.size else g)
+            for k, b in G.items():
+                if k.startswith("b"):
+                    b[:] = 0
+            loss = self.network.loss_and_grad(stage, P, G).value
+            if flat_g.size:
+                np.copyto(g, flat_g)
+            return loss
+        return fg
+
     def predict(self, stage, params, rows, cols):
         """Predictions of the stage's network output at (item, user) pairs."""
         return self.network.predict(stage, self._compute_params(stage, params),

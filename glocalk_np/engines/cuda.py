@@ -301,6 +301,17 @@ class CudaEngine:
             return float(out[-1]), out[:-1]
         return fun
 
+    def objective_into(self, stage, template):
+        """fg(x, g) -> loss for lbfgsb.minimize: objective's transfers, the
+        gradient copied into ``g`` (the optimiser itself stays on the host)."""
+        fun = self.objective(stage, template)
+
+        def fg(x, g):
+            loss, grad = fun(x)
+            g[:] = grad
+            return loss
+        return fg
+
     def __call__(self, stage, params):
         """Loss and gradient dict (host arrays in compute dtype), as CpuEngine."""
         template = self._template(stage, params)
