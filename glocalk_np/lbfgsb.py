@@ -161,7 +161,8 @@ def _trial_point(t, stp, d, x, first):
 
 @njit(parallel=True, cache=True)
 def _dot_and_abs_max(g, d):
-    """(g . d, max |g_i|) in one pass. Cost: 2 n."""
+    """(g . d, max |g_i|) in one pass (max |g_i| is the projected gradient's
+    norm without bounds). Cost: 2 n."""
     chunks = (g.size + CHUNK - 1) // CHUNK
     part = np.zeros((chunks, 2))
     for c in prange(chunks):
@@ -171,19 +172,6 @@ def _dot_and_abs_max(g, d):
             m = max(m, abs(g[i]))
         part[c, 0], part[c, 1] = acc, m
     return part[:, 0].sum(), part[:, 1].max()
-
-
-@njit(parallel=True, cache=True)
-def _dot(a, b):
-    """a . b. Cost: 2 n."""
-    chunks = (a.size + CHUNK - 1) // CHUNK
-    part = np.zeros(chunks)
-    for c in prange(chunks):
-        acc = 0.0
-        for i in range(c * CHUNK, min((c + 1) * CHUNK, a.size)):
-            acc += a[i] * b[i]
-        part[c] = acc
-    return part.sum()
 
 
 @njit(parallel=True, cache=True)
@@ -197,19 +185,6 @@ def _squared_distance(a, b):
             acc += (a[i] - b[i]) ** 2
         part[c] = acc
     return part.sum()
-
-
-@njit(parallel=True, cache=True)
-def _abs_max(a):
-    """max |a_i|: the projected gradient's norm without bounds. Cost: n."""
-    chunks = (a.size + CHUNK - 1) // CHUNK
-    part = np.zeros(chunks)
-    for c in prange(chunks):
-        m = 0.0
-        for i in range(c * CHUNK, min((c + 1) * CHUNK, a.size)):
-            m = max(m, abs(a[i]))
-        part[c] = m
-    return part.max()
 
 
 @njit(parallel=True, cache=True)
@@ -431,6 +406,16 @@ class _Memory:
 
 # ---------------------------------------------------------------- the driver
 
+def gradient_into(fun):
+    """A scipy-style objective fun(x) -> (f, gradient) as the fg(x, g) -> f
+    that minimize calls, copying the gradient into g."""
+    def fg(x, g):
+        f, grad = fun(x)
+        g[:] = grad
+        return f
+    return fg
+
+
 def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, gtol=1e-5,
              maxfun=15000, maxls=20, workspace=None):
     """Minimise the function with gradient ``fg(x, g) -> f`` (writing the
@@ -460,15 +445,15 @@ def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, g
     def result(end):
         return Result(x, f, g, nit, nfev, *end, skipped, restarts)
 
-    if _abs_max(g) <= gtol:
+    if _dot_and_abs_max(g, g)[1] <= gtol:
         return result(CONVERGED_G)
     while True:
         memory.direction(g, d)
-        dnorm = float(np.sqrt(_dot(d, d)))
+        dnorm = float(np.sqrt(_dot_and_abs_max(d, d)[0]))
         stp = min(1.0 / dnorm, STPMAX) if nit == 0 else 1.0
         x, t, g, r = t, x, r, g
         fold = f
-        gd = gdold = _dot(r, d)
+        gd = gdold = _dot_and_abs_max(r, d)[0]
         failed = gd >= 0.0
         if not failed:
             search, task, backtracks = _LineSearch(f, gd, stp, STPMAX), "FG", 0

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from dense_reference import dense_forward, dense_loss_grad
 from glocalk_np.engines import cuda_unavailable, make_engine, settings
 from glocalk_np.engines.cpu import CpuEngine
+from glocalk_np.lbfgsb import gradient_into
 from glocalk_np.params import STAGES, check_for_matrix, flatten, optimised, unflatten
 from glocalk_np.train import Config
 from problems import PROBLEMS, smooth_problem
@@ -59,13 +60,7 @@ class DenseEngine:
         return fun
 
     def objective_into(self, stage, template):
-        fun = self.objective(stage, template)
-
-        def fg(x, g):
-            loss, grad = fun(x)
-            g[:] = grad
-            return loss
-        return fg
+        return gradient_into(self.objective(stage, template))
 
     def predict(self, stage, params, rows, cols):
         return dense_forward(stage, params, self.R, dot_scale=self.hp["dot_scale"])[rows, cols]

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize, rosen, rosen_der
 
 from glocalk_np import lbfgsb
+from glocalk_np.lbfgsb import gradient_into
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.params import flatten, optimised
 from glocalk_np.train import Config, fit
@@ -17,19 +18,10 @@ from problems import PROBLEMS, smooth_problem
 AGREEMENT = 1e-10
 
 
-def into(fun):
-    """A scipy-style fun(x) -> (f, g) as lbfgsb's fg(x, g) -> f."""
-    def fg(x, g):
-        f, grad = fun(x)
-        g[:] = grad
-        return f
-    return fg
-
-
 def both(fun, x0, **options):
     """(scipy's result, ours) from x0 with the same options."""
     ref = minimize(fun, x0, jac=True, method="L-BFGS-B", options=options)
-    return ref, lbfgsb.minimize(into(fun), x0, **options)
+    return ref, lbfgsb.minimize(gradient_into(fun), x0, **options)
 
 
 def assert_same_run(ref, ours):
@@ -112,14 +104,14 @@ def test_same_steps_on_glocal_k_objectives(stage, maxiter):
 
 def test_a_reused_workspace_gives_the_same_run():
     fun = ill_conditioned_quadratic()
-    fresh = lbfgsb.minimize(into(fun), np.zeros(200), maxiter=7)
+    fresh = lbfgsb.minimize(gradient_into(fun), np.zeros(200), maxiter=7)
     x_fresh = fresh.x.copy()
     ws = lbfgsb.Workspace(200)
-    lbfgsb.minimize(into(lambda x: (x @ x, 2 * x)), np.ones(200), maxiter=4, workspace=ws)
-    again = lbfgsb.minimize(into(fun), np.zeros(200), maxiter=7, workspace=ws)
+    lbfgsb.minimize(gradient_into(lambda x: (x @ x, 2 * x)), np.ones(200), maxiter=4, workspace=ws)
+    again = lbfgsb.minimize(gradient_into(fun), np.zeros(200), maxiter=7, workspace=ws)
     np.testing.assert_array_equal(again.x, x_fresh)
     with pytest.raises(ValueError, match="workspace is for n=200"):
-        lbfgsb.minimize(into(fun), np.zeros(10), workspace=ws)
+        lbfgsb.minimize(gradient_into(fun), np.zeros(10), workspace=ws)
 
 
 def test_fit_takes_the_same_steps_with_either_optimizer():

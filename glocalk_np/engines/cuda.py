@@ -24,6 +24,7 @@ import numpy as np
 from numba import cuda
 
 from ..kernels import cuda as kc
+from ..lbfgsb import gradient_into
 from ..network import Network
 from ..params import check_for_matrix, flatten, optimised, unflatten
 from .cpu import CpuEngine
@@ -304,13 +305,7 @@ class CudaEngine:
     def objective_into(self, stage, template):
         """fg(x, g) -> loss for lbfgsb.minimize: objective's transfers, the
         gradient copied into ``g`` (the optimiser itself stays on the host)."""
-        fun = self.objective(stage, template)
-
-        def fg(x, g):
-            loss, grad = fun(x)
-            g[:] = grad
-            return loss
-        return fg
+        return gradient_into(self.objective(stage, template))
 
     def __call__(self, stage, params):
         """Loss and gradient dict (host arrays in compute dtype), as CpuEngine."""
