@@ -23,17 +23,19 @@ import common
 from common import PUBLISHED, TF_RERUN
 from glocalk_np import metrics
 from glocalk_np.data import random_split
-from glocalk_np.train import Config, EvalSet, fit, make_engine, rating_range
+from glocalk_np.train import OPTIMIZERS, Config, EvalSet, fit, make_engine, rating_range
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "flixster", "ml-1m"]
 QUICK = dict(epochs_pretrain=1, epochs_finetune=2, iters_pretrain=2, iters_finetune=2)
 VAL_FRACTION = 0.05
 
 
-def make_config(preset, seed, quick, epochs_scale):
-    """The preset's Config for ``seed``; --quick shrinks the schedule to a few
-    iterations, --epochs-scale multiplies both stages' epoch counts."""
-    config = Config.from_preset(preset, seed=seed, **(QUICK if quick else {}))
+def make_config(preset, seed, quick, epochs_scale, optimizer="scipy"):
+    """The preset's Config for ``seed`` and ``optimizer``; --quick shrinks the
+    schedule to a few iterations, --epochs-scale multiplies both stages' epoch
+    counts."""
+    config = Config.from_preset(preset, seed=seed, optimizer=optimizer,
+                                **(QUICK if quick else {}))
     if epochs_scale != 1:
         config = replace(config,
                          epochs_pretrain=max(1, round(config.epochs_pretrain * epochs_scale)),
@@ -74,7 +76,7 @@ def run_dataset(name, args):
           f"{test.nnz:,} test ratings; {problem.protocol}; preset {problem.preset}", flush=True)
     engine, runs, preds = None, [], {"last": [], "paper": []}
     for seed in args.seeds:
-        config = make_config(problem.preset, seed, args.quick, args.epochs_scale)
+        config = make_config(problem.preset, seed, args.quick, args.epochs_scale, args.optimizer)
         engine = engine or make_engine(train, config)   # seeds share it: same matrix and lambdas
         state, wall = train_run(train, {"test": test}, config, engine, f"seed {seed}",
                                 args.verbose)
@@ -158,6 +160,8 @@ def main(argv=None):
                     default=None, help=f"default: {' '.join(DEFAULT_DATASETS)}; "
                                        f"known: {' '.join(common.dataset_names())}")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--optimizer", choices=OPTIMIZERS, default="scipy",
+                    help="L-BFGS-B implementation (the same steps either way)")
     ap.add_argument("--honest", action="store_true",
                     help="also fit on 95%% of the training set and select the epoch on the "
                          "other 5%% (doubles the time)")
