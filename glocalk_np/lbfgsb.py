@@ -42,7 +42,10 @@ SciPy's driver reports the last trial point's instead.
 
 Memory: the parameters, the gradient, the previous point and gradient, the
 direction and 2 x maxcor stored vectors, all float64 and allocated once in a
-Workspace that a caller may pass to every call (one per fit).
+Workspace that a caller may pass to every call (one per fit). The O(n) steps
+go through the workspace's ``vectors``: HostVectors (the Numba kernels
+below) or engines.cuda.CudaVectors, which keeps every vector in GPU memory
+so that only dot products and norms cross to the host.
 """
 from dataclasses import dataclass
 
@@ -84,12 +87,15 @@ class Result:
 
 class Workspace:
     """The float64 vectors of one problem size, allocated once: x, g, the
-    previous x and g (t, r), the direction d and the memory S, Y (maxcor x n)."""
+    previous x and g (t, r), the direction d and the memory S, Y (maxcor x n),
+    in host memory, or where ``vectors`` (the sweeps' implementation, e.g.
+    engines.cuda.CudaVectors) keeps them."""
 
-    def __init__(self, n, maxcor=10):
+    def __init__(self, n, maxcor=10, vectors=None):
         self.n, self.m = n, maxcor
-        self.x, self.g, self.t, self.r, self.d = (np.empty(n) for _ in range(5))
-        self.S, self.Y = np.empty((maxcor, n)), np.empty((maxcor, n))
+        self.vectors = vectors or HostVectors()
+        self.x, self.g, self.t, self.r, self.d = (self.vectors.empty(n) for _ in range(5))
+        self.S, self.Y = self.vectors.empty((maxcor, n)), self.vectors.empty((maxcor, n))
 
 
 # ---------------------------------------------------------------- kernels
@@ -193,6 +199,42 @@ def _store_pair(g, r, stp, d, s_out, y_out):
     for i in prange(g.size):
         s_out[i] = d[i] if stp == 1.0 else stp * d[i]
         y_out[i] = g[i] - r[i]
+class HostVectors:
+    """The O(n) steps of the iteration on host arrays, with the kernels above.
+    Another implementation (engines.cuda.CudaVectors) keeps the vectors on a
+    GPU; only the small dot-product results reach the host."""
+
+    empty = staticmethod(np.empty)
+
+    @staticmethod
+    def assign(dst, host_src):
+        dst[:] = host_src
+
+    @staticmethod
+    def to_host(a):
+        return a.copy()
+
+    @staticmethod
+    def copy(src, dst):
+        dst[:] = src
+
+    @staticmethod
+    def scale(src, alpha, dst):
+        np.multiply(src, alpha, out=dst)
+
+    @staticmethod
+    def history_dots(S, Y, slots, u, v=EMPTY, w=EMPTY):
+        out = np.empty((6, slots.size))
+        _history_dots(S, Y, slots, u, v, w, out)
+        return out
+
+    direction = staticmethod(_direction)
+    trial_point = staticmethod(_trial_point)
+    dot_and_abs_max = staticmethod(_dot_and_abs_max)
+    squared_distance = staticmethod(_squared_distance)
+    store_pair = staticmethod(_store_pair)
+
+
 # ---------------------------------------------------------------- line search
 
 class _LineSearch:
@@ -366,8 +408,8 @@ class _Memory:
                 M[:-1, :-1] = M[1:, 1:].copy()
         self.slots.append(slot)
         k = len(self.slots) - 1
-        dots = np.empty((6, self.m))
-        _history_dots(ws.S, ws.Y, np.array(self.slots), ws.S[slot], ws.Y[slot], g, dots)
+        dots = ws.vectors.history_dots(ws.S, ws.Y, np.array(self.slots), ws.S[slot],
+                                       ws.Y[slot], g)
         self.SS[k, :k] = self.SS[:k, k] = dots[0, :k]          # s_j . s_new
         self.SY[k, :k] = dots[1, :k]                           # s_new . y_j
         self.SY[:k, k] = dots[2, :k]                           # s_j . y_new
@@ -388,20 +430,18 @@ class _Memory:
         """d = -H g, through the compact form of the inverse (module docstring)."""
         ws, k = self.ws, len(self.slots)
         if k == 0:
-            np.multiply(g, -1.0, out=d)
+            ws.vectors.scale(g, -1.0, d)
             return
         slots = np.array(self.slots)
         if self._g_dots is None:
-            dots = np.empty((6, self.m))
-            _history_dots(ws.S, ws.Y, slots, g, EMPTY, EMPTY, dots)
-            self._g_dots = dots[:2, :k]
+            self._g_dots = ws.vectors.history_dots(ws.S, ws.Y, slots, g)[:2]
         (a, b), self._g_dots = self._g_dots, None
         gamma = 1.0 / self.theta
         SY = self.SY[:k, :k]
         u = solve_triangular(SY, a)                      # R u = S'g, R = triu(S'Y)
         top = solve_triangular(SY, np.diag(SY) * u + gamma * (self.YY[:k, :k] @ u - b),
                                trans="T")
-        _direction(ws.S, ws.Y, slots, top, gamma * u, gamma, g, d)
+        ws.vectors.direction(ws.S, ws.Y, slots, top, gamma * u, gamma, g, d)
 
 
 # ---------------------------------------------------------------- the driver
@@ -434,7 +474,8 @@ def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, g
     # point and gradient before the line search. The buffers swap roles
     # instead of being copied.
     x, g, t, r, d = ws.x, ws.g, ws.t, ws.r, ws.d
-    x[:] = x0
+    ops = ws.vectors
+    ops.assign(x, x0)
     f = float(fg(x, g))
     nfev, nit = 1, 0
     tol = (ftol / EPS) * EPS                     # factr * epsmch, as SciPy passes it
@@ -445,15 +486,15 @@ def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, g
     def result(end):
         return Result(x, f, g, nit, nfev, *end, skipped, restarts)
 
-    if _dot_and_abs_max(g, g)[1] <= gtol:
+    if ops.dot_and_abs_max(g, g)[1] <= gtol:
         return result(CONVERGED_G)
     while True:
         memory.direction(g, d)
-        dnorm = float(np.sqrt(_dot_and_abs_max(d, d)[0]))
+        dnorm = float(np.sqrt(ops.dot_and_abs_max(d, d)[0]))
         stp = min(1.0 / dnorm, STPMAX) if nit == 0 else 1.0
         x, t, g, r = t, x, r, g
         fold = f
-        gd = gdold = _dot_and_abs_max(r, d)[0]
+        gd = gdold = ops.dot_and_abs_max(r, d)[0]
         failed = gd >= 0.0
         if not failed:
             search, task, backtracks = _LineSearch(f, gd, stp, STPMAX), "FG", 0
@@ -462,14 +503,14 @@ def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, g
                     failed = True
                     break
                 # SciPy's ScalarFunction does not evaluate the point it evaluated last again
-                if _trial_point(t, search.stp, d, x, backtracks == 0) or not x_is_last:
+                if ops.trial_point(t, search.stp, d, x, backtracks == 0) or not x_is_last:
                     f = float(fg(x, g))
                     nfev += 1
                     x_is_last = True
                 elif backtracks == 0:
-                    g[:] = r           # still the point before the line search
+                    ops.copy(r, g)     # still the point before the line search
                 backtracks += 1
-                gd, gmax = _dot_and_abs_max(g, d)
+                gd, gmax = ops.dot_and_abs_max(g, d)
                 task = search.step(f, gd)
             stp = search.stp
         if failed:
@@ -490,13 +531,13 @@ def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, g
         if fold - f <= tol * max(abs(fold), abs(f), 1.0):
             return result(CONVERGED_F)
         # the new pair, unless its curvature is too small (mainlb, matupd, formt)
-        rr = _squared_distance(g, r)
+        rr = ops.squared_distance(g, r)
         dr, ddum = (gd - gdold, -gdold) if stp == 1.0 else ((gd - gdold) * stp, -gdold * stp)
         if dr <= EPS * ddum:
             skipped += 1
             continue
         slot = memory.next_slot()
-        _store_pair(g, r, stp, d, ws.S[slot], ws.Y[slot])
+        ops.store_pair(g, r, stp, d, ws.S[slot], ws.Y[slot])
         dtd = dnorm ** 2
         if not memory.add(dtd if stp == 1.0 else stp * stp * dtd, dr, rr / dr, g):
             restarts += 1

@@ -79,8 +79,8 @@ def check_for_matrix(params, stage, n_items, n_users):
         if gk * gk != (cells[1] if len(cells) == 2 else -1) or gk % 2 == 0:
             raise ValueError(f"{context}: C must be 2-D with gk^2 columns for an odd gk, "
                              f"got shape {cells}")
-    check_shapes(optimised(stage, params), shapes(n_items, n_users, W0.shape[1], layer_count(params) - 1,
-                                U0.shape[1], gk), context)
+    expected = shapes(n_items, n_users, W0.shape[1], layer_count(params) - 1, U0.shape[1], gk)
+    check_shapes(optimised(stage, params), expected, context)
 
 
 def optimised(stage, params):

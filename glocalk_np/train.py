@@ -212,7 +212,7 @@ def minimize_epoch(engine, stage, template, maxiter, optimizer="scipy", workspac
         return r.x, r.fun, int(r.nfev)
     r = lbfgsb.minimize(engine.objective_into(stage, template), x0, maxiter=maxiter,
                         maxcor=MAXCOR, workspace=workspace)
-    return r.x.copy(), r.fun, r.nfev
+    return (workspace.vectors if workspace else lbfgsb.HostVectors).to_host(r.x), r.fun, r.nfev
 
 
 def initial_state(train, config):
@@ -261,7 +261,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
         if stage == "finetune" and "C" not in state.params:
             state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
         template = optimised(stage, state.params)
-        workspace = (lbfgsb.Workspace(sum(a.size for a in template.values()), MAXCOR)
+        workspace = (engine.workspace(sum(a.size for a in template.values()), MAXCOR)
                      if config.optimizer == "numba" else None)
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()

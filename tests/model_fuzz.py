@@ -33,7 +33,8 @@ def _revalued(rng, a):
     flat = a.astype(np.float64).ravel()
     flat[rng.integers(flat.size, size=rng.integers(1, 4))] = VALUES[rng.integers(len(VALUES))]
     with np.errstate(invalid="ignore", over="ignore"):
-        return flat.reshape(a.shape).astype(a.dtype) if a.dtype.kind == "f" else flat.reshape(a.shape)
+        out = flat.reshape(a.shape)
+        return out.astype(a.dtype) if a.dtype.kind == "f" else out
 
 
 def _retyped(rng, a):

@@ -196,8 +196,9 @@ def test_settings_and_shape(engine_report):
     assert all(r["settings"] and r["shape"] for r in report.values())
 
 
-def test_fit_on_cuda_follows_fit_on_cpu(cuda_sim_report):
-    r = cuda_sim_report["fit"]
+@pytest.mark.parametrize("optimizer", ["scipy", "numba"])
+def test_fit_on_cuda_follows_fit_on_cpu(cuda_sim_report, optimizer):
+    r = cuda_sim_report["fit"][optimizer]
     assert r["history_cpu"] == pytest.approx(r["history_cuda"], rel=TOLERANCE["float64"])
     assert r["params"] < TOLERANCE["float64"]
 
@@ -257,17 +258,23 @@ def _patch_simulator():
 
 
 def _fit_both():
-    """One short epoch of each stage through the trainer on either engine."""
+    """One short epoch of each stage through the trainer on either engine,
+    with either optimiser (numba on the CUDA engine: the vectors on the device)."""
     from glocalk_np.train import fit
 
     R, _, hp = smooth_problem(SIM_PROBLEMS[0])
-    config = Config(n_hidden=4, n_layers=1, kernel_dim=3, epochs_pretrain=1, epochs_finetune=1,
-                    iters_pretrain=3, iters_finetune=3, dtype="float64", **hp)
     R = sp.csr_matrix(R)
-    states = {dev: fit(R, config, engine=make_engine(R, config, device=dev))
-              for dev in ("cpu", "cuda")}
-    out = {f"history_{dev}": [r.train_rmse for r in s.history] for dev, s in states.items()}
-    out["params"] = max(_rel(states["cuda"].params[k], v) for k, v in states["cpu"].params.items())
+    out = {}
+    for optimizer in ("scipy", "numba"):
+        config = Config(n_hidden=4, n_layers=1, kernel_dim=3, epochs_pretrain=1,
+                        epochs_finetune=1, iters_pretrain=3, iters_finetune=3, dtype="float64",
+                        optimizer=optimizer, **hp)
+        states = {dev: fit(R, config, engine=make_engine(R, config, device=dev))
+                  for dev in ("cpu", "cuda")}
+        out[optimizer] = {f"history_{dev}": [r.train_rmse for r in s.history]
+                          for dev, s in states.items()}
+        out[optimizer]["params"] = max(_rel(states["cuda"].params[k], v)
+                                       for k, v in states["cpu"].params.items())
     return out
 
 

@@ -18,7 +18,9 @@ benchmarks use nothing else):
   float64 gradient): what scipy.optimize.minimize calls;
 - ``engine.objective_into(stage, template) -> fg``, where ``fg(x, g)``
   writes that gradient into the float64 array ``g`` and returns the loss:
-  what lbfgsb.minimize calls;
+  what lbfgsb.minimize calls, with x and g host arrays or, for the vectors
+  of ``engine.workspace(n, maxcor)`` (where the engine keeps lbfgsb's
+  vectors: host memory, or the GPU's), that workspace's arrays;
 - ``engine.predict(stage, params, rows, cols)``: the network's outputs at
   (item position, user position) pairs.
 Bad shapes raise ValueError naming the array (params.check_for_matrix).

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from .. import lbfgsb
 from ..kernels import cpu
 from ..network import Network
 from ..params import check_for_matrix, flatten, optimised, unflatten
@@ -239,6 +240,11 @@ class CpuEngine:
                 np.copyto(g, flat_g)
             return loss
         return fg
+
+    @staticmethod
+    def workspace(n, maxcor):
+        """lbfgsb's vectors for n parameters, in host memory."""
+        return lbfgsb.Workspace(n, maxcor)
 
     def predict(self, stage, params, rows, cols):
         """Predictions of the stage's network output at (item, user) pairs."""

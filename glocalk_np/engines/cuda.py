@@ -24,6 +24,7 @@ import numpy as np
 from numba import cuda
 
 from ..kernels import cuda as kc
+from .. import lbfgsb
 from ..lbfgsb import gradient_into
 from ..network import Network
 from ..params import check_for_matrix, flatten, optimised, unflatten
@@ -252,6 +253,67 @@ class CudaOps:
         kernel[kc.blocks(size), kc.TPB](*args)
 
 
+class CudaVectors:
+    """lbfgsb's O(n) steps on device vectors (lbfgsb.HostVectors' interface):
+    the optimiser's float64 vectors stay in GPU memory and only the dot
+    products and norms, a few floats per iteration, reach the host."""
+
+    def empty(self, shape):
+        return cuda.device_array(shape, dtype=np.float64)
+
+    def assign(self, dst, host_src):
+        dst.copy_to_device(np.ascontiguousarray(host_src, dtype=np.float64))
+
+    def to_host(self, a):
+        return a.copy_to_host()
+
+    def copy(self, src, dst):
+        self._launch(kc.cast, dst.size, src, dst)
+
+    def scale(self, src, alpha, dst):
+        self._launch(kc.scale, dst.size, src, float(alpha), dst)
+
+    def history_dots(self, S, Y, slots, u, v=None, w=None):
+        vectors = [a for a in (u, v, w) if a is not None]
+        acc = cuda.to_device(np.zeros(6 * slots.size))
+        for j, slot in enumerate(slots):
+            for k, vec in enumerate(vectors):
+                for row, M in enumerate((S, Y)):
+                    self._launch(kc.dot, vec.size, M[slot], vec, acc,
+                                 (2 * k + row) * slots.size + j)
+        return acc.copy_to_host().reshape(6, slots.size)
+
+    def direction(self, S, Y, slots, cs, cy, gamma, g, d):
+        self.scale(g, -gamma, d)
+        for j, slot in enumerate(slots):
+            self._launch(kc.axpy, d.size, -float(cs[j]), S[slot], d)
+            self._launch(kc.axpy, d.size, float(cy[j]), Y[slot], d)
+
+    def trial_point(self, t, stp, d, x, first):
+        changed = cuda.to_device(np.zeros(1, dtype=np.int32))
+        self._launch(kc.trial_point, x.size, t, float(stp), d, x, bool(first), changed)
+        return bool(changed.copy_to_host()[0])
+
+    def dot_and_abs_max(self, g, d):
+        acc = cuda.to_device(np.zeros(2))
+        self._launch(kc.dot, g.size, g, d, acc, 0)
+        self._launch(kc.abs_max, g.size, g, acc)
+        dot, gmax = acc.copy_to_host()
+        return float(dot), float(gmax)
+
+    def squared_distance(self, a, b):
+        acc = cuda.to_device(np.zeros(1))
+        self._launch(kc.squared_distance, a.size, a, b, acc)
+        return float(acc.copy_to_host()[0])
+
+    def store_pair(self, g, r, stp, d, s, y):
+        self._launch(kc.store_pair, g.size, g, r, float(stp), d, s, y)
+
+    @staticmethod
+    def _launch(kernel, size, *args):
+        kernel[kc.blocks(size), kc.TPB](*args)
+
+
 class _Plan:
     """The flat vectors of one parameter layout, made once: the float64
     parameters, the float64 gradient with the loss in its last slot, and
@@ -293,19 +355,37 @@ class CudaEngine:
 
         def fun(x):
             plan.x.copy_to_device(np.ascontiguousarray(x, dtype=np.float64))
-            self.ops.cast(plan.x, plan.p)
-            self.ops.fill(plan.g)
-            loss = self.network.loss_and_grad(stage, plan.P, plan.G)
+            loss = self._evaluate(stage, plan, plan.x)
             self.ops.cast(plan.g, plan.grad_out)
             plan.loss.copy_to_device(loss)
             out = plan.out.copy_to_host()
             return float(out[-1]), out[:-1]
         return fun
 
+    def _evaluate(self, stage, plan, x):
+        """The loss (a device scalar) at the device float64 vector ``x``, and
+        the gradient in compute dtype in plan.g."""
+        self.ops.cast(x, plan.p)
+        self.ops.fill(plan.g)
+        return self.network.loss_and_grad(stage, plan.P, plan.G)
+
+    def workspace(self, n, maxcor):
+        """lbfgsb's vectors for n parameters, in GPU memory (CudaVectors)."""
+        return lbfgsb.Workspace(n, maxcor, vectors=CudaVectors())
+
     def objective_into(self, stage, template):
-        """fg(x, g) -> loss for lbfgsb.minimize: objective's transfers, the
-        gradient copied into ``g`` (the optimiser itself stays on the host)."""
-        return gradient_into(self.objective(stage, template))
+        """fg(x, g) -> loss for lbfgsb.minimize. With device vectors (the
+        workspace of self.workspace) nothing but the loss leaves the GPU; with
+        host arrays, objective's two transfers."""
+        plan, host = self._plan(stage, template), gradient_into(self.objective(stage, template))
+
+        def fg(x, g):
+            if isinstance(x, np.ndarray):
+                return host(x, g)
+            loss = self._evaluate(stage, plan, x)
+            self.ops.cast(plan.g, g)
+            return float(loss.copy_to_host()[0])
+        return fg
 
     def __call__(self, stage, params):
         """Loss and gradient dict (host arrays in compute dtype), as CpuEngine."""

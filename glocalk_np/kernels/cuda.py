@@ -394,3 +394,82 @@ def conv_kernel_grad(indptr, data, nbr, dpre, partial):
             if t >= 0:
                 s += data[e] * dpre[t]
         partial[p, c] = s
+
+
+# ----- L-BFGS-B's vectors on the device (engines.cuda.CudaVectors) ------------
+@cuda.jit(device=True)
+def _block_add(value, acc, slot):
+    """acc[slot] += the sum of ``value`` over the block's TPB threads: a
+    shared-memory tree, then one atomic add (float64)."""
+    part = cuda.shared.array(TPB, dtype=float64)
+    t = cuda.threadIdx.x
+    part[t] = value
+    cuda.syncthreads()
+    step = TPB // 2
+    while step > 0:
+        if t < step:
+            part[t] += part[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        cuda.atomic.add(acc, slot, part[0])
+
+
+@cuda.jit
+def dot(a, b, acc, slot):
+    """acc[slot] += a . b in float64. Cost: 2 size."""
+    s = 0.0
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        s += a[i] * b[i]
+    _block_add(s, acc, slot)
+
+
+@cuda.jit
+def squared_distance(a, b, acc):
+    """acc[0] += |a - b|^2. Cost: 2 size."""
+    s = 0.0
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        s += (a[i] - b[i]) * (a[i] - b[i])
+    _block_add(s, acc, 0)
+
+
+@cuda.jit
+def abs_max(a, acc):
+    """acc[1] = max(acc[1], max_i |a_i|) (acc[1] starts at 0). Cost: size."""
+    m = 0.0
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        m = max(m, abs(a[i]))
+    cuda.atomic.max(acc, 1, m)
+
+
+@cuda.jit
+def scale(src, alpha, dst):
+    """dst = alpha src. Cost: 2 size."""
+    for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+        dst[i] = alpha * src[i]
+
+
+@cuda.jit
+def axpy(alpha, x, y):
+    """y += alpha x. Cost: 3 size."""
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[i] += alpha * x[i]
+
+
+@cuda.jit
+def trial_point(t, stp, d, x, first, changed):
+    """x = t + stp d; changed[0] = 1 where x differs from the point evaluated
+    last (t for the first trial of a line search, else x's old value)."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = t[i] + stp * d[i]
+        if v != (t[i] if first else x[i]):
+            changed[0] = 1
+        x[i] = v
+
+
+@cuda.jit
+def store_pair(g, r, stp, d, s, y):
+    """s = stp d (d itself when stp is 1), y = g - r. Cost: 5 size."""
+    for i in range(cuda.grid(1), g.size, cuda.gridsize(1)):
+        s[i] = d[i] if stp == 1.0 else stp * d[i]
+        y[i] = g[i] - r[i]
