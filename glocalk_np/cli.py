@@ -50,6 +50,17 @@ def _terminate(signum, frame):
     raise Terminated
 
 
+def _signal_behind(exc):
+    """The KeyboardInterrupt or Terminated that ``exc`` stands for, else None.
+    A signal that arrives while a Numba function runs is raised when it
+    returns, and Python reports that as a SystemError caused by it."""
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        return exc
+    if isinstance(exc, SystemError) and isinstance(exc.__cause__, (KeyboardInterrupt, Terminated)):
+        return exc.__cause__
+    return None
+
+
 class _Main(click.Group):
     """The top-level group; its main() turns every failure into one line."""
 
@@ -76,6 +87,13 @@ class _Main(click.Group):
         except Terminated:
             click.echo("Terminated", err=True)
             return EXIT_TERMINATED
+        except SystemError as e:
+            signal_ = _signal_behind(e)
+            if signal_ is None:
+                raise
+            interrupted = isinstance(signal_, KeyboardInterrupt)
+            click.echo("Interrupted" if interrupted else "Terminated", err=True)
+            return EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
         except MemoryError:
             _error("out of memory: the data or the model is too large for this machine")
         except click.ClickException as e:
@@ -290,15 +308,17 @@ def train_model(est, train, *, test=None, val=None, select, quiet, index=None,
     try:
         est.fit(train, test=test, val=val, select=select, callback=progress,
                 checkpoint_dir=checkpoint_dir, resume=resume, index=index)
-    except KeyboardInterrupt:
-        progress.close()
-        saved = checkpoint_dir is not None and progress.last is not None
-        click.echo("Interrupted: " + (f"last completed epoch saved in {checkpoint_dir}"
-                                      if saved else "nothing saved"), err=True)
-        click.get_current_context().exit(EXIT_INTERRUPTED)
-    except BaseException:
+    except BaseException as e:
+        signal_ = _signal_behind(e)
         progress.erase()            # a terminal shows the error line, not a stale bar
         progress.close()
+        if isinstance(signal_, KeyboardInterrupt):
+            saved = checkpoint_dir is not None and progress.last is not None
+            click.echo("Interrupted: " + (f"last completed epoch saved in {checkpoint_dir}"
+                                          if saved else "nothing saved"), err=True)
+            click.get_current_context().exit(EXIT_INTERRUPTED)
+        if signal_ is not None and signal_ is not e:
+            raise signal_ from None
         raise
     progress.close()
 

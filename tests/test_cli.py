@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from glocalk_np import gradcheck
 from glocalk_np import train as training
-from glocalk_np.cli import cli
+from glocalk_np.cli import Terminated, cli
 from glocalk_np.data import read_pairs, read_ratings
 from glocalk_np.estimator import GLocalK
 from glocalk_np.gradcheck import random_problem
@@ -174,6 +174,24 @@ def test_ctrl_c_saves_the_last_epoch_and_resume_finishes(tmp_path, files, monkey
     assert (ckpt / "checkpoint.npz").exists() and not model.exists()
     result = run(*args, "--resume", "--quiet")
     assert len(GLocalK.load(model).history_) == 3 and len(calls) == 4   # 1 epoch reused
+
+
+@pytest.mark.parametrize("signal_", [KeyboardInterrupt, Terminated])
+def test_a_signal_inside_a_numba_call_ends_like_the_signal(tmp_path, files, monkeypatch, signal_):
+    """Ctrl-C while a Numba function runs surfaces as a SystemError caused by
+    the KeyboardInterrupt; it must end as Ctrl-C does (and SIGTERM likewise)."""
+    def numba_interrupted(*args):
+        try:
+            raise signal_()
+        except BaseException as e:
+            raise SystemError("CPUDispatcher(...) returned a result with an exception set") from e
+
+    monkeypatch.setattr(training, "minimize_epoch", numba_interrupted)
+    result = run("fit", files["train"], *TINY, "--out", tmp_path / "m.npz",
+                 code=130 if signal_ is KeyboardInterrupt else 143)
+    last = result.stderr.splitlines()[-1]
+    assert last == ("Interrupted: nothing saved" if signal_ is KeyboardInterrupt else "Terminated")
+    assert not (tmp_path / "m.npz").exists()
 
 
 # ---------------------------------------------------------------- evaluate
