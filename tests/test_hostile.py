@@ -318,7 +318,7 @@ def test_predict_all_that_cannot_fit_in_memory_is_one_line(tmp_path):
     assert not (tmp_path / "all.npy").exists()
 
 
-@pytest.mark.parametrize("delay", [0.15, 0.5])
+@pytest.mark.parametrize("delay", [0.3, 0.6])
 def test_ctrl_c_while_starting_is_one_line(tmp_path, delay):
     proc = subprocess.Popen([sys.executable, "-m", "glocalk_np", "demo", "--quick"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
