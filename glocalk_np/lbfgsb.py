@@ -300,14 +300,32 @@ class _LineSearch:
         return "FG"
 
 
+def _cubic(fa, fb, sa, sb, d1, d2, clip=False):
+    """theta and gamma (>= 0) of the cubic through two trial steps, in
+    dcstep's order of operations; ``clip`` floors the square root's argument at 0."""
+    theta = 3.0 * (fa - fb) / (sb - sa) + d1 + d2
+    s = max(abs(theta), abs(d1), abs(d2))
+    disc = (theta / s) ** 2 - (d1 / s) * (d2 / s)
+    return theta, s * np.sqrt(max(0.0, disc) if clip else disc)
+
+
+def _step_toward(stp, fp, dp, sto, fo, do):
+    """dcstep's cubic step from stp towards the other end sto of the interval
+    (3 (fo - fp) / (stp - sto) is its 3 (fp - fo) / (sto - stp), exactly)."""
+    theta, gamma = _cubic(fo, fp, sto, stp, do, dp)
+    if stp > sto:
+        gamma = -gamma
+    p = (gamma - dp) + theta
+    q = ((gamma - dp) + gamma) + do
+    return stp + (p / q) * (sto - stp)
+
+
 def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
     """MINPACK-2's safeguarded cubic/quadratic step, as lbfgsb.c's dcstep;
     returns (stx, fx, dx, sty, fy, dy, stp, brackt)."""
     sgnd = dp * (dx / abs(dx))
     if fp > fx:
-        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
-        s = max(abs(theta), abs(dx), abs(dp))
-        gamma = s * np.sqrt((theta / s) ** 2 - (dx / s) * (dp / s))
+        theta, gamma = _cubic(fx, fp, stx, stp, dx, dp)
         if stp < stx:
             gamma = -gamma
         p = (gamma - dx) + theta
@@ -317,21 +335,12 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
         stpf = stpc if abs(stpc - stx) < abs(stpq - stx) else stpc + (stpq - stpc) / 2.0
         brackt = True
     elif sgnd < 0.0:
-        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
-        s = max(abs(theta), abs(dx), abs(dp))
-        gamma = s * np.sqrt((theta / s) ** 2 - (dx / s) * (dp / s))
-        if stp > stx:
-            gamma = -gamma
-        p = (gamma - dp) + theta
-        q = ((gamma - dp) + gamma) + dx
-        stpc = stp + (p / q) * (stx - stp)
+        stpc = _step_toward(stp, fp, dp, stx, fx, dx)
         stpq = stp + (dp / (dp - dx)) * (stx - stp)
         stpf = stpc if abs(stpc - stp) > abs(stpq - stp) else stpq
         brackt = True
     elif abs(dp) < abs(dx):
-        theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
-        s = max(abs(theta), abs(dx), abs(dp))
-        gamma = s * np.sqrt(max(0.0, (theta / s) ** 2 - (dx / s) * (dp / s)))
+        theta, gamma = _cubic(fx, fp, stx, stp, dx, dp, clip=True)
         if stp > stx:
             gamma = -gamma
         p = (gamma - dp) + theta
@@ -355,14 +364,7 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
             stpf = max(stpmin, min(stpmax, stpf))
     else:
         if brackt:
-            theta = 3.0 * (fp - fy) / (sty - stp) + dy + dp
-            s = max(abs(theta), abs(dy), abs(dp))
-            gamma = s * np.sqrt((theta / s) ** 2 - (dy / s) * (dp / s))
-            if stp > sty:
-                gamma = -gamma
-            p = (gamma - dp) + theta
-            q = ((gamma - dp) + gamma) + dy
-            stpf = stp + (p / q) * (sty - stp)
+            stpf = _step_toward(stp, fp, dp, sty, fy, dy)
         elif stp > stx:
             stpf = stpmax
         else:

@@ -126,18 +126,13 @@ def add_rows(M, v):
 
 
 # ----- reductions ------------------------------------------------------------
-@cuda.jit
-def sum_squares(x, alpha, acc):
-    """acc[0] += alpha * sum(x^2) in float64 (1-D x): per-thread sums over a
-    grid stride, a shared-memory tree per block of TPB threads, one atomic add
-    per block. Cost: size."""
+@cuda.jit(device=True)
+def _block_add(value, alpha, acc, slot):
+    """acc[slot] += alpha * the sum of ``value`` over the block's TPB threads:
+    a shared-memory tree, then one atomic add (float64)."""
     part = cuda.shared.array(TPB, dtype=float64)
-    s = 0.0
-    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        v = float(x[i])
-        s += v * v
     t = cuda.threadIdx.x
-    part[t] = s
+    part[t] = value
     cuda.syncthreads()
     step = TPB // 2
     while step > 0:
@@ -146,7 +141,18 @@ def sum_squares(x, alpha, acc):
         cuda.syncthreads()
         step //= 2
     if t == 0:
-        cuda.atomic.add(acc, 0, alpha * part[0])
+        cuda.atomic.add(acc, slot, alpha * part[0])
+
+
+@cuda.jit
+def sum_squares(x, alpha, acc):
+    """acc[0] += alpha * sum(x^2) in float64 (1-D x): per-thread sums over a
+    grid stride, then _block_add. Cost: size."""
+    s = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = float(x[i])
+        s += v * v
+    _block_add(s, alpha, acc, 0)
 
 
 @cuda.jit
@@ -397,31 +403,13 @@ def conv_kernel_grad(indptr, data, nbr, dpre, partial):
 
 
 # ----- L-BFGS-B's vectors on the device (engines.cuda.CudaVectors) ------------
-@cuda.jit(device=True)
-def _block_add(value, acc, slot):
-    """acc[slot] += the sum of ``value`` over the block's TPB threads: a
-    shared-memory tree, then one atomic add (float64)."""
-    part = cuda.shared.array(TPB, dtype=float64)
-    t = cuda.threadIdx.x
-    part[t] = value
-    cuda.syncthreads()
-    step = TPB // 2
-    while step > 0:
-        if t < step:
-            part[t] += part[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        cuda.atomic.add(acc, slot, part[0])
-
-
 @cuda.jit
 def dot(a, b, acc, slot):
     """acc[slot] += a . b in float64. Cost: 2 size."""
     s = 0.0
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
         s += a[i] * b[i]
-    _block_add(s, acc, slot)
+    _block_add(s, 1.0, acc, slot)
 
 
 @cuda.jit
@@ -430,7 +418,7 @@ def squared_distance(a, b, acc):
     s = 0.0
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
         s += (a[i] - b[i]) * (a[i] - b[i])
-    _block_add(s, acc, 0)
+    _block_add(s, 1.0, acc, 0)
 
 
 @cuda.jit
