@@ -218,25 +218,20 @@ class CpuEngine:
         an evaluation costs one cast in and one cast out, and no copies."""
         check_for_matrix(template, stage, *self.shape)
         size = sum(np.size(v) for v in template.values())
-        flat_p = np.empty(0) if self.dtype == np.float64 else np.empty(size, self.dtype)
-        flat_g = np.empty(0) if self.dtype == np.float64 else np.empty(size, self.dtype)
-
-        def views(flat):
-            out, pos = {}, 0
-            for k, v in template.items():
-                out[k] = flat[pos:pos + np.size(v)].reshape(np.shape(v))
-                pos += np.size(v)
-            return out
+        cast = self.dtype != np.float64
+        flat_p, flat_g = (np.empty(size, self.dtype) for _ in range(2)) if cast else (None, None)
 
         def fg(x, g):
-            if flat_p.size:
+            if cast:
                 np.copyto(flat_p, x)
-            P, G = views(flat_p if flat_p.size else x), views(flat_g if flat_g.size else g)
+            # views of the flat vectors (unflatten copies nothing in their own dtype)
+            P, G = (unflatten(flat, template, dtype=flat.dtype)
+                    for flat in ((flat_p, flat_g) if cast else (x, g)))
             for k, b in G.items():
                 if k.startswith("b"):
                     b[:] = 0
             loss = self.network.loss_and_grad(stage, P, G).value
-            if flat_g.size:
+            if cast:
                 np.copyto(g, flat_g)
             return loss
         return fg
