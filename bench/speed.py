@@ -7,7 +7,9 @@ the engine is built and called once to warm up (Numba compilation or cache
 load, and for fine-tuning the convolution's neighbourhood pattern), then
 timed over --repeats calls (the median is reported). The sparse engine is
 then profiled by kernel, and one real L-BFGS-B epoch of the preset
-(docs/model.md §9) gives evaluations and seconds per epoch.
+(docs/model.md §9) gives evaluations and seconds per epoch: with scipy's
+optimiser there, and on the sparse engine with lbfgsb.py's (the same steps)
+in a fresh process of its own, so that each optimiser's peak memory is its own.
 
 Parameters are the initial ones (docs/model.md §8). The sparse fine-tuning cost grows
 with the number s of convolution entries the ReLU keeps, so by default C is
@@ -163,6 +165,8 @@ def worker(spec):
             with KernelTimer() as probe:
                 engine(stage, params)
         out["kept"], out["neighbourhood"] = probe.kept, probe.neighbourhood
+    if spec.get("epoch_only"):
+        return time_epoch(engine, stage, params, config, spec["epoch_only"])
 
     times = []
     for _ in range(spec["repeats"]):
@@ -186,22 +190,28 @@ def worker(spec):
         out["profile"] = dict(kernels, rest=total - sum(kernels.values()), total=total)
     out["rss_peak_mib"] = common.max_rss_mib()
     if spec["time_epoch"]:
-        template = optimised(stage, params)
-        iters = config.iters_pretrain if stage == "pretrain" else config.iters_finetune
-        # scipy's L-BFGS-B, and on the sparse engine also lbfgsb.py's (the same steps)
-        for key, optimizer in (("epoch", "scipy"), ("epoch_numba", "numba")):
-            if optimizer == "numba" and not hasattr(engine, "objective_into"):
-                continue
-            timed = _Timed(engine)
-            tic = time.perf_counter()
-            _, _, evaluations = minimize_epoch(timed, stage, template, iters, optimizer)
-            seconds = time.perf_counter() - tic
-            # the rest is L-BFGS-B's own work on the flat vector (and scipy's copies of it)
-            out[key] = dict(iters=iters, evaluations=evaluations, seconds=seconds,
-                            objective_s=timed.inside, optimizer_s=seconds - timed.inside,
-                            rss_peak_mib=common.max_rss_mib())   # with L-BFGS' 2 x 10 vectors
+        out.update(time_epoch(engine, stage, params, config, "scipy"))
     out["numba_threads"] = numba.get_num_threads()
     return out
+
+
+EPOCH_KEYS = {"scipy": "epoch", "numba": "epoch_numba"}
+
+
+def time_epoch(engine, stage, params, config, optimizer):
+    """One L-BFGS-B epoch of the preset with ``optimizer``: evaluations, seconds split
+    into the objective and the optimiser's own work, and the process's peak RSS, so
+    each optimiser runs in a process of its own for its peak to be its own."""
+    template = optimised(stage, params)
+    iters = config.iters_pretrain if stage == "pretrain" else config.iters_finetune
+    timed = _Timed(engine)
+    tic = time.perf_counter()
+    _, _, evaluations = minimize_epoch(timed, stage, template, iters, optimizer)
+    seconds = time.perf_counter() - tic
+    # the rest is L-BFGS-B's own work on the flat vector (and scipy's copies of it)
+    return {EPOCH_KEYS[optimizer]: dict(
+        iters=iters, evaluations=evaluations, seconds=seconds, objective_s=timed.inside,
+        optimizer_s=seconds - timed.inside, rss_peak_mib=common.max_rss_mib())}
 
 
 def run_config(spec):
@@ -378,6 +388,13 @@ def main(argv=None):
                 spec = dict(base, dataset=ds, stage=stage, engine=engine, threads=n_threads,
                             **matrices[ds], **extra)
                 r = run_config(spec)
+                if engine == "sparse" and spec.get("time_epoch") and "error" not in r:
+                    # lbfgsb.py's epoch (the same steps) in a fresh process: its own peak RSS
+                    numba_run = run_config(dict(spec, epoch_only="numba"))
+                    if "error" in numba_run:
+                        print(f"  numba epoch: {numba_run['error']}", flush=True)
+                    else:
+                        r.update(numba_run)
                 print(f"  {ds} {stage} {engine} {n_threads}t: "
                       + (f"{r['median_s']:.4f} s/eval" if "median_s" in r
                          else r.get("skipped") or r.get("error")), flush=True)
