@@ -97,12 +97,10 @@ class KernelTimer:
     """Times every public Numba kernel of glocalk_np.kernels.cpu while active.
     The engine looks them up as ``cpu.<name>`` at call time, so replacing the
     module attributes intercepts every call. Use it only once the kernels are
-    compiled (a kernel compiled meanwhile would see the wrappers). Also records
-    the ReLU's kept count and the neighbourhood size (subset_pattern's mask)."""
+    compiled (a kernel compiled meanwhile would see the wrappers)."""
 
     def __init__(self):
         self.seconds = defaultdict(float)
-        self.kept = self.neighbourhood = None
 
     def __enter__(self):
         self._saved = {k: f for k, f in vars(cpu).items()
@@ -120,8 +118,6 @@ class KernelTimer:
             tic = time.perf_counter()
             out = f(*args)
             self.seconds[name] += time.perf_counter() - tic
-            if name == "subset_pattern":
-                self.kept, self.neighbourhood = int(args[-1].sum()), int(args[-1].size)
             return out
         return call
 
@@ -158,13 +154,12 @@ def worker(spec):
     out["warmup_s"] = time.perf_counter() - tic
     out["kept"] = out["neighbourhood"] = None
     if engine_name == "sparse" and stage == "finetune":
-        with KernelTimer() as probe:
-            engine(stage, params)
-        if spec["conv"] == "all" and probe.kept == 0:
+        pre = engine.conv_preactivation(params)
+        if spec["conv"] == "all" and not np.any(pre > 0):
             params["C"] = -params["C"]          # G was a negative constant: flip it
-            with KernelTimer() as probe:
-                engine(stage, params)
-        out["kept"], out["neighbourhood"] = probe.kept, probe.neighbourhood
+            pre = engine.conv_preactivation(params)
+            engine(stage, params)
+        out["kept"], out["neighbourhood"] = int(np.count_nonzero(pre > 0)), int(pre.size)
     if spec.get("epoch_only"):
         return time_epoch(engine, stage, params, config, spec["epoch_only"])
 

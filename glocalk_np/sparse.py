@@ -56,13 +56,13 @@ class Pattern:
     def matmul(self, data, B):
         """X @ B for the matrix X with values ``data``. Cost: nnz * h."""
         out = np.empty((self.shape[0], B.shape[1]), dtype=B.dtype)
-        cpu.spmm(self.indptr, self.indices, data, B, out)
+        cpu.spmm(self.indptr, self.indices, data, B, out, False)
         return out
 
     def rmatmul(self, data, B):
         """X^T @ B (n x h), walking X in CSC order. Cost: nnz * h."""
         out = np.empty((self.shape[1], B.shape[1]), dtype=B.dtype)
-        cpu.spmm(self.csc_indptr, self.csc_rows, data[self.csc_perm], B, out)
+        cpu.spmm(self.csc_indptr, self.csc_rows, data[self.csc_perm], B, out, False)
         return out
 
     def sample(self, A, B):

@@ -7,6 +7,7 @@ from scipy import stats
 
 from dense_reference import dense_loss_grad, numerical_grad, rel_error
 from glocalk_np.kernels import cpu
+from glocalk_np.engines import cpu as cpu_engine
 from glocalk_np.engines.cpu import CpuEngine, loss_and_grad
 from glocalk_np.params import (STAGES, flatten, init_global_kernel, init_layers, optimised,
                                unflatten)
@@ -29,6 +30,26 @@ def test_gradient_matches_finite_differences(problem, stage):
     num = numerical_grad(lambda p: f(stage, p)[0], params, keys=keys, eps=FD_EPS)
     for k in keys:
         assert rel_error(grads[k], num[k]) < 1e-6, k
+
+
+@pytest.mark.parametrize("compact_below", [0.0, 2.0], ids=["whole-neighbourhood", "compacted"])
+def test_second_pass_on_the_whole_or_the_compacted_neighbourhood(problem, compact_below,
+                                                                  monkeypatch):
+    """The engine runs fine-tuning's second pass on the whole neighbourhood
+    (the ReLU's zeros included) when most entries are kept, else on the
+    compacted kept entries: both give the dense reference's loss and gradient."""
+    monkeypatch.setattr(cpu_engine, "COMPACT_BELOW", compact_below)
+    R, params, hp = problem
+    f = engine(R, hp)
+    conv = f.network.forward("finetune", f._compute_params("finetune", params)).conv
+    kept = np.count_nonzero(conv.pre > 0)
+    assert 0 < kept < conv.pre.size          # the ReLU clips some entries, not all
+    assert conv.X.nnz == (conv.pre.size if compact_below == 0.0 else kept)
+    loss, grads = f("finetune", params)
+    ref_loss, ref = dense_loss_grad("finetune", params, R, **hp)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for k, g in ref.items():
+        assert rel_error(grads[k], g) < 1e-10, k
 
 
 @pytest.mark.parametrize("stage", STAGES)

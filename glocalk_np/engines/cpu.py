@@ -15,7 +15,7 @@ Cost of one (loss, gradient) evaluation (docs/model.md §7):
   of its output, so it costs the hidden layers forward and backward (the
   backward input is rank one); the convolution costs nnz * gk^2; the second
   pass costs what pre-training does, with three sparse products over the s
-  kept convolution entries (compacted here) instead of R.
+  kept convolution entries instead of R (compacted unless most are kept).
 Nothing dense of size m x n is ever built.
 """
 from dataclasses import dataclass
@@ -31,6 +31,19 @@ from ..params import check_for_matrix, flatten, optimised, unflatten
 from ..sparse import Pattern
 
 
+# The second pass runs on the entries the ReLU keeps, compacted into a new
+# pattern (about 28 ns per neighbourhood entry at ML-1M's size), unless at
+# least this fraction is kept: then it runs on the whole neighbourhood, the
+# zeros included (three products of about 50 ns per entry each at h = 500).
+COMPACT_BELOW = 0.8
+
+
+def _blocks(rows):
+    """Blocks of rows for kernels that reduce per block: a few per thread so
+    that uneven rows still balance, never more than the rows."""
+    return max(1, min(rows, 4 * numba.get_num_threads()))
+
+
 class _Loss:
     """A float64 sum on the host."""
 
@@ -44,7 +57,8 @@ class _Loss:
 @dataclass
 class _Conv:
     """The ReLU'd convolution: pre-activation on the neighbourhood pattern,
-    and the entries the ReLU keeps, compacted: the second pass's input."""
+    and the second pass's input X, x: the entries the ReLU keeps, compacted,
+    or the whole neighbourhood with zeros where it keeps none (COMPACT_BELOW)."""
     pre: np.ndarray
     keep: np.ndarray
     X: Pattern
@@ -59,13 +73,26 @@ class CpuOps:
         self.R, self.values = R, values
         self.dtype = values.dtype
         self.lambda_2, self.lambda_s, self.dot_scale = lambda_2, lambda_s, dot_scale
-        self._neighbourhoods = {}
+        self._neighbourhoods, self._buffers = {}, {}
 
     def empty(self, name, shape):
-        return np.empty(shape, dtype=self.dtype)
+        """A work array kept under ``name`` between evaluations (a fresh one
+        for None): fresh m x h and n x h arrays every evaluation cost their
+        page faults each time. Arrays whose size varies (the convolution's
+        kept entries) reuse the largest buffer so far. An engine is hence
+        not to be called from two threads at once."""
+        if name is None:
+            return np.empty(shape, dtype=self.dtype)
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[name] = np.empty(size, dtype=self.dtype)
+        return buffer[:size].reshape(shape)
 
     def zeros(self, name, shape):
-        return np.zeros(shape, dtype=self.dtype)
+        out = self.empty(name, shape)
+        out.fill(0)
+        return out
 
     def new_loss(self):
         return _Loss()
@@ -80,13 +107,11 @@ class CpuOps:
         cpu.transpose(A, out)
 
     def spmm(self, X, x, B, out):
-        cpu.spmm(X.indptr, X.indices, x, B, out)
+        cpu.spmm(X.indptr, X.indices, x, B, out, False)
 
     def spmm_t(self, X, x, B, out, accumulate=False):
-        if accumulate:
-            out += X.rmatmul(x, B)
-        else:
-            cpu.spmm(X.csc_indptr, X.csc_rows, x[X.csc_perm], B, out)
+        x_csc = np.take(x, X.csc_perm, out=self.empty("spmm_t.x", x.shape))
+        cpu.spmm(X.csc_indptr, X.csc_rows, x_csc, B, out, accumulate)
 
     def sddmm(self, X, A, B, out):
         cpu.sddmm(X.indptr, X.indices, A, B, out)
@@ -102,7 +127,7 @@ class CpuOps:
         cpu.bias_sigmoid(H, b)
 
     def sigmoid_backward(self, dH, H, db):
-        partial = np.empty((numba.get_num_threads() * 4, dH.shape[1]), dtype=dH.dtype)
+        partial = np.empty((_blocks(dH.shape[0]), dH.shape[1]), dtype=dH.dtype)
         cpu.sigmoid_backward(dH, H, dH, partial)
         db += partial.sum(axis=0)
 
@@ -124,11 +149,16 @@ class CpuOps:
         pre = np.empty(S.nnz, dtype=self.dtype)
         cpu.conv_forward(self.R.indptr, self.values, nbr, S.indptr, G, pre)
         keep = pre > 0
+        if np.count_nonzero(keep) >= COMPACT_BELOW * S.nnz:
+            return _Conv(pre, keep, S, np.maximum(pre, 0), nbr)
         return _Conv(pre, keep, S.subset(keep), pre[keep], nbr)
 
     def conv_backward(self, conv, dx):
-        dpre = np.zeros_like(conv.pre)
-        dpre[conv.keep] = dx
+        if conv.X.nnz == conv.pre.size:       # not compacted: dx covers the whole pattern
+            dpre = np.where(conv.keep, dx, 0).astype(self.dtype, copy=False)
+        else:
+            dpre = np.zeros_like(conv.pre)
+            dpre[conv.keep] = dx
         partial = np.empty((self.R.shape[0], conv.nbr.shape[1]))
         cpu.conv_kernel_grad(self.R.indptr, self.values, conv.nbr, dpre, partial)
         return partial.sum(axis=0).astype(self.dtype)
@@ -144,11 +174,12 @@ class CpuOps:
         np.outer(dmu, w_mean, out=dH)
 
     def layer_grad(self, dWeff, W, U, V, K, dW, dU, dV):
-        t = self.dtype.type
-        dD = np.empty_like(W)
+        t, d = self.dtype.type, U.shape[1]
+        partial = np.empty((_blocks(W.shape[0]), d + 1, W.shape[1]))
         cpu.local_kernel_grad(dWeff, W, K, U, np.ascontiguousarray(V.T), t(self.lambda_2),
-                              t(self.lambda_s), dW, dD, dU)
-        np.multiply(2, V * dD.sum(axis=0)[:, None] - dD.T @ U, out=dV)
+                              t(self.lambda_s), dW, dU, partial)
+        sums = partial.sum(axis=0)          # rows 0..d-1: dD^T U transposed; row d: dD's column sums
+        np.multiply(2, V * sums[d][:, None] - sums[:d].T, out=dV)
 
     def pair_outputs(self, rows, cols, H, WoutT, b, out):
         cpu.pair_dot(rows, cols, H, WoutT, out)

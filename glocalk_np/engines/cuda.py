@@ -68,15 +68,17 @@ class CudaOps:
 
     # ----- arrays -----------------------------------------------------------
     def empty(self, name, shape, dtype=None):
-        """A device array kept under (name, shape, dtype) between evaluations;
-        a fresh one for name None (e.g. a prediction's output)."""
+        """A device array kept under (name, dtype) between evaluations; a
+        fresh one for name None (e.g. a prediction's output). Arrays whose
+        size varies (the convolution's kept entries) reuse the largest buffer
+        so far instead of one buffer per size."""
         dtype = np.dtype(dtype or self.dtype)
         if name is None:
             return cuda.device_array(shape, dtype=dtype)
-        key = (name, tuple(shape), dtype)
-        if key not in self._arrays:
-            self._arrays[key] = cuda.device_array(shape, dtype=dtype)
-        return self._arrays[key]
+        size, key = int(np.prod(shape)), (name, dtype)
+        if key not in self._arrays or self._arrays[key].size < size:
+            self._arrays[key] = cuda.device_array(size, dtype=dtype)
+        return self._arrays[key][:size].reshape(shape)
 
     def zeros(self, name, shape):
         a = self.empty(name, shape)

@@ -65,12 +65,14 @@ def _row_dots(a, B, indices, start, end, out):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def spmm(indptr, indices, data, B, out):
-    """out = X @ B for CSR X (rows indptr/indices/data). Cost: nnz * h.
-    Also serves X^T @ B when given X's CSC arrays (see Pattern)."""
+def spmm(indptr, indices, data, B, out, accumulate):
+    """out = X @ B, or out += X @ B when ``accumulate``, for CSR X (rows
+    indptr/indices/data). Cost: nnz * h. Also serves X^T @ B when given X's
+    CSC arrays (see Pattern)."""
     for i in prange(indptr.size - 1):
         fpenv = flush_denormals()
-        out[i, :] = 0
+        if not accumulate:
+            out[i, :] = 0
         _row_axpy(out[i], B, indices, data, indptr[i], indptr[i + 1])
         restore_fpenv(fpenv)
 
@@ -134,34 +136,48 @@ def local_kernel(W, U, VT, K, Weff, sq_sums):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def local_kernel_grad(dWeff, W, K, U, VT, lambda_2, lambda_s, dW, dD, dU):
+def local_kernel_grad(dWeff, W, K, U, VT, lambda_2, lambda_s, dW, dU, partial):
     """Chain rule through Weff = W * K with the layer's regulariser:
     dW = dWeff * K + lambda_2 W; dD = dloss/d(|U_i - V_j|^2)
     = -(dWeff * W + lambda_s K) where K > 0, else 0 (TF's max(0, .) sends no
-    gradient through the clipped side); and, row by row while dD[i] is in
-    cache, dU_i = 2 (U_i sum_j dD_ij - sum_j dD_ij V_j). dV needs column sums
-    of dD: the caller takes them with BLAS. Cost: n_in * n_out * (5 + 2d)."""
+    gradient through the clipped side); row by row while dD[i] is in L1,
+    dU_i = 2 (U_i sum_j dD_ij - sum_j dD_ij V_j), and for dV the float64
+    column sums over each block of rows of dD_ij U_it into partial[blk, t]
+    and of dD_ij into partial[blk, d] (the caller sums the blocks). dD is
+    never stored: a whole n_in x n_out array written and read twice cost
+    more than the products. Cost: n_in * n_out * (5 + 4d)."""
     n_in, n_out = W.shape
     d = U.shape[1]
     zero = W.dtype.type(0)
-    for i in prange(n_in):
+    blocks = partial.shape[0]
+    for blk in prange(blocks):
         fpenv = flush_denormals()
-        row = dD[i]
-        total = zero
-        for j in range(n_out):
-            k = K[i, j]
-            g = dWeff[i, j]
-            w = W[i, j]
-            dW[i, j] = g * k + lambda_2 * w
-            v = -(g * w + lambda_s * k) if k > 0 else zero
-            row[j] = v
-            total += v
-        for t in range(d):
-            vt = VT[t]
-            s = zero
+        acc = partial[blk]
+        acc[:] = 0
+        row = np.empty(n_out, dtype=W.dtype)
+        for i in range((blk * n_in) // blocks, ((blk + 1) * n_in) // blocks):
+            total = zero
             for j in range(n_out):
-                s += row[j] * vt[j]
-            dU[i, t] = 2 * (U[i, t] * total - s)
+                k = K[i, j]
+                g = dWeff[i, j]
+                w = W[i, j]
+                dW[i, j] = g * k + lambda_2 * w
+                v = -(g * w + lambda_s * k) if k > 0 else zero
+                row[j] = v
+                total += v
+            for t in range(d):
+                vt = VT[t]
+                s = zero
+                for j in range(n_out):
+                    s += row[j] * vt[j]
+                u = U[i, t]
+                dU[i, t] = 2 * (u * total - s)
+                col = acc[t]
+                for j in range(n_out):
+                    col[j] += row[j] * u
+            col = acc[d]
+            for j in range(n_out):
+                col[j] += row[j]
         restore_fpenv(fpenv)
 
 
