@@ -69,6 +69,27 @@ def test_float32_agrees_with_float64(stage):
         assert rel_error(g32[k].astype(np.float64), g64[k]) < 1e-4, k
 
 
+def test_float32_sigmoid_is_the_sigmoid_to_float32_rounding():
+    """bias_sigmoid_f32's own exp against float64 at the same float32 inputs,
+    across the whole range (saturation and the clamped tail included), and
+    against the libm-based kernel it replaces for float32."""
+    rng = np.random.default_rng(7)
+    Z = np.concatenate([np.linspace(-120, 120, 4001), 6 * rng.standard_normal(4001 * 7)])
+    Z = Z.astype(np.float32).reshape(8, 4001)
+    b = rng.standard_normal(4001).astype(np.float32)
+    fast, libm = Z.copy(), Z.copy()
+    cpu.bias_sigmoid_f32(fast, b)
+    cpu.bias_sigmoid(libm, b)
+    z = (Z + b).astype(np.float64)                  # the float32 sums both kernels see
+    exact = np.where(z >= 0, 1 / (1 + np.exp(-z)), np.exp(z) / (1 + np.exp(z)))
+    normal = exact > 1e-30
+    assert np.all((fast >= 0) & (fast <= 1))
+    assert np.max(np.abs(fast - exact)[normal] / exact[normal]) < 5e-7   # a few float32 ulps
+    assert np.max(np.abs(fast - libm)[normal] / exact[normal]) < 5e-7
+    # below 1e-30: the exact value, or e^-87 where the argument was clamped
+    assert np.all(fast[~normal] <= np.maximum(exact[~normal] * (1 + 1e-6), 1.7e-38))
+
+
 def test_loss_is_half_squared_error_plus_regulariser():
     """With lambda = 0 the loss is 1/2 the squared residual at observed entries only."""
     R, params = draw(6, 7, 3, 2, 1, 0.4, 9)
