@@ -73,6 +73,7 @@ class CpuOps:
         self.R, self.values = R, values
         self.dtype = values.dtype
         self.lambda_2, self.lambda_s, self.dot_scale = lambda_2, lambda_s, dot_scale
+        self._values_csc = values[R.csc_perm]
         self._neighbourhoods, self._buffers = {}, {}
 
     def empty(self, name, shape):
@@ -110,8 +111,7 @@ class CpuOps:
         cpu.spmm(X.indptr, X.indices, x, B, out, False)
 
     def spmm_t(self, X, x, B, out, accumulate=False):
-        x_csc = np.take(x, X.csc_perm, out=self.empty("spmm_t.x", x.shape))
-        cpu.spmm(X.csc_indptr, X.csc_rows, x_csc, B, out, accumulate)
+        cpu.spmm(X.csc_indptr, X.csc_rows, self._csc(X, x), B, out, accumulate)
 
     def sddmm(self, X, A, B, out):
         cpu.sddmm(X.indptr, X.indices, A, B, out)
@@ -156,7 +156,7 @@ class CpuOps:
 
     def conv_backward(self, conv, dx):
         if conv.X.nnz == conv.pre.size:       # not compacted: dx covers the whole pattern
-            dpre = np.where(conv.keep, dx, 0).astype(self.dtype, copy=False)
+            dpre = np.where(conv.keep, dx, 0)
         else:
             dpre = np.zeros_like(conv.pre)
             dpre[conv.keep] = dx
@@ -185,6 +185,13 @@ class CpuOps:
     def pair_outputs(self, rows, cols, H, WoutT, b, out):
         cpu.pair_dot(rows, cols, H, WoutT, out)
         out += b[cols]
+
+    def _csc(self, X, x):
+        """The values x of X (CSR order) in X's CSC order; R's ratings, which
+        never change, are gathered once."""
+        if x is self.values:
+            return self._values_csc
+        return np.take(x, X.csc_perm, out=self.empty("csc.x", x.shape))
 
     def neighbourhood(self, gk):
         """Output pattern of the gk x gk convolution and, per rating and kernel
