@@ -4,7 +4,7 @@ The training matrix's pattern never changes during a fit, so its entry
 coordinates and its CSC order (for products with the transpose) are built
 once. The global convolution's output lives on the 3 x 3 neighbourhood of the
 observed entries (``neighbourhood``); of that, only the entries the ReLU
-keeps are fed to the network (``subset``).
+keeps are fed to the network (``positive``).
 """
 from dataclasses import dataclass
 
@@ -71,12 +71,39 @@ class Pattern:
         cpu.sddmm(self.indptr, self.indices, A, B, out)
         return out
 
-    def subset(self, keep):
-        """The pattern of the entries where the boolean ``keep`` is true.
-        Cost: nnz + m + n, no sorting: both orders carry over."""
-        indptr, rows, cols, csc_indptr, perm = cpu.subset_pattern(
-            self.indptr, self.indices, self.csc_indptr, self.csc_perm, keep)
-        return Pattern(indptr, cols, rows, csc_indptr, rows[perm], perm, self.shape)
+    def positive(self, values, empty=None, blocks=8):
+        """The entries where ``values`` (in CSR order) are > 0: their pattern X,
+        their values in X's CSR order (x) and in its CSC order (x_csc), and
+        pos, each entry's position in X (-1 where dropped).
+        ``empty(name, shape, dtype)`` supplies the arrays (an engine's kept
+        buffers); fresh ones by default. The rows are worked in ``blocks``
+        (a few per thread). Cost: two sweeps over nnz and one over the kept
+        entries, no sorting: both orders carry over."""
+        if empty is None:
+            def empty(name, shape, dtype):
+                return np.empty(shape, dtype)
+        (m, n), index, real = self.shape, np.int64, values.dtype
+        bounds = np.linspace(0, m, min(blocks, m) + 1).astype(np.int64)
+        indptr = empty("pos.indptr", (m + 1,), index)
+        indptr[0] = 0
+        cpu.count_positive_rows(self.indptr, values, indptr)
+        np.cumsum(indptr, out=indptr)
+        count = int(indptr[-1])
+        indices, rows = (empty(f"pos.{name}", (count,), index) for name in ("indices", "rows"))
+        x, pos = empty("pos.x", (count,), real), empty("pos.pos", (self.nnz,), index)
+        col_counts = empty("pos.col_counts", (bounds.size - 1, n), index)
+        cpu.compact_rows(self.indptr, self.indices, values, bounds, indptr, indices, rows, x,
+                         pos, col_counts)
+        csc_indptr = empty("pos.csc_indptr", (n + 1,), index)
+        csc_indptr[0] = 0
+        np.cumsum(col_counts.sum(axis=0), out=csc_indptr[1:])
+        # block b's entries of column j follow those of the blocks above it
+        starts = np.cumsum(col_counts, axis=0) - col_counts + csc_indptr[:-1]
+        csc_rows, perm = (empty(f"pos.{name}", (count,), index) for name in ("csc_rows", "perm"))
+        x_csc = empty("pos.x_csc", (count,), real)
+        cpu.csr_to_csc(indptr, indices, x, bounds, starts, csc_rows, perm, x_csc)
+        X = Pattern(indptr, indices, rows, csc_indptr, csc_rows, perm, self.shape)
+        return X, x, x_csc, pos
 
     def neighbourhood(self, gk):
         """Pattern of every position within gk // 2 rows and columns of a

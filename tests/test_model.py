@@ -7,7 +7,6 @@ from scipy import stats
 
 from dense_reference import dense_loss_grad, numerical_grad, rel_error
 from glocalk_np.kernels import cpu
-from glocalk_np.engines import cpu as cpu_engine
 from glocalk_np.engines.cpu import CpuEngine, loss_and_grad
 from glocalk_np.params import (STAGES, flatten, init_global_kernel, init_layers, optimised,
                                unflatten)
@@ -32,24 +31,25 @@ def test_gradient_matches_finite_differences(problem, stage):
         assert rel_error(grads[k], num[k]) < 1e-6, k
 
 
-@pytest.mark.parametrize("compact_below", [0.0, 2.0], ids=["whole-neighbourhood", "compacted"])
-def test_second_pass_on_the_whole_or_the_compacted_neighbourhood(problem, compact_below,
-                                                                  monkeypatch):
-    """The engine runs fine-tuning's second pass on the whole neighbourhood
-    (the ReLU's zeros included) when most entries are kept, else on the
-    compacted kept entries: both give the dense reference's loss and gradient."""
-    monkeypatch.setattr(cpu_engine, "COMPACT_BELOW", compact_below)
+def test_second_pass_on_the_kept_entries_as_their_number_changes(problem):
+    """Fine-tuning's second pass runs on the compacted entries the ReLU
+    keeps, in work buffers kept between evaluations: evaluations whose kept
+    count grows, shrinks and grows again each give the dense reference's
+    loss and gradient."""
     R, params, hp = problem
     f = engine(R, hp)
-    conv = f.network.forward("finetune", f._compute_params("finetune", params)).conv
-    kept = np.count_nonzero(conv.pre > 0)
-    assert 0 < kept < conv.pre.size          # the ReLU clips some entries, not all
-    assert conv.X.nnz == (conv.pre.size if compact_below == 0.0 else kept)
-    loss, grads = f("finetune", params)
-    ref_loss, ref = dense_loss_grad("finetune", params, R, **hp)
-    assert loss == pytest.approx(ref_loss, rel=1e-12)
-    for k, g in ref.items():
-        assert rel_error(grads[k], g) < 1e-10, k
+    C = params["C"]
+    for scale in (1.0, -1.0, 1.0):        # flipping C flips which entries the ReLU keeps
+        p = dict(params, C=scale * C)
+        conv = f.network.forward("finetune", f._compute_params("finetune", p)).conv
+        kept = np.count_nonzero(conv.pre > 0)
+        assert 0 < kept < conv.pre.size   # the ReLU clips some entries, not all
+        assert conv.X.nnz == kept
+        loss, grads = f("finetune", p)
+        ref_loss, ref = dense_loss_grad("finetune", p, R, **hp)
+        assert loss == pytest.approx(ref_loss, rel=1e-12)
+        for k, g in ref.items():
+            assert rel_error(grads[k], g) < 1e-10, k
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -160,7 +160,7 @@ def test_transpose_kernel_at_tile_edges(shape):
     assert np.array_equal(out, A.T)
 
 
-def test_pattern_neighbourhood_and_subset():
+def test_pattern_neighbourhood_and_positive_part():
     X = _random_csr(30, 40, 0.05, 1)
     P = Pattern.from_csr(X)
     S = P.neighbourhood(3)
@@ -169,13 +169,20 @@ def test_pattern_neighbourhood_and_subset():
     box = sum(padded[a:a + 30, b:b + 40] for a in range(3) for b in range(3))
     expected = np.argwhere(box > 0)
     np.testing.assert_array_equal(np.c_[S.rows, S.indices], expected)
-    keep = np.random.default_rng(1).random(S.nnz) < 0.4
-    sub = S.subset(keep)
+    values = np.random.default_rng(1).normal(size=S.nnz)
+    keep = values > 0
+    sub, x, x_csc, pos = S.positive(values)
     np.testing.assert_array_equal(np.c_[sub.rows, sub.indices], expected[keep])
-    values = np.arange(S.nnz, dtype=float)[keep] + 1
+    np.testing.assert_array_equal(x, values[keep])
+    np.testing.assert_array_equal(pos[keep], np.arange(keep.sum()))
+    assert (pos[~keep] == -1).all()
+    Xsub = sp.csr_matrix((x, (sub.rows, sub.indices)), shape=(30, 40)).tocsc()
+    np.testing.assert_array_equal(sub.csc_indptr, Xsub.indptr)
+    np.testing.assert_array_equal(sub.csc_rows, Xsub.indices)
+    np.testing.assert_array_equal(x_csc, Xsub.data)
+    np.testing.assert_array_equal(x[sub.csc_perm], x_csc)
     A = np.random.default_rng(2).normal(size=(30, 4))
-    Xsub = sp.csr_matrix((values, (sub.rows, sub.indices)), shape=(30, 40))
-    np.testing.assert_allclose(sub.rmatmul(values, A), Xsub.T @ A, rtol=1e-12)
+    np.testing.assert_allclose(sub.rmatmul(x, A), Xsub.T @ A, rtol=1e-12)
 
 
 def test_rejects_bad_inputs():

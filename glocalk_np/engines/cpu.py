@@ -15,7 +15,8 @@ Cost of one (loss, gradient) evaluation (docs/model.md §7):
   of its output, so it costs the hidden layers forward and backward (the
   backward input is rank one); the convolution costs nnz * gk^2; the second
   pass costs what pre-training does, with three sparse products over the s
-  kept convolution entries instead of R (compacted unless most are kept).
+  kept convolution entries instead of R (compacted: four sweeps over the
+  neighbourhood cost less than one product over its dropped entries).
 Nothing dense of size m x n is ever built.
 """
 from dataclasses import dataclass
@@ -29,13 +30,6 @@ from ..kernels import cpu
 from ..network import Network
 from ..params import check_for_matrix, flatten, optimised, unflatten
 from ..sparse import Pattern
-
-
-# The second pass runs on the entries the ReLU keeps, compacted into a new
-# pattern (about 28 ns per neighbourhood entry at ML-1M's size), unless at
-# least this fraction is kept: then it runs on the whole neighbourhood, the
-# zeros included (three products of about 50 ns per entry each at h = 500).
-COMPACT_BELOW = 0.8
 
 
 def _blocks(rows):
@@ -57,12 +51,13 @@ class _Loss:
 @dataclass
 class _Conv:
     """The ReLU'd convolution: pre-activation on the neighbourhood pattern,
-    and the second pass's input X, x: the entries the ReLU keeps, compacted,
-    or the whole neighbourhood with zeros where it keeps none (COMPACT_BELOW)."""
+    and the second pass's input X, x: the entries the ReLU keeps, compacted
+    (x_csc: x in X's CSC order)."""
     pre: np.ndarray
-    keep: np.ndarray
     X: Pattern
     x: np.ndarray
+    x_csc: np.ndarray
+    pos: np.ndarray          # entry of the neighbourhood -> its place in X, or -1
     nbr: np.ndarray          # (rating, kernel cell) -> entry of the neighbourhood, or -1
 
 
@@ -73,21 +68,23 @@ class CpuOps:
         self.R, self.values = R, values
         self.dtype = values.dtype
         self.lambda_2, self.lambda_s, self.dot_scale = lambda_2, lambda_s, dot_scale
-        self._values_csc = values[R.csc_perm]
+        self._in_csc = [(values, values[R.csc_perm])]   # values whose CSC order is known
         self._neighbourhoods, self._buffers = {}, {}
 
-    def empty(self, name, shape):
-        """A work array kept under ``name`` between evaluations (a fresh one
-        for None): fresh m x h and n x h arrays every evaluation cost their
-        page faults each time. Arrays whose size varies (the convolution's
-        kept entries) reuse the largest buffer so far. An engine is hence
-        not to be called from two threads at once."""
+    def empty(self, name, shape, dtype=None):
+        """A work array of the compute dtype (or ``dtype``) kept under ``name``
+        between evaluations (a fresh one for None): fresh m x h and n x h
+        arrays every evaluation cost their page faults each time. Arrays
+        whose size varies (the convolution's kept entries) reuse the largest
+        buffer so far. An engine is hence not to be called from two threads
+        at once."""
+        dtype = np.dtype(dtype or self.dtype)
         if name is None:
-            return np.empty(shape, dtype=self.dtype)
+            return np.empty(shape, dtype=dtype)
         size = int(np.prod(shape))
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < size:
-            buffer = self._buffers[name] = np.empty(size, dtype=self.dtype)
+            buffer = self._buffers[name] = np.empty(size, dtype=dtype)
         return buffer[:size].reshape(shape)
 
     def zeros(self, name, shape):
@@ -133,8 +130,9 @@ class CpuOps:
         db += partial.sum(axis=0)
 
     def output_layer(self, H, WoutT, b, resid, dH, loss):
-        cpu.output_layer(self.R.indptr, self.R.indices, self.values, H, WoutT, b, resid, dH)
-        loss.add(0.5 * float(np.dot(resid.astype(np.float64), resid)))
+        sq = np.empty(H.shape[0])
+        cpu.output_layer(self.R.indptr, self.R.indices, self.values, H, WoutT, b, resid, dH, sq)
+        loss.add(0.5 * sq.sum())
 
     def user_sums(self, X, x, out):
         out += np.bincount(X.indices, x, minlength=out.size)
@@ -147,21 +145,15 @@ class CpuOps:
         gk = int(round(np.sqrt(C.shape[1])))   # odd, checked with the parameters
         G = (self.dot_scale * (mu @ C)).reshape(gk, gk)
         S, nbr = self.neighbourhood(gk)
-        pre = np.empty(S.nnz, dtype=self.dtype)
+        pre = self.empty("conv.pre", (S.nnz,))
         cpu.conv_forward(self.R.indptr, self.values, nbr, S.indptr, G, pre)
-        keep = pre > 0
-        if np.count_nonzero(keep) >= COMPACT_BELOW * S.nnz:
-            return _Conv(pre, keep, S, np.maximum(pre, 0), nbr)
-        return _Conv(pre, keep, S.subset(keep), pre[keep], nbr)
+        X, x, x_csc, pos = S.positive(pre, self.empty, _blocks(S.shape[0]))
+        self._in_csc[1:] = [(x, x_csc)]
+        return _Conv(pre, X, x, x_csc, pos, nbr)
 
     def conv_backward(self, conv, dx):
-        if conv.X.nnz == conv.pre.size:       # not compacted: dx covers the whole pattern
-            dpre = np.where(conv.keep, dx, 0)
-        else:
-            dpre = np.zeros_like(conv.pre)
-            dpre[conv.keep] = dx
         partial = np.empty((self.R.shape[0], conv.nbr.shape[1]))
-        cpu.conv_kernel_grad(self.R.indptr, self.values, conv.nbr, dpre, partial)
+        cpu.conv_kernel_grad(self.R.indptr, self.values, conv.nbr, conv.pos, dx, partial)
         return partial.sum(axis=0).astype(self.dtype)
 
     def global_kernel_grad(self, mu, C, dG, dC, dmu):
@@ -187,11 +179,14 @@ class CpuOps:
         out += b[cols]
 
     def _csc(self, X, x):
-        """The values x of X (CSR order) in X's CSC order; R's ratings, which
-        never change, are gathered once."""
-        if x is self.values:
-            return self._values_csc
-        return np.take(x, X.csc_perm, out=self.empty("csc.x", x.shape))
+        """The values x of X (CSR order) in X's CSC order: known for R's
+        ratings (gathered once) and the convolution's kept entries."""
+        for known, in_csc in self._in_csc:
+            if x is known:
+                return in_csc
+        out = self.empty("csc.x", x.shape)
+        cpu.gather(x, X.csc_perm, out)
+        return out
 
     def neighbourhood(self, gk):
         """Output pattern of the gk x gk convolution and, per rating and kernel
@@ -262,7 +257,7 @@ class CpuEngine:
 
         def fg(x, g):
             if cast:
-                np.copyto(flat_p, x)
+                cpu.copy_cast(x, flat_p)
             # views of the flat vectors (unflatten copies nothing in their own dtype)
             P, G = (unflatten(flat, template, dtype=flat.dtype)
                     for flat in ((flat_p, flat_g) if cast else (x, g)))
@@ -271,7 +266,7 @@ class CpuEngine:
                     b[:] = 0
             loss = self.network.loss_and_grad(stage, P, G).value
             if cast:
-                np.copyto(g, flat_g)
+                cpu.copy_cast(flat_g, g)
             return loss
         return fg
 
@@ -289,7 +284,8 @@ class CpuEngine:
     def conv_preactivation(self, params):
         """The global convolution before its ReLU, on the neighbourhood
         pattern of the ratings (where it can be non-zero): what the ReLU sees."""
-        return self.network.forward("finetune", self._compute_params("finetune", params)).conv.pre
+        P = self._compute_params("finetune", params)
+        return self.network.forward("finetune", P).conv.pre.copy()   # pre is a kept buffer
 
     def _compute_params(self, stage, params):
         """The arrays ``stage`` uses, checked, C-contiguous in compute dtype."""

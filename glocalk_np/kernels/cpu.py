@@ -87,6 +87,22 @@ def sddmm(indptr, indices, A, B, out):
         restore_fpenv(fpenv)
 
 
+@njit(parallel=True, cache=True)
+def gather(x, idx, out):
+    """out[t] = x[idx[t]]: values into another order (NumPy's take is
+    serial). Cost: len(idx)."""
+    for t in prange(idx.size):
+        out[t] = x[idx[t]]
+
+
+@njit(parallel=True, cache=True)
+def copy_cast(src, dst):
+    """dst[:] = src in dst's dtype: the flat parameter and gradient vectors
+    (NumPy's casting copy is serial). Cost: size."""
+    for t in prange(src.size):
+        dst[t] = src[t]
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def pair_dot(rows, cols, A, B, out):
     """out[e] = A[rows[e]] . B[cols[e]] for arbitrary pairs (predictions).
@@ -232,10 +248,11 @@ def conv_forward(indptr, data, nbr, s_indptr, G, out):
 
 
 @njit(parallel=True, cache=True)
-def conv_kernel_grad(indptr, data, nbr, dout, row_partial):
+def conv_kernel_grad(indptr, data, nbr, pos, dx, row_partial):
     """Per input row p, the float64 partial sums of dG[a, b] =
-    sum_e R_e * dout[nbr[e, a gk + b]] (the caller sums the rows).
-    Cost: nnz * gk^2."""
+    sum_e R_e * dx[pos[nbr[e, a gk + b]]] (the caller sums the rows): dx is
+    dloss/d(the kept outputs), pos maps an output entry to its place in dx,
+    -1 where the ReLU dropped it (its gradient is 0). Cost: nnz * gk^2."""
     m = indptr.size - 1
     cells = nbr.shape[1]
     for p in prange(m):
@@ -246,62 +263,81 @@ def conv_kernel_grad(indptr, data, nbr, dout, row_partial):
             v = data[e]
             for c in range(cells):
                 s = nbr[e, c]
-                if s >= 0:
-                    acc[c] += v * dout[s]
+                if s >= 0 and pos[s] >= 0:
+                    acc[c] += v * dx[pos[s]]
         restore_fpenv(fpenv)
 
 
 @njit(parallel=True, cache=True)
-def subset_pattern(indptr, indices, csc_indptr, csc_perm, keep):
-    """CSR and CSC index arrays of the entries where ``keep`` is true; both
-    orders carry over without sorting. Cost: 2 nnz + m + n, memory-bound."""
-    m, n = indptr.size - 1, csc_indptr.size - 1
-    new_indptr = np.zeros(m + 1, dtype=np.int64)
-    for i in prange(m):
-        new_indptr[i + 1] = keep[indptr[i]:indptr[i + 1]].sum()
-    new_indptr = np.cumsum(new_indptr)
-    count = new_indptr[m]
-    new_pos = np.empty(keep.size, dtype=np.int64)
-    rows = np.empty(count, dtype=np.int64)
-    cols = np.empty(count, dtype=np.int64)
-    for i in prange(m):
-        c = new_indptr[i]
-        for e in range(indptr[i], indptr[i + 1]):
-            if keep[e]:
-                new_pos[e] = c
-                rows[c] = i
-                cols[c] = indices[e]
-                c += 1
-    new_csc_indptr = np.zeros(n + 1, dtype=np.int64)
-    for j in prange(n):
+def count_positive_rows(indptr, values, counts):
+    """counts[i + 1] = how many of row i's values are > 0. Cost: nnz."""
+    for i in prange(indptr.size - 1):
         c = 0
-        for t in range(csc_indptr[j], csc_indptr[j + 1]):
-            c += keep[csc_perm[t]]
-        new_csc_indptr[j + 1] = c
-    new_csc_indptr = np.cumsum(new_csc_indptr)
-    perm = np.empty(count, dtype=np.int64)
-    for j in prange(n):
-        c = new_csc_indptr[j]
-        for t in range(csc_indptr[j], csc_indptr[j + 1]):
-            e = csc_perm[t]
-            if keep[e]:
-                perm[c] = new_pos[e]
-                c += 1
-    return new_indptr, rows, cols, new_csc_indptr, perm
+        for e in range(indptr[i], indptr[i + 1]):
+            c += values[e] > 0
+        counts[i + 1] = c
+
+
+@njit(parallel=True, cache=True)
+def compact_rows(indptr, indices, values, bounds, new_indptr, new_indices, new_rows, x, pos,
+                 col_counts):
+    """The CSR arrays of the entries with values > 0 (new_indptr given),
+    their values x, pos (each entry's position in them, -1 where dropped),
+    and col_counts[b, j]: how many kept entries of the rows
+    bounds[b]..bounds[b+1] lie in column j. Cost: nnz, one sweep."""
+    for b in prange(bounds.size - 1):
+        counts = col_counts[b]
+        counts[:] = 0
+        for i in range(bounds[b], bounds[b + 1]):
+            c = new_indptr[i]
+            for e in range(indptr[i], indptr[i + 1]):
+                v = values[e]
+                if v > 0:
+                    j = indices[e]
+                    pos[e] = c
+                    new_indices[c] = j
+                    new_rows[c] = i
+                    x[c] = v
+                    counts[j] += 1
+                    c += 1
+                else:
+                    pos[e] = -1
+
+
+@njit(parallel=True, cache=True)
+def csr_to_csc(indptr, indices, x, bounds, starts, csc_rows, perm, x_csc):
+    """The CSC order of a CSR matrix: each block of rows bounds[b]..bounds[b+1]
+    writes its entries of column j from starts[b, j] on (consumed as a
+    cursor), rows ascending within a column. Cost: nnz, scattered writes
+    to n places per block."""
+    for b in prange(bounds.size - 1):
+        cursor = starts[b]
+        for i in range(bounds[b], bounds[b + 1]):
+            for c in range(indptr[i], indptr[i + 1]):
+                t = cursor[indices[c]]
+                cursor[indices[c]] = t + 1
+                csc_rows[t] = i
+                perm[t] = c
+                x_csc[t] = x[c]
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def output_layer(indptr, indices, target, H, WT, b, resid, dH):
+def output_layer(indptr, indices, target, H, WT, b, resid, dH, sq_sums):
     """The output layer at the observed entries, forward and first backward
     product fused per item row i: resid[e] = H[i] . WT[j] + b[j] - target[e]
-    (SDDMM), then dH[i] = sum_e resid[e] WT[j] (SpMM) while the row's WT rows
-    are still in cache. Cost: 2 nnz * h."""
+    (SDDMM) and sq_sums[i] its float64 sum of squares, then dH[i] =
+    sum_e resid[e] WT[j] (SpMM) while the row's WT rows are still in cache.
+    Cost: 2 nnz * h."""
     for i in prange(indptr.size - 1):
         fpenv = flush_denormals()
         start, end = indptr[i], indptr[i + 1]
         _row_dots(H[i], WT, indices, start, end, resid)
+        sq = 0.0
         for e in range(start, end):
-            resid[e] += b[indices[e]] - target[e]
+            r = resid[e] + b[indices[e]] - target[e]
+            resid[e] = r
+            sq += float(r) * float(r)
+        sq_sums[i] = sq
         dH[i, :] = 0
         _row_axpy(dH[i], WT, indices, resid, start, end)
         restore_fpenv(fpenv)
