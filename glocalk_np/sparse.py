@@ -89,8 +89,14 @@ class Pattern:
         cpu.count_positive_rows(self.indptr, values, indptr)
         np.cumsum(indptr, out=indptr)
         count = int(indptr[-1])
+        pos = empty("pos.pos", (self.nnz,), index)
+        if count == self.nnz:              # nothing dropped (e.g. every weight of G > 0)
+            x_csc = empty("pos.x_csc", (count,), real)
+            cpu.gather(values, self.csc_perm, x_csc)
+            cpu.iota(pos)
+            return self, values, x_csc, pos
         indices, rows = (empty(f"pos.{name}", (count,), index) for name in ("indices", "rows"))
-        x, pos = empty("pos.x", (count,), real), empty("pos.pos", (self.nnz,), index)
+        x = empty("pos.x", (count,), real)
         col_counts = empty("pos.col_counts", (bounds.size - 1, n), index)
         cpu.compact_rows(self.indptr, self.indices, values, bounds, indptr, indices, rows, x,
                          pos, col_counts)

@@ -34,16 +34,19 @@ def test_gradient_matches_finite_differences(problem, stage):
 def test_second_pass_on_the_kept_entries_as_their_number_changes(problem):
     """Fine-tuning's second pass runs on the compacted entries the ReLU
     keeps, in work buffers kept between evaluations: evaluations whose kept
-    count grows, shrinks and grows again each give the dense reference's
-    loss and gradient."""
+    count grows, shrinks, grows again and reaches the whole neighbourhood
+    (every weight of G > 0) each give the dense reference's loss and gradient."""
     R, params, hp = problem
     f = engine(R, hp)
     C = params["C"]
-    for scale in (1.0, -1.0, 1.0):        # flipping C flips which entries the ReLU keeps
-        p = dict(params, C=scale * C)
+    mu = f.network.forward("finetune", f._compute_params("finetune", params)).mu
+    positive_G = np.sign(mu)[:, None] * np.abs(C)      # G = mu^T C = sum |mu_i| |C_i| > 0
+    for C_now in (C, -C, C, positive_G):                # flipping C flips what the ReLU keeps
+        p = dict(params, C=C_now)
         conv = f.network.forward("finetune", f._compute_params("finetune", p)).conv
         kept = np.count_nonzero(conv.pre > 0)
-        assert 0 < kept < conv.pre.size   # the ReLU clips some entries, not all
+        assert 0 < kept <= conv.pre.size
+        assert (kept < conv.pre.size) == (C_now is not positive_G)
         assert conv.X.nnz == kept
         loss, grads = f("finetune", p)
         ref_loss, ref = dense_loss_grad("finetune", p, R, **hp)
@@ -183,6 +186,10 @@ def test_pattern_neighbourhood_and_positive_part():
     np.testing.assert_array_equal(x[sub.csc_perm], x_csc)
     A = np.random.default_rng(2).normal(size=(30, 4))
     np.testing.assert_allclose(sub.rmatmul(x, A), Xsub.T @ A, rtol=1e-12)
+    whole, x, x_csc, pos = S.positive(np.abs(values) + 1)    # nothing dropped: S itself
+    assert whole is S
+    np.testing.assert_array_equal(x_csc, x[S.csc_perm])
+    np.testing.assert_array_equal(pos, np.arange(S.nnz))
 
 
 def test_rejects_bad_inputs():

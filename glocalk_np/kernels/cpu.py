@@ -96,6 +96,13 @@ def gather(x, idx, out):
 
 
 @njit(parallel=True, cache=True)
+def iota(out):
+    """out[t] = t. Cost: size."""
+    for t in prange(out.size):
+        out[t] = t
+
+
+@njit(parallel=True, cache=True)
 def copy_cast(src, dst):
     """dst[:] = src in dst's dtype: the flat parameter and gradient vectors
     (NumPy's casting copy is serial). Cost: size."""
