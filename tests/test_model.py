@@ -155,7 +155,7 @@ def test_pattern_products_match_scipy():
     np.testing.assert_allclose(P.sample(A, B), (A @ B.T)[coo.row, coo.col], rtol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (31, 33), (64, 32), (65, 7), (3, 200)])
+@pytest.mark.parametrize("shape", [(1, 1), (31, 33), (64, 32), (65, 7), (3, 200), (72, 136), (130, 71)])
 def test_transpose_kernel_at_tile_edges(shape):
     A = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     out = np.full(shape[::-1], np.nan, dtype=np.float32)
