@@ -23,6 +23,8 @@ import common
 from common import PUBLISHED, TF_RERUN
 from glocalk_np import metrics
 from glocalk_np.data import random_split
+from glocalk_np.fallback import Fallback
+from glocalk_np.scale import RatingScale
 from glocalk_np.train import OPTIMIZERS, Config, EvalSet, fit, make_engine, rating_range
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "flixster", "ml-1m"]
@@ -72,6 +74,7 @@ def run_dataset(name, args):
     train, test = problem.matrix(problem.train), problem.matrix(problem.test)
     test_set = EvalSet(test)
     low, high = rating_range(train)
+    scale, fallback = RatingScale.of(train.data), Fallback(train)   # scale: identity on 1-5 data
     print(f"{name}: {train.shape[0]} items x {train.shape[1]} users, {train.nnz:,} train / "
           f"{test.nnz:,} test ratings; {problem.protocol}; preset {problem.preset}", flush=True)
     engine, runs, preds = None, [], {"last": [], "paper": []}
@@ -83,7 +86,8 @@ def run_dataset(name, args):
         best_epoch, best_params = state.best["test"].epoch, state.best["test"].params
         last_epoch, last_params = state.best["last"].epoch, state.best["last"].params
         for sel, params in (("paper", best_params), ("last", last_params)):
-            p = engine.predict("finetune", params, test_set.rows, test_set.cols).astype(np.float64)
+            p, _ = fallback.predict(test_set.rows, test_set.cols, lambda r, c, params=params: (
+                engine.predict("finetune", params, r, c).astype(np.float64)))
             preds[sel].append(metrics.clip(p, low, high))
         run = dict(seed=seed, wall_s=wall, config=config.as_dict(),
                    paper=dict(epoch=best_epoch, **finetune_metrics(state, best_epoch)),
@@ -101,7 +105,7 @@ def run_dataset(name, args):
             line += f"; honest RMSE {run['honest']['rmse']:.4f} (epoch {epoch}), {hwall:.0f} s"
         print(line, flush=True)
         runs.append(run)
-    ensemble = {sel: dict(metrics.evaluate(np.mean(p, axis=0), test_set.values, test_set.cols, low, high),
+    ensemble = {sel: dict(metrics.evaluate(np.mean(p, axis=0), test_set.values, test_set.cols, scale),
                           single_rmse=float(np.mean([r[sel]["rmse"] for r in runs])))
                 for sel, p in preds.items()}
     return dict(protocol=problem.protocol, preset=problem.preset, shape=list(train.shape),

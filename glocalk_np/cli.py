@@ -27,6 +27,7 @@ from .data import PLAIN_INT, DataError, DataWarning, random_split, read_any, rea
 from .estimator import GLocalK, checkpoint_name
 from .gradcheck import TOLERANCE, check_gradients
 from .safeio import OutputError, atomic_output, check_distinct, check_target
+from .scale import SCALES
 from .synthetic import low_rank_ratings
 from .train import OPTIMIZERS, PRESETS, SELECTIONS, Config
 
@@ -236,6 +237,10 @@ HYPER = options(
     _hyper("--optimizer", "optimizer", click.Choice(OPTIMIZERS),
            "L-BFGS-B: scipy's, or numba, the same steps at a fraction of scipy's cost "
            "on large fits."),
+    _hyper("--scale", "scale", click.Choice(SCALES),
+           "auto: train on the ratings mapped from their training range onto the 1-5 scale "
+           "the presets were tuned for (predictions and metrics mapped back; nothing changes "
+           "on 1-5 data); none: train on them as given."),
 )
 
 

@@ -17,6 +17,8 @@ from . import metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
 from .data import DataWarning, Index, _positions
+from .fallback import Fallback
+from .scale import RatingScale
 from .safeio import OutputError, check_target
 from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
                      read_config, read_history, read_members, unpack_ids, unpack_matrix,
@@ -98,8 +100,8 @@ class GLocalK:
                 checkpoint.check_writable()
         # every resumed state is read and checked before any training time is spent
         states = [c.load() if resume else None for c in checkpoints]
-        engine = make_engine(R, self.config, self.device)
-        self._set_training_data(index, R, engine)
+        self._set_training_data(index, R)
+        self._engine = make_engine(self.scale_.matrix_to_model(R), self.config, self.device)
         self.dropped_ = dropped
         self.members_ = [self._fit_member(k, R, evals, select, callback, checkpoint, state)
                          for k, (checkpoint, state) in enumerate(zip(checkpoints, states))]
@@ -138,25 +140,27 @@ class GLocalK:
                       {k: dict(v) for k, v in (record.metrics if record else {}).items()})
 
     def _score(self, evals):
-        """RMSE, MAE and NDCG of the (ensemble's) predictions on each eval matrix."""
+        """RMSE, MAE, NDCG and the number of fallback predictions (fallback.py)
+        of the (ensemble's) predictions on each eval matrix."""
         out = {}
         for name, M in evals.items():
             entries = EvalSet(M)
-            out[name] = metrics.evaluate(self._network(entries.rows, entries.cols),
-                                         entries.values, entries.cols, *self.rating_range_)
+            pred, kinds = self._fallback.predict(entries.rows, entries.cols, self._network)
+            out[name] = {**metrics.evaluate(pred, entries.values, entries.cols, self.scale_),
+                         "fallback": int(np.count_nonzero(kinds != ""))}
         return out
 
-    def _set_training_data(self, index, R, engine=None):
-        """The index, training matrix and the statistics the fallbacks use."""
+    def _set_training_data(self, index, R):
+        """The index, training matrix (the user's units), the rating scale the
+        network works in and the statistics the fallbacks use."""
         self.index_, self.train_matrix_ = index, R
-        self._engine = engine
-        self.rating_range_ = training.rating_range(R)
-        self.item_counts_ = np.diff(R.indptr).astype(np.int64)
-        self.user_counts_ = np.bincount(R.indices, minlength=R.shape[1]).astype(np.int64)
-        self.item_means_ = np.full(R.shape[0], np.nan)
-        np.divide(np.asarray(R.sum(axis=1)).ravel(), self.item_counts_,
-                  out=self.item_means_, where=self.item_counts_ > 0)
-        self.global_mean_ = float(R.data.mean())
+        self._engine = None
+        self.scale_ = RatingScale.of(R.data, self.config.scale)
+        self.rating_range_ = (self.scale_.low, self.scale_.high)
+        self._fallback = Fallback(R)
+        self.item_counts_, self.user_counts_ = self._fallback.item_counts, self._fallback.user_counts
+        self.item_means_, self.global_mean_ = self._fallback.item_means, self._fallback.global_mean
+        self.damped_item_means_ = self._fallback.damped_item_means
 
     # ------------------------------------------------------------ prediction
     def _check_fitted(self):
@@ -164,29 +168,31 @@ class GLocalK:
             raise RuntimeError("this GLocalK is not fitted: call fit() or GLocalK.load() first")
 
     def _network(self, rows, cols):
-        """Unclipped network outputs at (item position, user position) pairs;
-        the mean over the members of a seed ensemble."""
+        """Unclipped network outputs at (item position, user position) pairs,
+        in the ratings' units; the mean over the members of a seed ensemble."""
         if rows.size == 0:
             return np.empty(0)
         if self._engine is None:
-            self._engine = make_engine(self.train_matrix_, self.config, self.device)
+            self._engine = make_engine(self.scale_.matrix_to_model(self.train_matrix_),
+                                       self.config, self.device)
         with np.errstate(over="ignore", invalid="ignore"):   # checked just below
             out = np.mean([self._engine.predict(m.stage, m.params, rows, cols)
                            .astype(np.float64) for m in self.members_], axis=0)
         if not np.isfinite(out).all():
             raise ValueError("the network's outputs are not finite: its parameters are too "
                              "large for float arithmetic (a corrupt or crafted model?)")
-        return out
+        return self.scale_.to_user(out)
 
     def predict(self, users, items):
         """(predictions, fallback) for parallel arrays of user and item ids.
 
         Predictions are float64, clipped to ``rating_range_``. ``fallback``
-        says where the network could not be used: '' for a user and an item
-        that both have training ratings (the network's prediction);
-        'item_mean' when the user has none (an unknown user) but the item
-        has: the item's mean training rating; 'global_mean' when the item has
-        none (an unknown item): the mean of all training ratings.
+        says where the network could not be used (fallback.py): '' for a
+        user and an item that both have training ratings (the network's
+        prediction); 'item_mean' when the user has none (or is unknown) but
+        the item has: the item's mean training rating damped toward the
+        global mean; 'global_mean' when the item has none (or is unknown):
+        the mean of all training ratings.
         """
         pred, fallback = self._predict_unclipped(users, items)
         return metrics.clip(pred, *self.rating_range_), fallback
@@ -200,15 +206,7 @@ class GLocalK:
             raise ValueError(f"{users.size} users but {items.size} items")
         u, u_known = _positions(self.index_.users, users)
         i, i_known = _positions(self.index_.items, items)
-        i_known &= self.item_counts_[i] > 0
-        u_known &= self.user_counts_[u] > 0
-        both = u_known & i_known
-        item_only = i_known & ~u_known
-        pred = np.full(users.size, self.global_mean_)
-        pred[item_only] = self.item_means_[i[item_only]]
-        pred[both] = self._network(i[both], u[both])
-        fallback = np.select([both, item_only], ["", "item_mean"], "global_mean")
-        return pred, fallback
+        return self._fallback.predict(i, u, self._network, i_known, u_known)
 
     def predict_all(self):
         """The dense n_items x n_users matrix of clipped network predictions
@@ -229,8 +227,8 @@ class GLocalK:
         all clip to the top rating keep their order), ties in item order,
         leaving out the items the user rated in training unless
         ``include_seen``. For a user without training ratings the items are
-        ranked by mean rating (see predict) and ``warning`` says so;
-        otherwise it is None."""
+        ranked by their damped mean rating (see predict) and ``warning``
+        says so; otherwise it is None."""
         self._check_fitted()
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
@@ -242,15 +240,17 @@ class GLocalK:
         candidates = np.arange(items.size)
         if user_known and not include_seen:
             candidates = np.setdiff1d(candidates, self.train_matrix_[:, u[0]].nonzero()[0])
-        warning = None if user_known else (f"user {user!r} has no training ratings: "
-                                           "items are ranked by their mean training rating")
+        warning = None if user_known else (f"user {user!r} has no training ratings: items "
+                                           "are ranked by their damped mean training rating")
         best = candidates[np.argsort(-raw[candidates], kind="stable")[:top]]
         return list(zip(items[best].tolist(), scores[best].tolist())), warning
 
     def evaluate(self, test):
-        """RMSE, MAE and NDCG (docs/model.md §10) of the network on the Ratings ``test``;
-        ``n`` entries are scored, ``dropped`` ones with a user or item outside
-        the index are not. The same numbers fit() reports for a test set."""
+        """RMSE, MAE and NDCG (docs/model.md §10) of the model on the Ratings
+        ``test``; ``n`` entries are scored, ``fallback`` of them by a fallback
+        (their item or user has no training rating, see predict),
+        ``dropped`` ones with a user or item outside the index are not. The
+        same numbers fit() reports for a test set."""
         self._check_fitted()
         M, dropped = self.index_.matrix(test)
         if M.nnz == 0:

@@ -64,7 +64,12 @@ def ndcg(pred, true, groups):
     return float(np.mean(dcg[keep] / ideal[keep]))
 
 
-def evaluate(pred, true, groups, low, high):
-    """RMSE, MAE and NDCG of predictions clipped to [low, high]. O(N log N)."""
-    p = clip(np.asarray(pred, dtype=np.float64), low, high)
-    return dict(rmse=rmse(p, true), mae=mae(p, true), ndcg=ndcg(p, true, groups))
+def evaluate(pred, true, groups, scale):
+    """RMSE, MAE and NDCG of predictions clipped to the training range
+    [scale.low, scale.high], all in the ratings' own units except NDCG's
+    gains 2^r - 1, which take r on the 1-5 scale the model trains on
+    (scale.py; the same on 1-5 data): on a 1-100 scale 2^100 would drown
+    every other rating. O(N log N)."""
+    p = clip(np.asarray(pred, dtype=np.float64), scale.low, scale.high)
+    return dict(rmse=rmse(p, true), mae=mae(p, true),
+                ndcg=ndcg(scale.to_model(p), scale.to_model(true), groups))

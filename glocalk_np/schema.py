@@ -52,9 +52,12 @@ def field(contents, name, ok, expected):
 
 
 def read_config(contents):
-    """The stored Config; ModelFileError if it is not a valid one (e.g. edited)."""
+    """The stored Config; ModelFileError if it is not a valid one (e.g. edited).
+    Files from before the rating scale map (no 'scale' in their config) were
+    trained on the ratings as given: scale 'none'."""
+    stored = field(contents, "config", lambda v: isinstance(v, dict), "an object")
     try:
-        return Config(**field(contents, "config", lambda v: isinstance(v, dict), "an object"))
+        return Config(**{"scale": "none", **stored})
     except (TypeError, ValueError) as e:
         raise contents.error(f"invalid config ({e})") from None
 

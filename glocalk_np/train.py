@@ -19,7 +19,9 @@ from scipy.optimize import minimize
 
 from . import lbfgsb, metrics
 from .engines import make_engine, settings
+from .fallback import NETWORK, Fallback
 from .params import flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
+from .scale import SCALES, RatingScale
 
 # docs/model.md §9; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
 PRESETS = {
@@ -59,6 +61,7 @@ class Config:
     dtype: str = "float32"
     seed: int = 0
     optimizer: str = "scipy"
+    scale: str = "auto"          # scale.py: map the training ratings onto [1, 5], or 'none'
 
     def __post_init__(self):
         for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
@@ -81,6 +84,8 @@ class Config:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
 
     @classmethod
     def from_preset(cls, preset=None, **overrides):
@@ -230,27 +235,34 @@ def rating_range(train):
 def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine=None):
     """Train GLocal-K on the sparse items x users matrix ``train``.
 
+    The network trains on the ratings mapped by ``config.scale``
+    (scale.py); predictions and metrics are in the ratings' own units.
     evals: optional {'test': matrix, 'val': matrix} of held-out ratings, scored
-    after every epoch (RMSE, MAE, NDCG with clipped predictions).
+    after every epoch (RMSE, MAE, NDCG with clipped predictions; pairs
+    whose item or user has no training rating get fallback.py's
+    predictions, counted as 'fallback').
     callback(record, state): called after every epoch, e.g. to print or to
     checkpoint; ``state`` then holds everything needed to resume.
     state: a TrainState to resume from (its completed epochs are skipped).
-    engine: the (loss, gradient) engine, e.g. engines.make_engine(train, config,
+    engine: the (loss, gradient) engine, e.g. engines.make_engine(
+    RatingScale.of(train.data, config.scale).matrix_to_model(train), config,
     device='cuda'), to share one among fits; the CPU engine by default. It
-    must have been built for ``train`` with ``config``'s settings.
+    must have been built for the mapped ``train`` with ``config``'s settings.
     Returns the final TrainState; ``state.best[sel]`` holds the fine-tuning epoch
     and parameters picked by each available selection ('test': best test RMSE,
     the paper's protocol; 'val': best validation RMSE; 'last').
     """
     train = sp.csr_matrix(train)
     check_problem(config, train)
-    engine = engine or make_engine(train, config)
+    scale = RatingScale.of(train.data, config.scale)
+    engine = engine or make_engine(scale.matrix_to_model(train), config)
     if engine.settings != settings(config) or engine.shape != train.shape:
         raise ValueError(f"the engine was built with {engine.settings} for a matrix of "
                          f"{engine.shape}; the config says {settings(config)} for {train.shape}")
     state = state or initial_state(train, config)
     evals = {name: EvalSet(m) for name, m in (evals or {}).items()}
-    low, high = rating_range(train)
+    low, high = scale.low, scale.high
+    fallback = Fallback(train)
     train_set = EvalSet(train)
     done_pre, done_fine = state.done
     schedule = [("pretrain", config.epochs_pretrain, config.iters_pretrain, done_pre),
@@ -275,7 +287,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
                     "smaller ratings or penalties are needed")
             template = unflatten(x, template)
             state.params.update(template)
-            scores = score(engine, stage, state.params, train_set, evals, low, high)
+            scores = score(engine, stage, state.params, train_set, evals, scale, fallback)
             record = EpochRecord(stage, epoch, scores.pop("train")["rmse"],
                                  time.perf_counter() - tic, evaluations, scores)
             state.history.append(record)
@@ -286,18 +298,25 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     return state
 
 
-def score(engine, stage, params, train_set, evals, low, high):
-    """RMSE (and for held-out sets MAE and NDCG) of the stage's predictions,
-    clipped to [low, high], from one forward pass over all the entries."""
+def score(engine, stage, params, train_set, evals, scale, fallback):
+    """RMSE (and for held-out sets MAE, NDCG and the number of ratings
+    predicted by a fallback) of the stage's predictions in the ratings'
+    units, clipped to their training range, from one forward pass."""
     sets = {"train": train_set, **evals}
-    pred = engine.predict(stage, params, np.concatenate([s.rows for s in sets.values()]),
-                        np.concatenate([s.cols for s in sets.values()])).astype(np.float64)
+
+    def network(rows, cols):
+        return scale.to_user(engine.predict(stage, params, rows, cols).astype(np.float64))
+
+    pred, kinds = fallback.predict(np.concatenate([s.rows for s in sets.values()]),
+                                   np.concatenate([s.cols for s in sets.values()]), network)
     out, pos = {}, 0
     for name, s in sets.items():
-        p = metrics.clip(pred[pos:pos + len(s)], low, high)
+        p, k = pred[pos:pos + len(s)], kinds[pos:pos + len(s)]
         pos += len(s)
-        out[name] = ({"rmse": metrics.rmse(p, s.values)} if name == "train"
-                     else metrics.evaluate(p, s.values, s.cols, low, high))
+        out[name] = ({"rmse": metrics.rmse(metrics.clip(p, scale.low, scale.high), s.values)}
+                     if name == "train" else
+                     {**metrics.evaluate(p, s.values, s.cols, scale),
+                      "fallback": int(np.count_nonzero(k != NETWORK))})
     return out
 
 

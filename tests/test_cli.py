@@ -278,11 +278,11 @@ def test_recommend_known_user(files):
     assert len(everything.stdout.splitlines()) == 31
 
 
-def test_recommend_unknown_user_warns_and_ranks_by_item_mean(files):
+def test_recommend_unknown_user_warns_and_ranks_by_damped_item_mean(files):
     est = GLocalK.load(files["model"])
     result = run("recommend", files["model"], "--user", "nobody", "--top", "1")
     assert result.stderr.startswith("Warning: user 'nobody' has no training ratings")
-    best = est.index_.items[np.argmax(est.item_means_)]
+    best = est.index_.items[np.argmax(est.damped_item_means_)]
     assert result.stdout.splitlines()[1].split()[1] == str(best)
 
 

@@ -12,6 +12,7 @@ from glocalk_np import modelfile
 from glocalk_np.cli import Terminated
 from glocalk_np.data import DataWarning, Index, Ratings, random_split
 from glocalk_np.estimator import GLocalK, checkpoint_name
+from glocalk_np.fallback import DAMPING
 from glocalk_np.modelfile import ModelFileError
 from glocalk_np.train import Config
 
@@ -93,6 +94,8 @@ def test_fit_builds_items_by_users_matrix_and_statistics(fitted, data):
     np.testing.assert_array_equal(m.user_counts_, np.bincount(u, minlength=R.shape[1]))
     np.testing.assert_allclose(m.item_means_, np.bincount(i, train.values) / m.item_counts_)
     assert m.global_mean_ == pytest.approx(train.values.mean())
+    damped = (np.bincount(i, train.values) + DAMPING * m.global_mean_) / (m.item_counts_ + DAMPING)
+    np.testing.assert_allclose(m.damped_item_means_, damped)
     assert m.rating_range_ == (train.values.min(), train.values.max())
     assert m.stage_ == "finetune" and m.best_epoch_ == 2 and len(m.history_) == 4
     assert m.summary_ == {"select": "last", "best_epoch": 2, "test": m.history_[-1].metrics["test"]}
@@ -101,7 +104,7 @@ def test_fit_builds_items_by_users_matrix_and_statistics(fitted, data):
 def test_evaluate_reproduces_the_training_report_and_counts_drops(fitted, data):
     _, test, _ = data
     scores = fitted.evaluate(test)
-    assert {k: scores[k] for k in ("rmse", "mae", "ndcg")} == fitted.summary_["test"]
+    assert {k: scores[k] for k in ("rmse", "mae", "ndcg", "fallback")} == fitted.summary_["test"]
     unseen = Ratings(np.array([999, 100, 999]), np.array([500, 9999, 9999]),
                      np.array([3.0, 4.0, 5.0]), "extra")
     both = Ratings(np.r_[test.users, unseen.users], np.r_[test.items, unseen.items],
@@ -120,7 +123,7 @@ def test_pretrain_only_model_is_the_pretrained_network(data):
     m = GLocalK(replace(CONFIG, epochs_finetune=0)).fit(train, test=test, select="test")
     assert m.stage_ == "pretrain" and m.best_epoch_ is None and "C" not in m.params_
     assert m.summary_["test"] == m.history_[-1].metrics["test"] == {
-        k: v for k, v in m.evaluate(test).items() if k in ("rmse", "mae", "ndcg")}
+        k: v for k, v in m.evaluate(test).items() if k in ("rmse", "mae", "ndcg", "fallback")}
 
 
 # ------------------------------------------------------------ epoch selection
@@ -185,7 +188,8 @@ def test_fallbacks_for_users_and_items_without_training_ratings(data):
     extra = Ratings(np.array([7777]), np.array([8888]), np.array([1.0]), "extra")
     m = GLocalK(CONFIG).fit(train, index=Index.from_ratings(train, extra))
     user, item = train.users[0], train.items[0]
-    item_mean = train.values[train.items == item].mean()
+    rated = train.values[train.items == item]
+    item_mean = (rated.sum() + DAMPING * train.values.mean()) / (rated.size + DAMPING)
     users = np.array([user, 7777, 123456, user, user, 7777])
     items = np.array([item, item, item, 8888, 654321, 654321])
     pred, fallback = m.predict(users, items)
@@ -230,11 +234,12 @@ def test_recommend_ranks_unseen_items_unless_asked(fitted, data):
     assert len(fitted.recommend(user, top=len(items))[0]) == len(items) - len(seen)
 
 
-def test_recommend_for_an_unknown_user_ranks_by_item_mean_and_warns(fitted):
+def test_recommend_for_an_unknown_user_ranks_by_damped_item_mean_and_warns(fitted):
     recs, warning = fitted.recommend(424242, top=4)
-    assert "424242" in warning and "mean" in warning
-    order = np.argsort(-fitted.item_means_, kind="stable")[:4]
-    assert recs == [(fitted.index_.items[k].item(), fitted.item_means_[k]) for k in order]
+    assert "424242" in warning and "damped mean" in warning
+    means = fitted.damped_item_means_
+    order = np.argsort(-means, kind="stable")[:4]
+    assert recs == [(fitted.index_.items[k].item(), means[k]) for k in order]
     with pytest.raises(ValueError, match="top"):
         fitted.recommend(424242, top=0)
 

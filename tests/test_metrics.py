@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from glocalk_np.metrics import clip, evaluate, mae, ndcg, rmse
+from glocalk_np.scale import RatingScale
 
 
 def _ndcg_loop(pred, true, groups):
@@ -88,7 +89,7 @@ def test_evaluate_clips_first():
     pred = np.array([6.0, 7.0, 3.0, 0.0])
     true = np.array([1.0, 5.0, 4.0, 2.0])
     groups = np.array([0, 0, 1, 1])
-    out = evaluate(pred, true, groups, 1.0, 5.0)
+    out = evaluate(pred, true, groups, RatingScale.of(true))
     # clipped [5, 5, 3, 1]: errors 4, 0, 1, 1
     assert out["rmse"] == pytest.approx(math.sqrt(18 / 4))
     assert out["mae"] == pytest.approx(6 / 4)
