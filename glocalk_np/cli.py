@@ -38,6 +38,10 @@ STAGE_LABELS = {"pretrain": "pre-training", "finetune": "fine-tuning"}
 # from about this many parameters scipy's L-BFGS-B costs more than the loss
 # and gradient (BENCHMARKS.md), so fit says once that --optimizer numba exists
 OPTIMIZER_HINT_PARAMETERS = 1_000_000
+# fit on a ratings file without a preset: the validation split that picks the
+# epoch honestly, and the early stopping it allows
+DEFAULT_VAL_FRAC = 0.05
+DEFAULT_PATIENCE = 5
 # click >= 8.2 reports a bare group as an error that carries the help text
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -237,6 +241,10 @@ HYPER = options(
     _hyper("--optimizer", "optimizer", click.Choice(OPTIMIZERS),
            "L-BFGS-B: scipy's, or numba, the same steps at a fraction of scipy's cost "
            "on large fits."),
+    _hyper("--patience", "patience", click.IntRange(0),
+           "Early stopping: end a stage after N epochs without a better validation RMSE "
+           f"(0: off; needs a validation set) [default: {DEFAULT_PATIENCE} when fitting a "
+           "ratings file without --preset, else 0]."),
     _hyper("--scale", "scale", click.Choice(SCALES),
            "auto: train on the ratings mapped from their training range onto the 1-5 scale "
            "the presets were tuned for (predictions and metrics mapped back; nothing changes "
@@ -340,13 +348,21 @@ def echo_summary(est):
                 click.echo(f"  seed {m['seed']} alone: " + _scores({"test": m["test"]}, ("rmse",)))
         click.echo("ensemble:")
     elif est.stage_ == "finetune":
-        click.echo(f"best epoch: fine-tuning epoch {s['best_epoch']} (select: {s['select']})")
+        click.echo(f"selected: fine-tuning epoch {s['best_epoch']} ({s['protocol']})")
     else:
         click.echo(f"model: the pre-trained network after {est.config.epochs_pretrain} "
                    "epochs (no fine-tuning)")
+    for stage in s.get("stopped_early", []):
+        ran = sum(r.stage == stage for r in est.history_)
+        click.echo(f"stopped early: {STAGE_LABELS[stage]} after epoch {ran} of "
+                   f"{getattr(est.config, 'epochs_' + stage)} (no better validation RMSE in "
+                   f"{est.config.patience} epochs)")
     for name in ("val", "test"):
         if name in s:
             click.echo("  " + _scores({name: s[name]}, ("rmse", "mae", "ndcg")))
+            if s[name].get("fallback"):
+                click.echo(f"  {name}: {s[name]['fallback']} ratings predicted by a fallback "
+                           "(user or item without training ratings)")
     for name, n in est.dropped_.items():
         if n:
             click.echo(f"  {name}: {n} ratings dropped (user or item unseen in training)")
@@ -389,12 +405,14 @@ FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 @click.argument("ratings")
 @click.option("--test", "test_path", type=INPUT, help="Test ratings file.")
 @click.option("--test-frac", type=FRACTION, help="Hold out this fraction of RATINGS as test set.")
-@click.option("--val-frac", type=FRACTION,
-              help="Carve this fraction out of the training set to pick the epoch honestly.")
+@click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True),
+              help="Carve this fraction out of the training set to pick the epoch honestly "
+                   f"(0: none) [default: {DEFAULT_VAL_FRAC} when RATINGS is a ratings file and "
+                   "no --preset is given, else 0].")
 @click.option("--select", type=click.Choice(SELECTIONS),
-              help="Which fine-tuning epoch to keep: best val RMSE, best test RMSE (the "
-                   "paper's protocol) or the last [default: val with --val-frac, else test "
-                   "with a test set, else last].")
+              help="Which fine-tuning epoch to keep: best val RMSE, best TEST RMSE (the "
+                   "paper's protocol; optimistic) or the last [default: val with a validation "
+                   "set, else test for a benchmark named by RATINGS, else last].")
 @HYPER
 @SEED
 @THREADS
@@ -430,10 +448,15 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out,
     check_distinct([ratings if os.path.exists(ratings) else None, test_path],
                    [out, metrics_json, *checkpoints])
     tic = time.perf_counter()
+    own_file = preset is None and os.path.exists(ratings)
+    if val_frac is None:
+        val_frac = DEFAULT_VAL_FRAC if own_file else 0
     train, test, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
                                                       val_frac, seed)
     held_out = {"test": test, "val": val}
-    select = select or next((k for k in ("val", "test") if held_out[k] is not None), "last")
+    if hyper["patience"] is None and own_file and val is not None:
+        hyper["patience"] = DEFAULT_PATIENCE
+    select = select or ("val" if val is not None else "test" if dataset else "last")
     if select != "last" and held_out[select] is None:
         raise click.UsageError(f"--select {select} needs a {select} set "
                                f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
@@ -458,7 +481,9 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out,
 def evaluate(model, test, sep, as_json):
     """RMSE, MAE and NDCG of MODEL on the ratings in TEST.
 
-    Ratings of users or items unseen in training are dropped and counted.
+    Ratings of users or items unseen in training are dropped and counted;
+    those of users or items in the model without training ratings are
+    predicted by the fallbacks (see predict) and counted.
     """
     result = GLocalK.load(model).evaluate(read_test(test, sep))
     if as_json:
@@ -467,6 +492,7 @@ def evaluate(model, test, sep, as_json):
     for key in ("rmse", "mae", "ndcg"):
         click.echo(f"{key.upper():<8} {result[key]:.4f}")
     click.echo(f"{'scored':<8} {result['n']}")
+    click.echo(f"{'fallback':<8} {result['fallback']} (user or item without training ratings)")
     click.echo(f"{'dropped':<8} {result['dropped']} (user or item unseen in training)")
 
 

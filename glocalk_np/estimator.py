@@ -23,7 +23,7 @@ from .safeio import OutputError, check_target
 from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
                      read_config, read_history, read_members, unpack_ids, unpack_matrix,
                      unpack_params)
-from .train import SELECTIONS, Config, EvalSet, Member, TrainState
+from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState
 
 
 def checkpoint_name(k):
@@ -54,15 +54,19 @@ class GLocalK:
         self.ensemble = int(ensemble)
 
     # ------------------------------------------------------------ training
-    def fit(self, train, *, test=None, val=None, select="last", callback=None,
+    def fit(self, train, *, test=None, val=None, select=None, callback=None,
             checkpoint_dir=None, resume=False, index=None):
         """Train on the Ratings ``train``; score ``test`` and ``val`` after every epoch.
 
         The index (``index``, else the ids of ``train``) fixes the matrix;
         test and val ratings of users or items outside it are dropped and
         counted in ``dropped_``. ``select`` picks the fine-tuning epoch whose
-        parameters are kept: 'test' (lowest test RMSE, the paper's protocol),
-        'val' (lowest validation RMSE) or 'last'. ``callback(record, state)``
+        parameters are kept: 'val' (lowest validation RMSE; the default when
+        ``val`` is given), 'last' (the default otherwise) or 'test' (lowest
+        test RMSE, the paper's protocol, optimistic); summary_['protocol']
+        says which in words. With ``config.patience`` a stage ends early
+        when the validation RMSE stops improving (summary_['stopped_early']
+        names the stages). ``callback(record, state)``
         runs after every epoch. With ``checkpoint_dir`` every epoch ends with
         an atomic write of ``checkpoint.npz`` there (``checkpoint-k.npz`` for
         the k-th member of a seed ensemble); ``resume=True`` goes on from it
@@ -71,6 +75,7 @@ class GLocalK:
         member's; summary_ scores the ensemble and lists its members.
         """
         sets = {"test": test, "val": val}
+        select = select or ("val" if val is not None else "last")
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
         if select in sets and sets[select] is None:
@@ -108,7 +113,10 @@ class GLocalK:
         first = self.members_[0]
         self.params_, self.stage_ = first.params, first.stage
         self.best_epoch_, self.history_ = first.best_epoch, first.history
-        self.summary_ = {"select": select, "best_epoch": self.best_epoch_, **first.metrics}
+        self.summary_ = {"select": select, "protocol": PROTOCOLS[select],
+                         "best_epoch": self.best_epoch_,
+                         "stopped_early": training.stopped_early(first.history, self.config),
+                         **first.metrics}
         if self.ensemble > 1:
             self.summary_.update(self._score(evals))
             self.summary_["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, **m.metrics}
@@ -386,7 +394,9 @@ class Checkpoint:
         params = unpack_params(f, "param/", f.field("params"), self.config, self.shape,
                                "finetune" if fine_done else "pretrain")
         best = read_best(f, self.config, self.shape)
-        if ("last" in best) != (fine_done == self.config.epochs_finetune > 0) \
+        fine_over = self.config.epochs_finetune > 0 and training.stage_over(
+            history, "finetune", self.config)
+        if ("last" in best) != fine_over \
                 or any(pick.epoch > fine_done for pick in best.values()):
             raise f.error("metadata field 'best' does not match the history")
         if "last" in best:

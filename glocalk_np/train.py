@@ -20,7 +20,7 @@ from scipy.optimize import minimize
 from . import lbfgsb, metrics
 from .engines import make_engine, settings
 from .fallback import NETWORK, Fallback
-from .params import flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
+from .params import STAGES, flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
 from .scale import SCALES, RatingScale
 
 # docs/model.md §9; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
@@ -33,6 +33,11 @@ PRESETS = {
                    epochs_pretrain=20, epochs_finetune=60, dot_scale=2.0),
 }
 SELECTIONS = ("test", "val", "last")
+# What each selection rule means, for summaries and metrics files.
+PROTOCOLS = {"val": "fine-tuning epoch with the best validation RMSE",
+             "test": "fine-tuning epoch with the best TEST RMSE (the paper's protocol: the "
+                     "test set picks the epoch, so its test scores are optimistic)",
+             "last": "last fine-tuning epoch"}
 OPTIMIZERS = ("scipy", "numba")
 MAXCOR = 10
 # Penalties and scales beyond this leave float32's range at TF1's initial
@@ -62,6 +67,7 @@ class Config:
     seed: int = 0
     optimizer: str = "scipy"
     scale: str = "auto"          # scale.py: map the training ratings onto [1, 5], or 'none'
+    patience: int = 0            # > 0: end a stage after this many epochs without a better val RMSE
 
     def __post_init__(self):
         for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
@@ -69,7 +75,7 @@ class Config:
             value = getattr(self, name)
             if not _is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("epochs_pretrain", "epochs_finetune", "seed"):
+        for name in ("epochs_pretrain", "epochs_finetune", "seed", "patience"):
             value = getattr(self, name)
             if not _is_integer(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -244,6 +250,9 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     callback(record, state): called after every epoch, e.g. to print or to
     checkpoint; ``state`` then holds everything needed to resume.
     state: a TrainState to resume from (its completed epochs are skipped).
+    With ``config.patience`` = N > 0 (it needs evals['val']) a stage ends
+    once N epochs in a row brought no lower validation RMSE than its best
+    (stage_over); fine-tuning goes on from the last pre-training epoch.
     engine: the (loss, gradient) engine, e.g. engines.make_engine(
     RatingScale.of(train.data, config.scale).matrix_to_model(train), config,
     device='cuda'), to share one among fits; the CPU engine by default. It
@@ -254,6 +263,8 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     """
     train = sp.csr_matrix(train)
     check_problem(config, train)
+    if config.patience and "val" not in (evals or {}):
+        raise ValueError(f"patience={config.patience} (early stopping) needs a validation set")
     scale = RatingScale.of(train.data, config.scale)
     engine = engine or make_engine(scale.matrix_to_model(train), config)
     if engine.settings != settings(config) or engine.shape != train.shape:
@@ -268,7 +279,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     schedule = [("pretrain", config.epochs_pretrain, config.iters_pretrain, done_pre),
                 ("finetune", config.epochs_finetune, config.iters_finetune, done_fine)]
     for stage, epochs, iters, done in schedule:
-        if done >= epochs:
+        if stage_over(state.history, stage, config):
             continue
         if stage == "finetune" and "C" not in state.params:
             state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
@@ -291,11 +302,32 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
             record = EpochRecord(stage, epoch, scores.pop("train")["rmse"],
                                  time.perf_counter() - tic, evaluations, scores)
             state.history.append(record)
+            over = stage_over(state.history, stage, config)
             if stage == "finetune":
-                _update_best(state, record, evals, epoch == epochs)
+                _update_best(state, record, evals, over)
             if callback is not None:
                 callback(record, state)
+            if over:
+                break
     return state
+
+
+def stage_over(history, stage, config):
+    """Whether ``stage`` has no epoch left: all of its epochs ran, or, with
+    config.patience = N > 0, the last N epochs brought no validation RMSE
+    below the stage's best (early stopping)."""
+    epochs = config.epochs_pretrain if stage == "pretrain" else config.epochs_finetune
+    val = [r.metrics["val"]["rmse"] for r in history if r.stage == stage and "val" in r.metrics]
+    ran = sum(r.stage == stage for r in history)
+    return ran >= epochs or (config.patience > 0 and len(val) > 0
+                             and len(val) - 1 - int(np.argmin(val)) >= config.patience)
+
+
+def stopped_early(history, config):
+    """The stages that early stopping ended before their last epoch."""
+    return [stage for stage in STAGES
+            if stage_over(history, stage, config)
+            and sum(r.stage == stage for r in history) < getattr(config, f"epochs_{stage}")]
 
 
 def score(engine, stage, params, train_set, evals, scale, fallback):

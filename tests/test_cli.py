@@ -71,7 +71,8 @@ def test_fit_prints_epochs_and_summary_and_writes_model_and_metrics(tmp_path, fi
     for line in ("pretrain   1/1 ", "finetune   1/2 ", "finetune   2/2 "):
         assert line in out
     assert "train RMSE" in out and "val RMSE" in out and "test RMSE" in out
-    assert "(select: val)" in out and "NDCG" in out and f"model saved to {model}" in out
+    assert "(fine-tuning epoch with the best validation RMSE)" in out
+    assert "NDCG" in out and f"model saved to {model}" in out
     assert "pre-training" not in result.stderr    # progress bars only on a terminal
     est = GLocalK.load(model)
     assert est.config.n_hidden == 8 and est.config.kernel_dim == 3
@@ -80,26 +81,32 @@ def test_fit_prints_epochs_and_summary_and_writes_model_and_metrics(tmp_path, fi
     assert [(h["stage"], h["epoch"]) for h in data["history"]] == \
         [("pretrain", 1), ("finetune", 1), ("finetune", 2)]
     assert data["summary"]["select"] == "val" and set(data["dropped"]) == {"test", "val"}
+    assert "validation" in data["summary"]["protocol"]
     assert data["summary"]["best_epoch"] == est.best_epoch_
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temp files left
 
 
-@pytest.mark.parametrize("extra, select", [
-    ([], "last"),
-    (["--test-frac", "0.2"], "test"),
-    (["--test-frac", "0.2", "--val-frac", "0.2"], "val"),
-    (["--test-frac", "0.2", "--select", "last"], "last"),
+@pytest.mark.parametrize("extra, select, patience", [
+    ([], "val", 5),                                   # a ratings file, no preset: 5% val
+    (["--test-frac", "0.2"], "val", 5),               # the test set never picks by default
+    (["--test-frac", "0.2", "--val-frac", "0.2", "--patience", "2"], "val", 2),
+    (["--test-frac", "0.2", "--val-frac", "0"], "last", 0),
+    (["--test-frac", "0.2", "--preset", "ml-100k"], "last", 0),   # a preset: no val, no patience
+    (["--test-frac", "0.2", "--select", "test"], "test", 5),
 ])
-def test_fit_default_selection(tmp_path, files, extra, select):
+def test_fit_default_selection_and_patience(tmp_path, files, extra, select, patience):
     report = tmp_path / "m.json"
     run("fit", files["train"], *TINY, *extra, "--out", tmp_path / "m.npz",
         "--metrics-json", report, "--quiet")
-    assert json.loads(report.read_text())["summary"]["select"] == select
+    data = json.loads(report.read_text())
+    assert data["summary"]["select"] == select and data["config"]["patience"] == patience
+    assert ("TEST RMSE" in data["summary"]["protocol"]) == (select == "test")
+    assert ("val" in data["dropped"]) == (select == "val" or patience > 0)
 
 
 def test_quiet_leaves_only_the_summary(tmp_path, files):
     result = run("fit", files["train"], *TINY, "--out", tmp_path / "m.npz", "--quiet")
-    assert "pretrain " not in result.stdout and "best epoch" in result.stdout
+    assert "pretrain " not in result.stdout and "selected: fine-tuning epoch" in result.stdout
     assert result.stderr == ""
 
 
@@ -152,7 +159,7 @@ def test_mat_file_brings_its_own_test_set(tmp_path):
     report = tmp_path / "m.json"
     run("fit", path, *TINY, "--out", tmp_path / "m.npz", "--metrics-json", report, "--quiet")
     summary = json.loads(report.read_text())["summary"]
-    assert summary["select"] == "test" and "test" in summary
+    assert summary["select"] == "val" and "test" in summary and "val" in summary
     assert "has its own test set" in fails("fit", path, *TINY, "--test-frac", "0.1")
 
 
@@ -395,7 +402,7 @@ def test_corrupt_and_truncated_model_files(tmp_path, files):
 @pytest.mark.parametrize("args, message", [
     (["--test", "TEST", "--test-frac", "0.1"], "give --test or --test-frac, not both"),
     (["--resume"], "--resume needs --checkpoint-dir"),
-    (["--select", "val"], "--select val needs a val set (--val-frac)"),
+    (["--select", "val", "--val-frac", "0"], "--select val needs a val set (--val-frac)"),
     (["--select", "test"], "--select test needs a test set (--test or --test-frac)"),
     (["--threads", "100000"], "Invalid value for '--threads': 100000 is more than the"),
     (["--test-frac", "1.5"], "Invalid value for '--test-frac'"),

@@ -98,7 +98,8 @@ def test_fit_builds_items_by_users_matrix_and_statistics(fitted, data):
     np.testing.assert_allclose(m.damped_item_means_, damped)
     assert m.rating_range_ == (train.values.min(), train.values.max())
     assert m.stage_ == "finetune" and m.best_epoch_ == 2 and len(m.history_) == 4
-    assert m.summary_ == {"select": "last", "best_epoch": 2, "test": m.history_[-1].metrics["test"]}
+    assert m.summary_ == {"select": "last", "protocol": "last fine-tuning epoch", "best_epoch": 2,
+                          "stopped_early": [], "test": m.history_[-1].metrics["test"]}
 
 
 def test_evaluate_reproduces_the_training_report_and_counts_drops(fitted, data):
@@ -464,3 +465,27 @@ def _positions_of(model, users, items):
     i = np.searchsorted(model.index_.items, items)
     u = np.searchsorted(model.index_.users, users)
     return i, u
+
+
+def test_an_early_stopped_fit_resumes_to_the_same_end(tmp_path, data):
+    """With patience, a fit interrupted in either stage and resumed stops
+    where the uninterrupted one did; resuming a finished one runs nothing."""
+    train, test, val = data
+    config = replace(SELECT_CONFIG, epochs_pretrain=6, epochs_finetune=8, patience=1)
+    whole = Interrupt()
+    reference = GLocalK(config).fit(train, test=test, val=val, callback=whole)
+    assert reference.summary_["stopped_early"]
+    for after in (1, len(whole.seen) - 1):
+        folder = tmp_path / str(after)
+        with pytest.raises(KeyboardInterrupt):
+            GLocalK(config).fit(train, test=test, val=val, callback=Interrupt(after),
+                                checkpoint_dir=folder)
+        rest = Interrupt()
+        resumed = GLocalK(config).fit(train, test=test, val=val, callback=rest,
+                                      checkpoint_dir=folder, resume=True)
+        assert rest.seen == whole.seen[after:]
+        equal_fits(resumed, reference)
+    again = Interrupt()
+    GLocalK(config).fit(train, test=test, val=val, callback=again, checkpoint_dir=folder,
+                        resume=True)
+    assert again.seen == []

@@ -108,3 +108,44 @@ def test_short_real_run_on_ml100k():
     state = fit(R, cfg, evals={"test": T})
     assert state.history[-1].train_rmse < 1.0
     assert state.history[-1].metrics["test"]["rmse"] < 1.1
+
+
+def _expected_stop(curve, patience):
+    """Epochs an early-stopped stage runs, from a full run's validation curve."""
+    for k in range(1, len(curve) + 1):
+        if k - 1 - int(np.argmin(curve[:k])) >= patience:
+            return k
+    return len(curve)
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_stops_where_the_validation_curve_says(patience):
+    """Each stage ends at the first epoch after which ``patience`` epochs
+    brought no better validation RMSE; up to there pre-training is the full
+    run's, epoch for epoch, and fine-tuning (from wherever pre-training
+    ended) stops by the same rule on its own curve."""
+    R, T = small_problem(seed=3)
+    cfg = Config(**{**TINY, "epochs_pretrain": 8, "epochs_finetune": 8, "lambda_2": 0.01,
+                    "lambda_s": 0.001})
+    early_cfg = Config(**{**cfg.as_dict(), "patience": patience})
+    full = fit(R, cfg, evals={"val": T})
+    early = fit(R, early_cfg, evals={"val": T})
+
+    def curve(state, stage):
+        return [r.metrics["val"]["rmse"] for r in state.history if r.stage == stage]
+
+    pre = _expected_stop(curve(full, "pretrain"), patience)
+    assert curve(early, "pretrain") == curve(full, "pretrain")[:pre]
+    fine = curve(early, "finetune")
+    assert len(fine) == _expected_stop(fine, patience)
+    stopped = [s for s, n in (("pretrain", pre), ("finetune", len(fine))) if n < 8]
+    assert stopped                                      # the data make it stop somewhere
+    assert train.stopped_early(early.history, early_cfg) == stopped
+    assert early.best["last"].epoch == len(fine)
+    assert selected(early, "val")[0] == 1 + int(np.argmin(fine))
+
+
+def test_early_stopping_needs_a_validation_set():
+    R, T = small_problem()
+    with pytest.raises(ValueError, match="patience=3 .*needs a validation set"):
+        fit(R, Config(**TINY, patience=3), evals={"test": T})
