@@ -417,6 +417,10 @@ FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 @SEED
 @THREADS
 @SEP
+@click.option("--config", "config_file", type=INPUT,
+              help="Settings file written by `glocalk-np tune` (its 'config' object); the "
+                   "options given here override it, --seed always (give tune's to reproduce "
+                   "its splits).")
 @click.option("--out", type=OutFile(), default="model.npz", show_default=True,
               help="Model file to write.")
 @click.option("--metrics-json", type=OutFile(),
@@ -429,8 +433,8 @@ FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 @click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train K models (seeds SEED, SEED+1, ...) and average their predictions.")
 @QUIET
-def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out, metrics_json,
-        checkpoint_dir, resume, device, ensemble, quiet, **hyper):
+def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, config_file, out,
+        metrics_json, checkpoint_dir, resume, device, ensemble, quiet, **hyper):
     """Train GLocal-K on RATINGS and save the model.
 
     RATINGS is a ratings file (user, item, rating[, timestamp]; delimited text
@@ -445,22 +449,25 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out,
         raise click.UsageError("--resume needs --checkpoint-dir")
     checkpoints = ([os.path.join(checkpoint_dir, checkpoint_name(k)) for k in range(ensemble)]
                    if checkpoint_dir else [])
-    check_distinct([ratings if os.path.exists(ratings) else None, test_path],
+    check_distinct([ratings if os.path.exists(ratings) else None, test_path, config_file],
                    [out, metrics_json, *checkpoints])
     tic = time.perf_counter()
+    settings = read_settings(config_file) if config_file else {}
     own_file = preset is None and os.path.exists(ratings)
     if val_frac is None:
         val_frac = DEFAULT_VAL_FRAC if own_file else 0
     train, test, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
                                                       val_frac, seed)
     held_out = {"test": test, "val": val}
-    if hyper["patience"] is None and own_file and val is not None:
+    if hyper["patience"] is None and "patience" not in settings and own_file and val is not None:
         hyper["patience"] = DEFAULT_PATIENCE
     select = select or ("val" if val is not None else "test" if dataset else "last")
     if select != "last" and held_out[select] is None:
         raise click.UsageError(f"--select {select} needs a {select} set "
                                f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
-    est = GLocalK(preset=preset or dataset, seed=seed, device=device, ensemble=ensemble, **hyper)
+    given = {k: v for k, v in hyper.items() if v is not None}
+    est = GLocalK(preset=preset or dataset, device=device, ensemble=ensemble,
+                  **{**settings, **given, "seed": seed})   # --seed also drew the splits
     train_model(est, train, test=test, val=val, select=select, quiet=quiet, index=index,
                 checkpoint_dir=checkpoint_dir, resume=resume)
     est.save(out)
@@ -471,6 +478,91 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, out,
                                   "history": [asdict(r) for r in est.history_],
                                   "dropped": est.dropped_,
                                   "seconds": time.perf_counter() - tic})
+
+
+def read_settings(path):
+    """The Config fields in the 'config' object of the JSON file ``path``
+    (as `tune` writes it), checked by name and value."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a JSON settings file ({e})") from None
+    values = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise DataError(f"{path}: no 'config' object of settings")
+    try:
+        Config.from_preset(None, **values)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {e}") from None
+    return values
+
+
+@cli.command()
+@click.argument("ratings")
+@click.option("--test", "test_path", type=INPUT,
+              help="Test ratings file: kept out of the search (tune never scores it).")
+@click.option("--test-frac", type=FRACTION, help="Hold out this fraction of RATINGS as test set "
+                                                 "(kept out of the search).")
+@click.option("--val-frac", type=FRACTION, default=DEFAULT_VAL_FRAC, show_default=True,
+              help="Fraction of the training ratings every trial is scored on.")
+@click.option("--budget", type=click.FloatRange(0, min_open=True),
+              help="Minutes: start no trial that would end after them [default: 60 without "
+                   "--trials].")
+@click.option("--trials", type=click.IntRange(1), help="Number of trials.")
+@HYPER
+@SEED
+@THREADS
+@SEP
+@click.option("--out", type=OutFile(), default="tune.json", show_default=True,
+              help="Where the best settings go (read by `fit --config`), with every trial.")
+@QUIET
+def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, sep, out, quiet,
+         **hyper):
+    """Search the settings for RATINGS on a validation split.
+
+    Random settings of lambda_2, lambda_s, dot_scale, the hidden width and the
+    epoch budgets (the first trial: the preset's or the defaults), each fitted
+    with early stopping (--patience, default 5) and scored on the validation
+    ratings; a ranked table at the end, the best settings in --out for
+    `glocalk-np fit RATINGS --config FILE`. Trials that fail are recorded.
+    """
+    from . import tune as search
+    if test_path and test_frac:
+        raise click.UsageError("give --test or --test-frac, not both")
+    check_distinct([ratings if os.path.exists(ratings) else None, test_path], [out])
+    train, _, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
+                                                   val_frac, seed)
+    patience = hyper.pop("patience")
+    base = Config.from_preset(preset or dataset, seed=seed, **hyper)
+    budget_s = 60 * (budget if budget is not None else 60 if trials is None else math.inf)
+
+    def report(t):
+        if not quiet:
+            click.echo(_trial_line(t))
+
+    ranked = search.tune(train, val, base, trials=trials, budget_s=budget_s, seed=seed,
+                         patience=search.PATIENCE if patience is None else patience,
+                         index=index, callback=report)
+    click.echo(f"\n{len(ranked)} trials, ranked by validation RMSE:")
+    for t in ranked[:10]:
+        click.echo(_trial_line(t))
+    best = ranked[0]
+    if best.val_rmse is None:
+        raise ValueError("every trial failed; nothing to write")
+    write_json(out, {"config": best.config.as_dict(), "val_rmse": best.val_rmse,
+                     "trials": [asdict(t) for t in ranked]})
+    click.echo(f"best settings (trial {best.number}, validation RMSE {best.val_rmse:.4f}) "
+               f"written to {out}: glocalk-np fit {ratings} --config {out}")
+
+
+def _trial_line(t):
+    s = t.settings
+    what = (f"lambda_2 {s['lambda_2']:8.3f}  lambda_s {s['lambda_s']:.4f}  dot_scale "
+            f"{s['dot_scale']:6.3f}  hidden {s['n_hidden']:3d}  epochs {s['epochs_pretrain']:2d}/"
+            f"{s['epochs_finetune']:2d}")
+    result = (f"val RMSE {t.val_rmse:.4f} (pre {t.epochs_pretrain}, fine best {t.best_epoch})"
+              if t.val_rmse is not None else f"failed: {t.error}")
+    return f"trial {t.number:3d}  {what}  {result}  {t.seconds:.0f}s"
 
 
 @cli.command()

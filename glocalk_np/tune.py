@@ -1,0 +1,102 @@
+"""Hyper-parameter search on a validation split (``glocalk-np tune``).
+
+The presets were tuned by the paper's authors for three datasets; other
+data needs its own settings. A random search over the penalties, the global
+kernel's scale, the hidden width and the epoch budgets, each trial fitted
+on the training ratings and scored on the validation ratings only (the test
+set, if any, is never seen here). Every trial runs with early stopping
+(``patience``), so a bad setting ends as soon as its validation RMSE stops
+improving; the search stops starting trials when the time or trial budget
+is spent. The first trial is the base configuration itself, so the winner
+is never worse on validation than the default. A trial that fails (a
+diverged loss, NaN) is recorded and the search goes on.
+"""
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .estimator import GLocalK
+from .train import Config
+
+# name -> ('log', low, high): log-uniform; ('choice', values): uniform
+SPACE = {
+    "lambda_2": ("log", 1.0, 300.0),
+    "lambda_s": ("log", 1e-3, 0.1),
+    "dot_scale": ("log", 0.25, 4.0),
+    "n_hidden": ("choice", (250, 500)),
+    "epochs_pretrain": ("choice", (10, 20, 30, 40)),
+    "epochs_finetune": ("choice", (20, 40, 60)),
+}
+PATIENCE = 5
+
+
+@dataclass
+class Trial:
+    """One setting and what it gave on the validation set."""
+    number: int
+    settings: dict            # the searched Config fields
+    val_rmse: float | None    # at the selected fine-tuning epoch; None if it failed
+    epochs_pretrain: int      # pre-training epochs run (early stopping may end it)
+    best_epoch: int | None    # the fine-tuning epoch with the best validation RMSE
+    seconds: float
+    config: Config            # reproduces the trial's model with fit: its settings, the
+    error: str | None = None  # epochs it ran up to its best fine-tuning epoch, its patience
+
+
+def sample(rng, space=SPACE):
+    """One setting drawn from ``space``."""
+    out = {}
+    for name, (kind, *args) in space.items():
+        if kind == "log":
+            out[name] = float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+        else:
+            out[name] = args[0][int(rng.integers(len(args[0])))]
+    return out
+
+
+def tune(train, val, base=Config(), *, trials=None, budget_s=None, seed=0, patience=PATIENCE,
+         index=None, callback=None, space=SPACE):
+    """Trials ranked by validation RMSE (failed ones last).
+
+    train, val: Ratings. base: the Config whose other fields every trial
+    keeps (and the first trial). space: what is searched (SPACE's form).
+    trials / budget_s: stop after that many
+    trials, or do not start one that the mean trial time so far says would
+    end after budget_s seconds (at least one of the two is needed).
+    callback(trial) after each trial."""
+    if trials is None and budget_s is None:
+        raise ValueError("tune needs a trial count or a time budget")
+    if trials is not None and trials < 1:
+        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    rng = np.random.default_rng(seed)
+    searched = {name: getattr(base, name) for name in space}
+    done, start = [], time.perf_counter()
+    while trials is None or len(done) < trials:
+        elapsed = time.perf_counter() - start
+        if done and budget_s is not None and elapsed + elapsed / len(done) > budget_s:
+            break
+        settings = searched if not done else sample(rng, space)
+        done.append(_run(len(done) + 1, settings, base, patience, train, val, index))
+        if callback is not None:
+            callback(done[-1])
+    return sorted(done, key=lambda t: (t.val_rmse is None, t.val_rmse or 0.0, t.number))
+
+
+def _run(number, settings, base, patience, train, val, index):
+    """Fit one setting with early stopping; its Trial, failures included."""
+    tic = time.perf_counter()
+    config = replace(base, **settings, patience=patience)
+    try:
+        model = GLocalK(config).fit(train, val=val, select="val", index=index)
+        rmse = model.summary_["val"]["rmse"]
+        if not math.isfinite(rmse):
+            raise ValueError(f"validation RMSE {rmse}")
+    except (ValueError, FloatingPointError, ArithmeticError) as e:
+        return Trial(number, settings, None, 0, None, time.perf_counter() - tic, config,
+                     " ".join(str(e).split()))
+    pre = sum(r.stage == "pretrain" for r in model.history_)
+    fine = model.best_epoch_ or 0
+    return Trial(number, settings, rmse, pre, model.best_epoch_, time.perf_counter() - tic,
+                 replace(config, epochs_pretrain=pre, epochs_finetune=fine))

@@ -1,0 +1,92 @@
+"""glocalk-np tune: a search on a validation split that beats a bad default,
+records failures, and writes settings that fit --config reads."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from glocalk_np import tune as search
+from glocalk_np.estimator import GLocalK
+from glocalk_np.synthetic import low_rank_ratings as synthetic_ratings
+from glocalk_np.train import Config, TrainingDiverged
+from test_cli import TINY, fails, run, write_ratings
+from test_estimator import low_rank_ratings, three_way
+
+BAD = Config(n_hidden=8, kernel_dim=3, epochs_pretrain=2, epochs_finetune=2, iters_pretrain=3,
+             iters_finetune=3, dtype="float64", lambda_2=5000.0)    # penalised into a constant
+SMALL_SPACE = {"lambda_2": ("log", 0.1, 10.0), "lambda_s": ("log", 1e-3, 0.1),
+               "dot_scale": ("log", 0.25, 4.0), "n_hidden": ("choice", (8,)),
+               "epochs_pretrain": ("choice", (2, 4)), "epochs_finetune": ("choice", (2, 4))}
+
+
+def test_tune_finds_a_setting_better_than_a_bad_default():
+    train, _, val = three_way(low_rank_ratings())
+    seen = []
+    ranked = search.tune(train, val, BAD, trials=5, seed=1, patience=2, callback=seen.append,
+                         space=SMALL_SPACE)
+    assert [t.number for t in seen] == [1, 2, 3, 4, 5] and len(ranked) == 5
+    default = next(t for t in ranked if t.number == 1)
+    assert default.settings["lambda_2"] == 5000.0
+    rmses = [t.val_rmse for t in ranked]
+    assert rmses == sorted(rmses) and ranked[0].val_rmse < default.val_rmse
+    # the best trial's Config reproduces its validation RMSE with a plain fit
+    best = ranked[0]
+    assert best.config.patience == 2 and best.config.epochs_finetune == best.best_epoch
+    refit = GLocalK(best.config).fit(train, val=val, select="val")
+    assert refit.summary_["val"]["rmse"] == pytest.approx(best.val_rmse, rel=1e-9)
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(monkeypatch):
+    train, _, val = three_way(low_rank_ratings())
+    fit = GLocalK.fit
+
+    def diverge_second(self, *args, **kwargs):
+        if self.config.lambda_2 != 5000.0 and not diverge_second.done:
+            diverge_second.done = True
+            raise TrainingDiverged("training diverged: the loss is nan")
+        return fit(self, *args, **kwargs)
+
+    diverge_second.done = False
+    monkeypatch.setattr(GLocalK, "fit", diverge_second)
+    ranked = search.tune(train, val, BAD, trials=3, seed=1, space=SMALL_SPACE)
+    assert [t.number for t in ranked][-1] == 2 and ranked[-1].val_rmse is None
+    assert "diverged" in ranked[-1].error
+    assert all(t.val_rmse is not None for t in ranked[:-1])
+
+
+def test_tune_needs_a_budget():
+    with pytest.raises(ValueError, match="trial count or a time budget"):
+        search.tune(None, None, BAD)
+
+
+def test_tune_writes_settings_that_fit_reads(tmp_path):
+    ratings = write_ratings(tmp_path / "r.csv", synthetic_ratings(40, 30, 0.4, 2, seed=1))
+    best = tmp_path / "best.json"
+    out = run("tune", ratings, *TINY, "--trials", "2", "--out", best).stdout
+    assert "trial   1" in out and "2 trials, ranked by validation RMSE" in out
+    data = json.loads(best.read_text())
+    assert len(data["trials"]) == 2 and data["val_rmse"] == min(
+        t["val_rmse"] for t in data["trials"])
+    report = tmp_path / "m.json"
+    run("fit", ratings, "--config", best, "--out", tmp_path / "m.npz", "--metrics-json", report,
+        "--quiet")
+    config = json.loads(report.read_text())["config"]
+    assert config == data["config"]
+    run("fit", ratings, "--config", best, "--lambda-2", "3.5", "--out", tmp_path / "m.npz",
+        "--metrics-json", report, "--quiet")
+    assert json.loads(report.read_text())["config"]["lambda_2"] == 3.5   # options win
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a JSON settings file"),
+    ('{"lambda_2": 1}', "no 'config' object"),
+    ('{"config": {"lambda_3": 1}}', "unknown hyper-parameter(s): lambda_3"),
+    ('{"config": {"n_hidden": -4}}', "n_hidden must be a positive integer, got -4"),
+])
+def test_a_bad_settings_file_is_one_line(tmp_path, content, message):
+    ratings = write_ratings(tmp_path / "r.csv", synthetic_ratings(40, 30, 0.4, 2, seed=1))
+    settings = tmp_path / "s.json"
+    settings.write_text(content)
+    line = fails("fit", ratings, "--config", settings, "--out", tmp_path / "m.npz")
+    assert str(settings) in line and message in line
