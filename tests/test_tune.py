@@ -1,9 +1,7 @@
 """glocalk-np tune: a search on a validation split that beats a bad default,
 records failures, and writes settings that fit --config reads."""
 import json
-from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from glocalk_np import tune as search
