@@ -12,3 +12,18 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # pre-training evaluation 1.08x and an ML-100K one 1.25x faster on 2 cores.
 # Read when Numba first loads its OpenMP layer, i.e. at the first kernel.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+try:
+    from importlib.metadata import PackageNotFoundError, version as _version
+    __version__ = _version("glocalk-np")
+except PackageNotFoundError:     # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+
+def __getattr__(name):
+    """``from glocalk_np import GLocalK`` without loading NumPy, SciPy and
+    Numba at ``import glocalk_np`` (the settings above must come first)."""
+    if name == "GLocalK":
+        from .estimator import GLocalK
+        return GLocalK
+    raise AttributeError(f"module 'glocalk_np' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import datasets, metrics
+from . import __version__, datasets, metrics
 from .engines import DEVICES
 from .data import PLAIN_INT, DataError, DataWarning, random_split, read_any, read_pairs
 from .estimator import GLocalK, checkpoint_name
@@ -371,6 +371,7 @@ def echo_summary(est):
 # ---------------------------------------------------------------- commands
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="glocalk-np")
 def cli():
     """GLocal-K matrix completion (Han et al., CIKM 2021)."""
 

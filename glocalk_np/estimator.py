@@ -53,6 +53,31 @@ class GLocalK:
         self.device = device
         self.ensemble = int(ensemble)
 
+    # ------------------------------------------------------------ parameters
+    def get_params(self, deep=True):
+        """The parameters, as scikit-learn names them (so that
+        ``sklearn.base.clone`` and parameter searches work): every Config
+        field, ``device`` and ``ensemble``. ``deep`` is accepted and ignored
+        (no parameter is itself an estimator)."""
+        return {**self.config.as_dict(), "device": self.device, "ensemble": self.ensemble}
+
+    def set_params(self, **params):
+        """Change parameters named as get_params names them (ValueError for
+        others or bad values); returns self. A fitted model keeps its fit."""
+        current = self.get_params()
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) for GLocalK: {', '.join(unknown)}; "
+                             f"known: {', '.join(current)}")
+        GLocalK.__init__(self, **{**current, **params})
+        return self
+
+    def __repr__(self):
+        """GLocalK(...) with the parameters that differ from the defaults."""
+        defaults = GLocalK().get_params()
+        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
+        return f"GLocalK({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
     # ------------------------------------------------------------ training
     def fit(self, train, *, test=None, val=None, select=None, callback=None,
             checkpoint_dir=None, resume=False, index=None):

@@ -487,3 +487,8 @@ def test_fit_seed_ensemble_reports_members_and_saves_one_model(tmp_path, files):
     assert "seed ensemble of 2 models" in out and "seed 3 alone" in out and "seed 4 alone" in out
     assert GLocalK.load(model).ensemble == 2
     assert fails("fit", files["train"], *TINY, "--ensemble", "0").startswith("Error: Invalid value")
+
+
+def test_version_option_names_the_package_version():
+    import glocalk_np
+    assert run("--version").stdout.strip() == f"glocalk-np, version {glocalk_np.__version__}"

@@ -489,3 +489,35 @@ def test_an_early_stopped_fit_resumes_to_the_same_end(tmp_path, data):
     GLocalK(config).fit(train, test=test, val=val, callback=again, checkpoint_dir=folder,
                         resume=True)
     assert again.seen == []
+
+
+# ------------------------------------------------------------ conventions
+
+def test_scikit_learn_parameter_conventions():
+    m = GLocalK(preset="ml-1m", n_hidden=8, device="cpu")
+    params = m.get_params()
+    assert params["lambda_2"] == 70.0 and params["n_hidden"] == 8 and params["ensemble"] == 1
+    assert GLocalK(**params).config == m.config          # what sklearn.base.clone does
+    assert repr(GLocalK()) == "GLocalK()"
+    assert repr(GLocalK(n_hidden=8, ensemble=2)) == "GLocalK(n_hidden=8, ensemble=2)"
+    assert m.set_params(lambda_2=3.0, ensemble=2) is m
+    assert (m.config.lambda_2, m.config.n_hidden, m.ensemble) == (3.0, 8, 2)
+    with pytest.raises(ValueError, match="unknown parameter.*: foo"):
+        m.set_params(foo=1)
+    with pytest.raises(ValueError, match="n_hidden must be a positive integer, got -1"):
+        m.set_params(n_hidden=-1)
+    assert m.config.n_hidden == 8                          # a refused change changes nothing
+
+
+def test_sklearn_clone_copies_the_parameters_not_the_fit(fitted):
+    base = pytest.importorskip("sklearn.base")
+    copy = base.clone(fitted)
+    assert copy.get_params() == fitted.get_params() and not hasattr(copy, "params_")
+
+
+def test_package_level_names():
+    import glocalk_np
+    assert glocalk_np.GLocalK is GLocalK
+    assert glocalk_np.__version__ not in ("", None)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        glocalk_np.Nope
