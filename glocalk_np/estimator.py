@@ -187,7 +187,7 @@ class GLocalK:
         """The index, training matrix (the user's units), the rating scale the
         network works in and the statistics the fallbacks use."""
         self.index_, self.train_matrix_ = index, R
-        self._engine = None
+        self._engine, self._factors = None, None
         self.scale_ = RatingScale.of(R.data, self.config.scale)
         self.rating_range_ = (self.scale_.low, self.scale_.high)
         self._fallback = Fallback(R)
@@ -254,29 +254,84 @@ class GLocalK:
         pred = self._network(np.repeat(np.arange(m), n), np.tile(np.arange(n), m))
         return metrics.clip(pred.reshape(m, n), *self.rating_range_)
 
-    def recommend(self, user, top=10, include_seen=False):
-        """(items, warning): the ``top`` (item id, predicted rating) pairs for
-        ``user``, best first by the network's unclipped output (so items that
-        all clip to the top rating keep their order), ties in item order,
-        leaving out the items the user rated in training unless
-        ``include_seen``. For a user without training ratings the items are
-        ranked by their damped mean rating (see predict) and ``warning``
-        says so; otherwise it is None."""
+    def recommend(self, users, top=10, include_seen=False):
+        """The ``top`` items with the highest predicted ratings, best first by
+        the network's unclipped output (items that all clip to the top rating
+        keep their order), ties in item order, leaving out the items the user
+        rated in training unless ``include_seen``. A user without training
+        ratings (or unknown) gets the items ranked by their damped mean
+        rating (see predict), flagged.
+
+        One user id: (list of (item id, predicted rating), warning), the
+        warning None unless the user had no training ratings. A list or array
+        of ids: a dict of parallel arrays 'user', 'rank' (1-based), 'item',
+        'score' (predicted rating, clipped) and 'fallback' (True where the
+        user's list is the damped-mean one). Cost: one forward pass for all
+        items, then per block of users one GEMM with the output layer and a
+        partial sort; memory bounded by ``block_bytes`` per block."""
         self._check_fitted()
-        if not isinstance(top, (int, np.integer)) or top < 1:
+        if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
-        items = self.index_.items
-        raw, _ = self._predict_unclipped(np.repeat(np.asarray([user]), items.size), items)
-        scores = metrics.clip(raw, *self.rating_range_)
-        u, known = _positions(self.index_.users, np.asarray([user]))
-        user_known = known[0] and self.user_counts_[u[0]] > 0
-        candidates = np.arange(items.size)
-        if user_known and not include_seen:
-            candidates = np.setdiff1d(candidates, self.train_matrix_[:, u[0]].nonzero()[0])
-        warning = None if user_known else (f"user {user!r} has no training ratings: items "
-                                           "are ranked by their damped mean training rating")
-        best = candidates[np.argsort(-raw[candidates], kind="stable")[:top]]
-        return list(zip(items[best].tolist(), scores[best].tolist())), warning
+        ids = np.asarray([users] if np.ndim(users) == 0 else users).ravel()
+        lists, unknown = self._top_items(ids, int(top), include_seen)
+        items, scores = self.index_.items, self._clipped_lists(lists)
+        if np.ndim(users) == 0:
+            warning = (f"user {users!r} has no training ratings: items are ranked by their "
+                       "damped mean training rating") if unknown[0] else None
+            return list(zip(items[lists[0][0]].tolist(), scores[0].tolist())), warning
+        counts = np.array([idx.size for idx, _ in lists], dtype=np.int64)
+        return {"user": np.repeat(ids, counts),
+                "rank": np.concatenate([np.arange(1, c + 1) for c in counts]
+                                       or [np.empty(0, np.int64)]),
+                "item": items[np.concatenate([idx for idx, _ in lists] or [np.empty(0, int)])],
+                "score": np.concatenate(scores or [np.empty(0)]),
+                "fallback": np.repeat(unknown, counts)}
+
+    def _clipped_lists(self, lists):
+        return [metrics.clip(raw, *self.rating_range_) for _, raw in lists]
+
+    def _top_items(self, ids, top, include_seen, block_bytes=2**26):
+        """Per user id: (item positions best first, their unclipped scores),
+        and whether the user had no training ratings."""
+        u, known = _positions(self.index_.users, ids)
+        known &= self.user_counts_[u] > 0
+        m = self.train_matrix_.shape[0]
+        seen = self.train_matrix_.tocsc()
+        lists = [None] * ids.size
+        for j in np.flatnonzero(~known):
+            lists[j] = _best(self.damped_item_means_.copy(), top)
+        # Fixed blocks of user positions: a user's scores come from the same
+        # GEMM however many users are asked for, so one user's list is
+        # bit for bit what a call for all users gives.
+        block = max(1, block_bytes // (8 * m))
+        for b in np.unique(u[known] // block):
+            first = b * block
+            S = self._user_scores(np.arange(first, min(first + block, self.user_counts_.size)))
+            for j in np.flatnonzero(known & (u // block == b)):
+                s = S[:, u[j] - first].copy()
+                if not include_seen:
+                    s[seen.indices[seen.indptr[u[j]]:seen.indptr[u[j] + 1]]] = -np.inf
+                lists[j] = _best(s, top)
+        return lists, ~known
+
+    def _user_scores(self, cols):
+        """The m x len(cols) network outputs in the ratings' units (the mean
+        over an ensemble's members); items without training ratings get the
+        global mean, as in predict."""
+        if self._factors is None:
+            if self._engine is None:
+                self._engine = make_engine(self.scale_.matrix_to_model(self.train_matrix_),
+                                           self.config, self.device)
+            self._factors = [self._engine.output_factors(m.stage, m.params)
+                             for m in self.members_]
+        with np.errstate(over="ignore", invalid="ignore"):
+            S = np.mean([H @ WoutT[cols].T + b[cols] for H, WoutT, b in self._factors], axis=0)
+        S = self.scale_.to_user(S)
+        S[self.item_counts_ == 0] = self.global_mean_
+        if not np.isfinite(S).all():
+            raise ValueError("the network's outputs are not finite: its parameters are too "
+                             "large for float arithmetic (a corrupt or crafted model?)")
+        return S
 
     def evaluate(self, test):
         """RMSE, MAE and NDCG (docs/model.md §10) of the model on the Ratings
@@ -333,6 +388,21 @@ class GLocalK:
             isinstance(n, int) for n in v.values()), "a map of set names to counts")
         model.ensemble = len(model.members_)
         return model
+
+
+def _best(scores, top):
+    """(positions of the ``top`` highest finite scores, best first, ties by
+    position; those scores). A partial sort: argpartition finds the top-th
+    score, and only the scores at or above it (ties included) are sorted."""
+    finite = np.isfinite(scores)
+    k = min(top, int(finite.sum()))
+    if k == 0:
+        return np.empty(0, np.int64), np.empty(0)
+    masked = np.where(finite, scores, -np.inf)
+    kth = masked[np.argpartition(-masked, k - 1)[k - 1]]
+    cand = np.flatnonzero(masked >= kth)
+    best = cand[np.lexsort((cand, -masked[cand]))][:k]
+    return best, masked[best]
 
 
 # ---------------------------------------------------------------- checkpoints

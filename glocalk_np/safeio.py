@@ -44,10 +44,11 @@ def check_target(path):
 def check_distinct(inputs, outputs):
     """OutputError if an output is one of the inputs or two outputs are the
     same file; paths are compared resolved (symlinks) and, for existing files,
-    by device and inode (hard links). None entries are ignored."""
+    by device and inode (hard links). None and '-' (standard output) are
+    ignored."""
     seen = {}
     for role, path in [("input", p) for p in inputs] + [("output", p) for p in outputs]:
-        if path is None:
+        if path is None or path == "-":
             continue
         path = os.fspath(path)
         keys = [os.path.realpath(path)]

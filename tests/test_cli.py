@@ -441,7 +441,8 @@ def test_subprocess_fit_evaluate_and_error(tmp_path, files):
 
 def test_subprocess_usage_error_and_help(tmp_path, files):
     done = glocalk("recommend", files["model"])
-    assert done.returncode == 2 and done.stderr == "Error: Missing option '--user'.\n"
+    assert done.returncode == 2 and \
+        done.stderr == "Error: give --user, --users or --all-users (exactly one)\n"
     done = glocalk("--help")
     assert done.returncode == 0 and "fit" in done.stdout and "datasets" in done.stdout
 
@@ -492,3 +493,39 @@ def test_fit_seed_ensemble_reports_members_and_saves_one_model(tmp_path, files):
 def test_version_option_names_the_package_version():
     import glocalk_np
     assert run("--version").stdout.strip() == f"glocalk-np, version {glocalk_np.__version__}"
+
+
+def test_recommend_for_all_users_or_a_file_of_them(tmp_path, files):
+    est = GLocalK.load(files["model"])
+    out = tmp_path / "recs.csv"
+    run("recommend", files["model"], "--all-users", "--top", "3", "--out", out)
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert rows[0] == ["user", "rank", "item", "score", "fallback"]
+    assert len(rows) == 1 + 3 * est.index_.users.size
+    for user in est.index_.users[:5].tolist():
+        mine = [r for r in rows[1:] if r[0] == str(user)]
+        single, _ = est.recommend(user, top=3)
+        assert [(int(r[2]), float(r[3])) for r in mine] == \
+            [(item, round(score, 6)) for item, score in single]
+        assert [r[1] for r in mine] == ["1", "2", "3"] and {r[4] for r in mine} == {"False"}
+    users = tmp_path / "users.txt"
+    users.write_text("1\nnobody\n2,extra field\n")
+    result = run("recommend", files["model"], "--users", users, "--top", "2", "--format", "json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["user"], r["rank"]) for r in lines] == [(1, 1), (1, 2), ("nobody", 1),
+                                                       ("nobody", 2), (2, 1), (2, 2)]
+    assert [r["fallback"] for r in lines] == [False, False, True, True, False, False]
+    assert "Warning: user 'nobody' has no training ratings" in result.stderr
+    table = run("recommend", files["model"], "--users", users, "--top", "1", "--format",
+                "table").stdout
+    assert table.splitlines()[0].split() == ["user", "rank", "item", "predicted"]
+    assert "exactly one" in fails("recommend", files["model"], "--user", "1", "--all-users")
+
+
+def test_dash_is_standard_output_for_text_outputs(tmp_path, files):
+    result = run("fit", files["train"], *TINY, "--metrics-json", "-", "--out",
+                 tmp_path / "m.npz", "--quiet")
+    assert '"summary"' in result.stdout and not (tmp_path / "-").exists()
+    csv = run("recommend", files["model"], "--user", "1", "--format", "csv", "--out", "-").stdout
+    assert csv.splitlines()[0] == "user,rank,item,score,fallback"
+    assert "Invalid value for '--out'" in fails("fit", files["train"], "--out", "-")

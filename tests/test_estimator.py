@@ -521,3 +521,26 @@ def test_package_level_names():
     assert glocalk_np.__version__ not in ("", None)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         glocalk_np.Nope
+
+
+def test_recommend_for_many_users_gives_each_single_user_list(fitted, data):
+    users = np.r_[np.unique(data[0].users), 424242]           # every user, and an unknown one
+    for top, include_seen in ((5, False), (40, False), (3, True)):
+        many = fitted.recommend(users, top=top, include_seen=include_seen)
+        assert set(many) == {"user", "rank", "item", "score", "fallback"}
+        for user in users:
+            single, warning = fitted.recommend(user, top=top, include_seen=include_seen)
+            mine = many["user"] == user
+            assert list(zip(many["item"][mine].tolist(), many["score"][mine].tolist())) == single
+            assert many["rank"][mine].tolist() == list(range(1, len(single) + 1))
+            assert (many["fallback"][mine] == (warning is not None)).all()
+    assert len(fitted.recommend([], top=3)["item"]) == 0
+
+
+def test_top_items_break_ties_by_item_order():
+    from glocalk_np.estimator import _best
+    scores = np.array([1.0, 3.0, 2.0, 3.0, -np.inf, 3.0, 0.5])
+    best, values = _best(scores.copy(), 2)
+    assert best.tolist() == [1, 3] and values.tolist() == [3.0, 3.0]
+    assert _best(scores.copy(), 10)[0].tolist() == [1, 3, 5, 2, 0, 6]    # the -inf one never
+    assert _best(np.full(3, -np.inf), 2)[0].size == 0

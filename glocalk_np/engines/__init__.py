@@ -22,7 +22,9 @@ benchmarks use nothing else):
   of ``engine.workspace(n, maxcor)`` (where the engine keeps lbfgsb's
   vectors: host memory, or the GPU's), that workspace's arrays;
 - ``engine.predict(stage, params, rows, cols)``: the network's outputs at
-  (item position, user position) pairs.
+  (item position, user position) pairs;
+- ``engine.output_factors(stage, params) -> (H, WoutT, b)``: float64 host
+  arrays with output (i, j) = H[i] . WoutT[j] + b[j], for every pair at once.
 Bad shapes raise ValueError naming the array (params.check_for_matrix).
 """
 import numpy as np
