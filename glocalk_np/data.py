@@ -40,10 +40,47 @@ class Ratings:
     shape: tuple | None = None
 
     def __post_init__(self):
+        """Checked as a file's ratings are (DataError naming the source and
+        the row): ratings by hand or from a table are no less hostile."""
         self.users, self.items = as_ids(self.users), as_ids(self.items)
+        try:
+            self.values = np.asarray(self.values, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise DataError(f"{self.source}: the ratings are not all numbers") from None
+        n = self.values.size
+        if self.users.shape != (n,) or self.items.shape != (n,):
+            raise DataError(f"{self.source}: {self.users.size} users and {self.items.size} "
+                            f"items for {n} ratings")
+        bad = np.flatnonzero(~(self.values > 0) | ~(self.values <= MAX_RATING))
+        if bad.size:
+            v = self.values[bad[0]]
+            problem = ("is not a finite number" if not np.isfinite(v) else
+                       f"is above {MAX_RATING:g}" if v > MAX_RATING else
+                       "is not > 0 (0 means a missing rating: shift the scale)")
+            raise DataError(f"{self.source}: row {bad[0]}: rating {v:g} {problem}")
 
     def __len__(self):
         return len(self.values)
+
+    @classmethod
+    def from_columns(cls, table, user="user", item="item", rating="rating", source=None):
+        """Ratings from the named columns of any column mapping: a pandas or
+        polars DataFrame, a dict of arrays (no dependency on either). Ids
+        keep their kind: integer columns as int64 (whole-number floats too),
+        others as text; every rating is checked as a file's is."""
+        source = source or f"a {type(table).__name__} of ratings"
+        columns = []
+        for role, name in (("user", user), ("item", item), ("rating", rating)):
+            try:
+                columns.append(np.asarray(table[name]))
+            except (KeyError, IndexError, TypeError, ValueError):
+                have = list(getattr(table, "columns", None) or getattr(table, "keys", list)())
+                raise DataError(f"{source}: no {role} column {name!r}"
+                                + (f" (columns: {', '.join(map(str, have))})" if have else "")
+                                ) from None
+        users, items = (_whole_number_ids(source, ids, role)
+                        for ids, role in zip(columns[:2], ("user", "item")))
+        return cls(users, items, columns[2], source)
 
 
 def as_ids(ids):
@@ -56,6 +93,18 @@ def as_ids(ids):
     if ids.dtype == object and all(isinstance(x, str) for x in ids.tolist()):
         return ids
     return ids.astype(str).astype(object)
+
+
+def _whole_number_ids(source, ids, what):
+    """A float id column (a DataFrame's integer column with a gap turns to
+    float) as int64 if every id is a whole number; DataError otherwise."""
+    if ids.dtype.kind != "f":
+        return ids
+    whole = np.isfinite(ids) & (ids == np.round(ids))
+    if not whole.all():
+        raise DataError(f"{source}: row {np.flatnonzero(~whole)[0]}: {what} id "
+                        f"{ids[~whole][0]:g} is not an id (a whole number or text)")
+    return ids.astype(np.int64)
 
 
 def subset(ratings, mask):

@@ -16,7 +16,7 @@ import numpy as np
 from . import metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
-from .data import DataWarning, Index, _positions
+from .data import DataWarning, Index, Ratings, _positions
 from .fallback import Fallback
 from .scale import RatingScale
 from .safeio import OutputError, check_target
@@ -83,6 +83,10 @@ class GLocalK:
             checkpoint_dir=None, resume=False, index=None):
         """Train on the Ratings ``train``; score ``test`` and ``val`` after every epoch.
 
+        Each may also be a table with columns user, item and rating (a
+        pandas DataFrame, a dict of arrays; Ratings.from_columns for other
+        column names), checked as a file is.
+
         The index (``index``, else the ids of ``train``) fixes the matrix;
         test and val ratings of users or items outside it are dropped and
         counted in ``dropped_``. ``select`` picks the fine-tuning epoch whose
@@ -99,6 +103,8 @@ class GLocalK:
         attributes params_, stage_, best_epoch_ and history_ are the first
         member's; summary_ scores the ensemble and lists its members.
         """
+        train, test, val = (as_ratings(r, name) for r, name in
+                            ((train, "training"), (test, "test"), (val, "validation")))
         sets = {"test": test, "val": val}
         select = select or ("val" if val is not None else "last")
         if select not in SELECTIONS:
@@ -340,6 +346,7 @@ class GLocalK:
         ``dropped`` ones with a user or item outside the index are not. The
         same numbers fit() reports for a test set."""
         self._check_fitted()
+        test = as_ratings(test, "test")
         M, dropped = self.index_.matrix(test)
         if M.nnz == 0:
             raise ValueError(f"{test.source}: none of the {len(test)} ratings has a user "
@@ -388,6 +395,15 @@ class GLocalK:
             isinstance(n, int) for n in v.values()), "a map of set names to counts")
         model.ensemble = len(model.members_)
         return model
+
+
+def as_ratings(ratings, what):
+    """Ratings as they are, None as None, any column mapping (a pandas or
+    polars DataFrame, a dict of arrays) with columns user, item and rating
+    through Ratings.from_columns, checked like a file."""
+    if ratings is None or isinstance(ratings, Ratings):
+        return ratings
+    return Ratings.from_columns(ratings, source=f"the {what} table")
 
 
 def _best(scores, top):

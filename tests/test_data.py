@@ -391,3 +391,52 @@ def test_monti_files(parts, n_train, n_test, levels):
     R_train, _ = index.matrix(train)
     R_test, _ = index.matrix(test)
     assert R_train.shape == (3000, 3000) and R_train.multiply(R_test).nnz == 0
+
+
+class _Frame:
+    """The part of a DataFrame that from_columns uses, without pandas."""
+
+    def __init__(self, **columns):
+        self._columns = columns
+        self.columns = list(columns)
+
+    def __getitem__(self, name):
+        return self._columns[name]
+
+
+def test_ratings_from_a_table_are_checked_like_a_file():
+    r = Ratings.from_columns(_Frame(user=[1, 2], item=["a", "b"], rating=[4.0, 5.0]))
+    assert r.users.dtype == np.int64 and r.items.tolist() == ["a", "b"]
+    assert r.values.tolist() == [4.0, 5.0]
+    gap = Ratings.from_columns({"uid": np.array([1.0, 2.0]), "item": [3, 4], "rating": [1, 2]},
+                               user="uid")
+    assert gap.users.dtype == np.int64 and gap.users.tolist() == [1, 2]
+    with pytest.raises(DataError, match=r"row 1: rating 0 is not > 0"):
+        Ratings.from_columns(_Frame(user=[1, 2], item=[1, 2], rating=[4, 0]))
+    with pytest.raises(DataError, match=r"no rating column 'stars' \(columns: user, item, rating\)"):
+        Ratings.from_columns(_Frame(user=[1], item=[1], rating=[1]), rating="stars")
+    with pytest.raises(DataError, match=r"row 0: user id 1.5 is not an id"):
+        Ratings.from_columns({"user": [1.5], "item": [1], "rating": [3]})
+    with pytest.raises(DataError, match="not all numbers"):
+        Ratings.from_columns({"user": [1], "item": [1], "rating": ["good"]})
+
+
+def test_ratings_built_by_hand_are_checked_too():
+    with pytest.raises(DataError, match=r"hand: row 2: rating 0 is not > 0"):
+        Ratings(np.array([1, 2, 3]), np.array([1, 2, 3]), np.array([5.0, 1.0, 0.0]), "hand")
+    with pytest.raises(DataError, match=r"hand: row 0: rating nan is not a finite number"):
+        Ratings(np.array([1]), np.array([1]), np.array([np.nan]), "hand")
+    with pytest.raises(DataError, match="2 users and 1 items for 1 ratings"):
+        Ratings(np.array([1, 2]), np.array([1]), np.array([3.0]), "hand")
+
+
+def test_pandas_dataframe_fits_and_evaluates():
+    pd = pytest.importorskip("pandas")
+    from glocalk_np import GLocalK
+    from glocalk_np.train import Config
+    rng = np.random.default_rng(0)
+    users, items = np.divmod(rng.permutation(300), 15)          # every pair once, shuffled
+    df = pd.DataFrame({"user": users, "item": items, "rating": rng.integers(1, 6, 300) * 1.0})
+    m = GLocalK(Config(n_hidden=4, kernel_dim=2, epochs_pretrain=1, epochs_finetune=1,
+                       iters_pretrain=2, iters_finetune=2)).fit(df.iloc[:200], test=df.iloc[200:])
+    assert m.evaluate(df.iloc[200:])["rmse"] == m.summary_["test"]["rmse"]
