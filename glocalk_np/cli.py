@@ -30,7 +30,7 @@ from .gradcheck import TOLERANCE, check_gradients
 from .safeio import OutputError, atomic_output, check_distinct, check_target
 from .scale import SCALES
 from .synthetic import low_rank_ratings
-from .train import OPTIMIZERS, PRESETS, SELECTIONS, Config
+from .train import OPTIMIZERS, PRESETS, SELECTIONS, Config, epoch_line, scores_text
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -262,12 +262,6 @@ HYPER = options(
 
 # ---------------------------------------------------------------- training output
 
-def _scores(by_set, keys=("rmse", "mae")):
-    """'val RMSE .. MAE ..  test RMSE .. MAE ..' for the held-out sets present."""
-    return "  ".join(f"{name} " + " ".join(f"{k.upper()} {by_set[name][k]:.4f}" for k in keys)
-                     for name in ("val", "test") if name in by_set)
-
-
 class Progress:
     """The fit callback: one line per epoch on stdout and, on a terminal, a
     click progress bar per stage on stderr; nothing when quiet. (Off a
@@ -295,9 +289,7 @@ class Progress:
             if size >= OPTIMIZER_HINT_PARAMETERS:
                 click.echo(f"Note: {size:,} parameters; --optimizer numba takes scipy's "
                            "L-BFGS-B steps at a fraction of its cost", err=True)
-        click.echo(f"{record.stage:<8} {record.epoch:>3}/{self.totals[record.stage]:<3}  "
-                   f"train RMSE {record.train_rmse:.4f}  {_scores(record.metrics)}  "
-                   f"{record.seconds:.1f}s")
+        click.echo(epoch_line(record, self.totals[record.stage]))
         if self.bar is not None:
             self.bar.update(record.epoch - self.bar.pos)
         if record.stage == "pretrain" and record.epoch == self.totals["pretrain"]:
@@ -353,7 +345,7 @@ def echo_summary(est):
                    f"epochs ({s['select']}): {epochs}")
         for m in s["members"]:
             if "test" in m:
-                click.echo(f"  seed {m['seed']} alone: " + _scores({"test": m["test"]}, ("rmse",)))
+                click.echo(f"  seed {m['seed']} alone: " + scores_text({"test": m["test"]}, ("rmse",)))
         click.echo("ensemble:")
     elif est.stage_ == "finetune":
         click.echo(f"selected: fine-tuning epoch {s['best_epoch']} ({s['protocol']})")
@@ -367,7 +359,7 @@ def echo_summary(est):
                    f"{est.config.patience} epochs)")
     for name in ("val", "test"):
         if name in s:
-            click.echo("  " + _scores({name: s[name]}, ("rmse", "mae", "ndcg")))
+            click.echo("  " + scores_text({name: s[name]}, ("rmse", "mae", "ndcg")))
             if s[name].get("fallback"):
                 click.echo(f"  {name}: {s[name]['fallback']} ratings predicted by a fallback "
                            "(user or item without training ratings)")
@@ -728,7 +720,10 @@ def gradcheck(ctx, seed):
     until no kink of the local kernels or the convolution's ReLU is near
     and every gradient stands above round-off; exit status 1 if the worst
     relative error of a stage is above 1e-6."""
-    worst, draws = check_gradients(seed)
+    def started(stage, n):
+        click.echo(f"{STAGE_LABELS[stage]}: {n:,} parameters, 2 losses each ...", err=True)
+
+    worst, draws = check_gradients(seed, progress=started)
     click.echo(f"point: seed {seed}, {draws} draw{'s' if draws > 1 else ''} to be smooth "
                "and well scaled")
     for stage, err in worst.items():

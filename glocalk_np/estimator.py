@@ -23,7 +23,7 @@ from .safeio import OutputError, check_target
 from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
                      read_config, read_history, read_members, unpack_ids, unpack_matrix,
                      unpack_params)
-from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState
+from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState, epoch_line
 
 
 def checkpoint_name(k):
@@ -41,10 +41,12 @@ class GLocalK:
     ``device`` ('cpu' or 'cuda') chooses the engine that trains and predicts;
     a loaded model predicts on the CPU. ``ensemble`` = k > 1 trains k models
     with seeds seed, seed + 1, ... on the same data and predicts with the mean
-    of their outputs (a seed ensemble).
+    of their outputs (a seed ensemble). ``verbose`` prints a line per epoch
+    (stage, epoch, train and held-out RMSE, seconds) as the CLI does.
     """
 
-    def __init__(self, config=None, *, preset=None, device="cpu", ensemble=1, **hyper):
+    def __init__(self, config=None, *, preset=None, device="cpu", ensemble=1, verbose=False,
+                 **hyper):
         self.config = config if config is not None else Config.from_preset(preset, **hyper)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -52,6 +54,7 @@ class GLocalK:
             raise ValueError(f"ensemble must be a positive integer, got {ensemble!r}")
         self.device = device
         self.ensemble = int(ensemble)
+        self.verbose = bool(verbose)
 
     # ------------------------------------------------------------ parameters
     def get_params(self, deep=True):
@@ -59,7 +62,8 @@ class GLocalK:
         ``sklearn.base.clone`` and parameter searches work): every Config
         field, ``device`` and ``ensemble``. ``deep`` is accepted and ignored
         (no parameter is itself an estimator)."""
-        return {**self.config.as_dict(), "device": self.device, "ensemble": self.ensemble}
+        return {**self.config.as_dict(), "device": self.device, "ensemble": self.ensemble,
+                "verbose": self.verbose}
 
     def set_params(self, **params):
         """Change parameters named as get_params names them (ValueError for
@@ -160,6 +164,10 @@ class GLocalK:
         config = replace(self.config, seed=self.config.seed + k)
 
         def on_epoch(record, state):
+            if self.verbose:
+                total = getattr(config, f"epochs_{record.stage}")
+                print(("" if self.ensemble == 1 else f"seed {config.seed}  ")
+                      + epoch_line(record, total), flush=True)
             if checkpoint is not None:
                 checkpoint.save(state)
             if callback is not None:

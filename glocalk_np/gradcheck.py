@@ -60,16 +60,19 @@ def _is_well_scaled(engine, params):
     return min(np.abs(g).max() for g in grads.values()) > MIN_GRADIENT
 
 
-def check_gradients(seed=0, lambda_2=0.5, lambda_s=0.2, dot_scale=3.0):
+def check_gradients(seed=0, lambda_2=0.5, lambda_s=0.2, dot_scale=3.0, progress=None):
     """(worst, draws): the worst relative error, per stage, of the analytic
     gradient against central differences over the parameter arrays (for each
     array max|analytic - numeric| / max(max|analytic|, max|numeric|)), at the
-    screened point of ``seed``, and the number of points drawn to find it."""
+    screened point of ``seed``, and the number of points drawn to find it.
+    progress(stage, n_parameters) is called as each stage starts."""
     engine, params, draws = screened_problem(seed, lambda_2=lambda_2, lambda_s=lambda_s,
                                              dot_scale=dot_scale)
     worst = {}
     for stage in STAGES:
         template = optimised(stage, params)
+        if progress is not None:
+            progress(stage, sum(v.size for v in template.values()))
         _, grads = engine(stage, template)
         x = flatten(template)
         numeric = np.empty_like(x)

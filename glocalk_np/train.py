@@ -312,6 +312,18 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     return state
 
 
+def scores_text(by_set, keys=("rmse", "mae")):
+    """'val RMSE .. MAE ..  test RMSE .. MAE ..' for the held-out sets present."""
+    return "  ".join(f"{name} " + " ".join(f"{k.upper()} {by_set[name][k]:.4f}" for k in keys)
+                     for name in ("val", "test") if name in by_set)
+
+
+def epoch_line(record, total):
+    """One epoch's progress line: stage, epoch of ``total``, RMSEs, seconds."""
+    return (f"{record.stage:<8} {record.epoch:>3}/{total:<3}  train RMSE "
+            f"{record.train_rmse:.4f}  {scores_text(record.metrics)}  {record.seconds:.1f}s")
+
+
 def stage_over(history, stage, config):
     """Whether ``stage`` has no epoch left: all of its epochs ran, or, with
     config.patience = N > 0, the last N epochs brought no validation RMSE

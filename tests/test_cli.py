@@ -299,8 +299,12 @@ def test_gradcheck_passes_and_catches_a_wrong_gradient(monkeypatch):
     _, params = random_problem(0)
     K = np.maximum(0, 1 - ((params["U1"][:, None] - params["V1"][None]) ** 2).sum(axis=2))
     assert (K == 0).any() and (K > 0).any()        # both branches of the kernel are checked
-    out = run("gradcheck").stdout.splitlines()
+    result = run("gradcheck")
+    out = result.stdout.splitlines()
     assert out[0].startswith("point: seed 0, ")
+    progress = result.stderr.splitlines()                  # as each stage starts
+    assert [line.split(":")[0] for line in progress] == ["pre-training", "fine-tuning"]
+    assert all("parameters, 2 losses each" in line for line in progress)
     assert [line.split()[0] for line in out[1:]] == ["pretrain", "finetune"]
     assert all("  ok, " in line and float(line.split()[4]) < 1e-7 for line in out[1:])
 

@@ -544,3 +544,14 @@ def test_top_items_break_ties_by_item_order():
     assert best.tolist() == [1, 3] and values.tolist() == [3.0, 3.0]
     assert _best(scores.copy(), 10)[0].tolist() == [1, 3, 5, 2, 0, 6]    # the -inf one never
     assert _best(np.full(3, -np.inf), 2)[0].size == 0
+
+
+def test_verbose_prints_a_line_per_epoch(data, capsys):
+    train, test, _ = data
+    GLocalK(CONFIG, verbose=True).fit(train, test=test)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["pretrain", "1/2"], ["pretrain", "2/2"],
+                                                    ["finetune", "1/2"], ["finetune", "2/2"]]
+    assert all("train RMSE" in line and "test RMSE" in line for line in lines)
+    GLocalK(CONFIG).fit(train, test=test)
+    assert capsys.readouterr().out == ""
