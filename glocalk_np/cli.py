@@ -571,23 +571,33 @@ def _trial_line(t):
 @click.argument("model", type=INPUT)
 @click.argument("test", type=INPUT)
 @SEP
+@click.option("--k", type=click.IntRange(1), default=10, show_default=True,
+              help="Length of the top-N lists scored by precision, recall and NDCG at k.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(model, test, sep, as_json):
-    """RMSE, MAE and NDCG of MODEL on the ratings in TEST.
+def evaluate(model, test, sep, k, as_json):
+    """Accuracy of MODEL on the ratings in TEST.
 
+    RMSE and MAE of the predicted ratings; NDCG as the paper computes it
+    (each user's test items ranked among themselves); and precision, recall
+    and NDCG at k of each test user's top-k list over all the items they did
+    not rate in training, a test rating of 4 or more (on the 1-5 scale the
+    model trains on) counting as relevant, as LensKit and cornac report them.
     Ratings of users or items unseen in training are dropped and counted;
     those of users or items in the model without training ratings are
     predicted by the fallbacks (see predict) and counted.
     """
-    result = GLocalK.load(model).evaluate(read_test(test, sep))
+    result = GLocalK.load(model).evaluate(read_test(test, sep), k=k)
     if as_json:
         write_json(None, result)
         return
-    for key in ("rmse", "mae", "ndcg"):
-        click.echo(f"{key.upper():<8} {result[key]:.4f}")
-    click.echo(f"{'scored':<8} {result['n']}")
-    click.echo(f"{'fallback':<8} {result['fallback']} (user or item without training ratings)")
-    click.echo(f"{'dropped':<8} {result['dropped']} (user or item unseen in training)")
+    labels = {"rmse": "RMSE", "mae": "MAE", "ndcg": "NDCG (paper's: test items only)",
+              f"precision@{k}": f"precision@{k}", f"recall@{k}": f"recall@{k}",
+              f"ndcg@{k}": f"NDCG@{k} (all unrated items)"}
+    for key, label in labels.items():
+        click.echo(f"{label:<32} {result[key]:.4f}")
+    click.echo(f"{'scored':<32} {result['n']}")
+    click.echo(f"{'fallback':<32} {result['fallback']} (user or item without training ratings)")
+    click.echo(f"{'dropped':<32} {result['dropped']} (user or item unseen in training)")
 
 
 @cli.command()

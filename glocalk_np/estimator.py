@@ -347,19 +347,37 @@ class GLocalK:
                              "large for float arithmetic (a corrupt or crafted model?)")
         return S
 
-    def evaluate(self, test):
-        """RMSE, MAE and NDCG (docs/model.md §10) of the model on the Ratings
-        ``test``; ``n`` entries are scored, ``fallback`` of them by a fallback
-        (their item or user has no training rating, see predict),
-        ``dropped`` ones with a user or item outside the index are not. The
-        same numbers fit() reports for a test set."""
+    def evaluate(self, test, k=10, relevant_from=4.0):
+        """Scores of the model on the Ratings ``test``:
+        - rmse, mae, and ndcg, the paper's NDCG (docs/model.md §10: each
+          user's test items ranked among themselves), over the ``n`` test
+          ratings scored; ``fallback`` of them were predicted by a fallback
+          (their item or user has no training rating, see predict); ``dropped``
+          ones, with a user or item outside the index, are not scored. These
+          are the numbers fit() reports for a test set.
+        - precision@k, recall@k and ndcg@k of the top-k lists (recommend) over
+          every item each test user did not rate in training, a test item
+          counting as relevant when its rating is at least ``relevant_from``
+          on the 1-5 scale the model trains on (scale.py), as LensKit and
+          cornac report top-N accuracy (metrics.top_n)."""
         self._check_fitted()
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         test = as_ratings(test, "test")
         M, dropped = self.index_.matrix(test)
         if M.nnz == 0:
             raise ValueError(f"{test.source}: none of the {len(test)} ratings has a user "
                              "and an item seen in training")
-        return {**self._score({"test": M})["test"], "n": M.nnz, "dropped": dropped}
+        by_user = M.tocsc()
+        users = np.flatnonzero(np.diff(by_user.indptr))
+        lists, _ = self._top_items(self.index_.users[users], int(k), include_seen=False)
+        relevant = []
+        for u in users:
+            rows = by_user.indices[by_user.indptr[u]:by_user.indptr[u + 1]]
+            ratings = by_user.data[by_user.indptr[u]:by_user.indptr[u + 1]]
+            relevant.append(rows[self.scale_.to_model(ratings) >= relevant_from])
+        return {**self._score({"test": M})["test"], "n": M.nnz, "dropped": dropped,
+                **metrics.top_n([best for best, _ in lists], relevant, int(k))}
 
     # ------------------------------------------------------------ model files
     def save(self, path):

@@ -73,3 +73,28 @@ def evaluate(pred, true, groups, scale):
     p = clip(np.asarray(pred, dtype=np.float64), scale.low, scale.high)
     return dict(rmse=rmse(p, true), mae=mae(p, true),
                 ndcg=ndcg(scale.to_model(p), scale.to_model(true), groups))
+
+
+def top_n(ranked, relevant, k):
+    """Precision, recall and NDCG at ``k`` of top-N lists, as LensKit and
+    cornac report them: ``ranked[u]`` a user's recommended items, best first
+    (at most k; only items the user did not rate in training), ``relevant[u]``
+    that user's relevant held-out items. Per user: precision = hits / k,
+    recall = hits / |relevant|, NDCG = sum over hits of 1 / log2(rank + 1)
+    divided by its best value, sum_{r <= min(k, |relevant|)} 1 / log2(r + 1);
+    averaged over the users with at least one relevant item (nan if none).
+    O(sum of list lengths)."""
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    precision, recall, ndcg = [], [], []
+    for items, rel in zip(ranked, relevant):
+        if len(rel) == 0:
+            continue
+        hit = np.isin(np.asarray(items)[:k], rel)
+        precision.append(hit.sum() / k)
+        recall.append(hit.sum() / len(rel))
+        ndcg.append(discount[:hit.size][hit].sum() / discount[:min(k, len(rel))].sum())
+    if not precision:
+        return {f"precision@{k}": float("nan"), f"recall@{k}": float("nan"),
+                f"ndcg@{k}": float("nan")}
+    return {f"precision@{k}": float(np.mean(precision)), f"recall@{k}": float(np.mean(recall)),
+            f"ndcg@{k}": float(np.mean(ndcg))}

@@ -205,11 +205,17 @@ def test_a_signal_inside_a_numba_call_ends_like_the_signal(tmp_path, files, monk
 
 def test_evaluate_text_and_json(files):
     expected = GLocalK.load(files["model"]).evaluate(read_ratings(files["test"]))
-    text = run("evaluate", files["model"], files["test"]).stdout
-    assert f"RMSE     {expected['rmse']:.4f}" in text and f"MAE      {expected['mae']:.4f}" in text
-    assert "NDCG" in text and "scored   4" in text and "dropped  2" in text
+    lines = {line[:32].strip(): line[32:].strip()
+             for line in run("evaluate", files["model"], files["test"]).stdout.splitlines()}
+    assert lines["RMSE"] == f"{expected['rmse']:.4f}" and lines["MAE"] == f"{expected['mae']:.4f}"
+    assert lines["NDCG (paper's: test items only)"] == f"{expected['ndcg']:.4f}"
+    assert lines["precision@10"] == f"{expected['precision@10']:.4f}"
+    assert lines["NDCG@10 (all unrated items)"] == f"{expected['ndcg@10']:.4f}"
+    assert lines["scored"] == "4" and lines["dropped"].startswith("2 ")
     data = json.loads(run("evaluate", files["model"], files["test"], "--json").stdout)
     assert data == pytest.approx(expected) and data["dropped"] == 2
+    at3 = json.loads(run("evaluate", files["model"], files["test"], "--json", "--k", "3").stdout)
+    assert {"precision@3", "recall@3", "ndcg@3"} <= set(at3)
 
 
 # ---------------------------------------------------------------- predict

@@ -555,3 +555,21 @@ def test_verbose_prints_a_line_per_epoch(data, capsys):
     assert all("train RMSE" in line and "test RMSE" in line for line in lines)
     GLocalK(CONFIG).fit(train, test=test)
     assert capsys.readouterr().out == ""
+
+
+def test_evaluate_scores_top_n_lists_over_unrated_items(fitted, data):
+    _, test, _ = data
+    scores = fitted.evaluate(test, k=5)
+    recs = fitted.recommend(np.unique(test.users), top=5)
+    hits, counted = [], 0
+    scale = fitted.scale_
+    for user in np.unique(test.users):
+        mine = test.users == user
+        rel = set(test.items[mine & (scale.to_model(test.values) >= 4)].tolist())
+        if rel and user in set(fitted.index_.users.tolist()):
+            listed = recs["item"][recs["user"] == user].tolist()
+            hits.append(len(rel & set(listed)) / 5)
+            counted += 1
+    assert counted > 0 and scores["precision@5"] == pytest.approx(np.mean(hits))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        fitted.evaluate(test, k=0)

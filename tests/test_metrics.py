@@ -98,3 +98,22 @@ def test_evaluate_clips_first():
     user0 = (1 + 31 / math.log2(3)) / (31 + 1 / math.log2(3))
     assert out["ndcg"] == pytest.approx((user0 + 1.0) / 2)
     assert ndcg(pred, true, groups) == pytest.approx(1.0)
+
+
+def test_top_n_metrics_by_hand():
+    from glocalk_np.metrics import top_n
+    ranked = [np.array([5, 3, 9]), np.array([1, 2, 4]), np.array([7, 8, 6])]
+    relevant = [np.array([3, 4]), np.array([1, 2, 4, 6]), np.array([], dtype=int)]
+    out = top_n(ranked, relevant, 3)
+    # user 0: one hit at rank 2; user 1: hits at ranks 1-3; user 2: no relevant item, left out
+    d = 1 / np.log2(np.arange(2, 5))
+    assert out["precision@3"] == pytest.approx((1 / 3 + 3 / 3) / 2)
+    assert out["recall@3"] == pytest.approx((1 / 2 + 3 / 4) / 2)
+    assert out["ndcg@3"] == pytest.approx((d[1] / d[:2].sum() + 1.0) / 2)
+    assert math.isnan(top_n([np.array([1])], [np.array([], dtype=int)], 1)["ndcg@1"])
+
+
+def test_top_n_lists_shorter_than_k_count_as_misses():
+    from glocalk_np.metrics import top_n
+    out = top_n([np.array([2])], [np.array([2, 3])], 4)
+    assert out["precision@4"] == pytest.approx(1 / 4) and out["recall@4"] == pytest.approx(1 / 2)
