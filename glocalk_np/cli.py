@@ -2,7 +2,9 @@
 
 Every problem with the input (DataError, ModelFileError, any ValueError of
 the library, a usage error) ends the command with one line ``Error: ...`` on
-stderr and exit status 2; Ctrl-C ends it with status 130, SIGTERM with 143.
+stderr and exit status 2; a failure at run time (training diverged, out of
+memory, a failed download, a disk that cannot take an output) the same way
+with status 1; Ctrl-C ends it with status 130, SIGTERM with 143.
 Files are written atomically (safeio.py), and no output may be an input or
 another output of the same command.
 """
@@ -23,6 +25,7 @@ import click
 import numpy as np
 
 from . import __version__, datasets, metrics
+from .datasets import DownloadError
 from .engines import DEVICES
 from .data import PLAIN_INT, DataError, DataWarning, random_split, read_any, read_pairs
 from .estimator import GLocalK, checkpoint_name
@@ -30,9 +33,11 @@ from .gradcheck import TOLERANCE, check_gradients
 from .safeio import OutputError, atomic_output, check_distinct, check_target
 from .scale import SCALES
 from .synthetic import low_rank_ratings
-from .train import OPTIMIZERS, PRESETS, SELECTIONS, Config, epoch_line, scores_text
+from .train import (OPTIMIZERS, PRESETS, SELECTIONS, Config, TrainingDiverged, epoch_line,
+                    scores_text)
 
-EXIT_ERROR = 2
+EXIT_ERROR = 2            # usage and data errors
+EXIT_FAILURE = 1          # failures at run time
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 STAGE_LABELS = {"pretrain": "pre-training", "finetune": "fine-tuning"}
@@ -102,12 +107,17 @@ class _Main(click.Group):
             return EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
         except MemoryError:
             _error("out of memory: the data or the model is too large for this machine")
+            return EXIT_FAILURE
+        except (TrainingDiverged, DownloadError) as e:
+            _error(str(e))
+            return EXIT_FAILURE
+        except OSError as e:
+            _error(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+            return EXIT_FAILURE
         except click.ClickException as e:
             _error(e.format_message())
         except ValueError as e:
             _error(str(e))
-        except OSError as e:
-            _error(f"{e.filename}: {e.strerror}" if e.filename else str(e))
         return EXIT_ERROR
 
 

@@ -11,6 +11,11 @@ from pathlib import Path
 
 from .data import DataError, Index, ml1m_split, read_ratings
 
+
+class DownloadError(DataError):
+    """Fetching or storing a dataset failed at run time (network, disk, a
+    corrupt download): the command exits with status 1, not 2."""
+
 # GroupLens' published zips and their sha256, as recorded for these files by
 # other projects (GroupLens itself publishes MD5s); a mismatch aborts the download.
 SOURCES = {
@@ -62,7 +67,7 @@ def download(name, directory=None):
             archive = Path(tmp) / "download.zip"
             digest = _fetch(url, archive)
             if digest != sha256:
-                raise DataError(f"{url}: sha256 mismatch (got {digest}, expected {sha256}); "
+                raise DownloadError(f"{url}: sha256 mismatch (got {digest}, expected {sha256}); "
                                 "the download was discarded")
             _unpack(url, archive, name, Path(tmp) / "unpacked")
             target = root / name
@@ -70,7 +75,7 @@ def download(name, directory=None):
                 shutil.rmtree(target)
             os.replace(Path(tmp) / "unpacked" / name, target)
     except OSError as e:
-        raise DataError(f"{root}: cannot write the dataset: {e.strerror or e}") from None
+        raise DownloadError(f"{root}: cannot write the dataset: {e.strerror or e}") from None
     return target
 
 
@@ -83,9 +88,9 @@ def _fetch(url, path):
                 digest.update(chunk)
                 out.write(chunk)
     except urllib.error.HTTPError as e:
-        raise DataError(f"{url}: download failed: HTTP {e.code} {e.reason}") from None
+        raise DownloadError(f"{url}: download failed: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        raise DataError(f"{url}: download failed: {getattr(e, 'reason', None) or e}") from None
+        raise DownloadError(f"{url}: download failed: {getattr(e, 'reason', None) or e}") from None
     return digest.hexdigest()
 
 
@@ -95,10 +100,10 @@ def _unpack(url, archive, name, dest):
         with zipfile.ZipFile(archive) as z:
             z.extractall(dest, members=[m for m in z.namelist() if m.startswith(f"{name}/")])
     except zipfile.BadZipFile:
-        raise DataError(f"{url}: not a valid zip file") from None
+        raise DownloadError(f"{url}: not a valid zip file") from None
     missing = [f for f in REQUIRED[name] if not (dest / name / f).is_file()]
     if missing:
-        raise DataError(f"{url}: the zip lacks {name}/{', '.join(missing)}")
+        raise DownloadError(f"{url}: the zip lacks {name}/{', '.join(missing)}")
 
 
 def load(name, directory=None):

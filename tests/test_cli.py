@@ -539,3 +539,18 @@ def test_dash_is_standard_output_for_text_outputs(tmp_path, files):
     csv = run("recommend", files["model"], "--user", "1", "--format", "csv", "--out", "-").stdout
     assert csv.splitlines()[0] == "user,rank,item,score,fallback"
     assert "Invalid value for '--out'" in fails("fit", files["train"], "--out", "-")
+
+
+def test_failures_at_run_time_exit_1_usage_and_data_errors_2(tmp_path, files, monkeypatch):
+    from glocalk_np import estimator
+    from glocalk_np.train import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("training diverged: the loss is nan after pretrain epoch 1")
+
+    monkeypatch.setattr(estimator.training, "fit", diverge)
+    result = run("fit", files["train"], *TINY, "--out", tmp_path / "m.npz", code=1)
+    assert result.stderr.splitlines() == ["Error: training diverged: the loss is nan after "
+                                          "pretrain epoch 1"]
+    assert not (tmp_path / "m.npz").exists()
+    assert "Error: " in fails("fit", files["train"], "--hidden", "0")     # usage: status 2
