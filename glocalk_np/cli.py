@@ -624,7 +624,13 @@ def predict(model, pairs, all_pairs, out, sep):
     Writes user,item,prediction,fallback for each line of PAIRS (further
     columns are ignored). The fallback says where
     the network could not be used: item_mean for a user without training
-    ratings, global_mean for such an item."""
+    ratings, global_mean for such an item.
+
+    With --all: user,item,prediction,rank,seen for every user (rows grouped
+    by user, items in index order), rank being the item's place in that
+    user's recommend order (rated items included) and seen whether the user
+    rated it in training; or, for NAME.npy, the clipped predictions as an
+    items x users matrix (row i: the i-th line of NAME.items.txt)."""
     if (pairs is None) == (not all_pairs):
         raise click.UsageError("give PAIRS or --all (exactly one)")
     as_npy = all_pairs and out is not None and out.endswith(".npy")
@@ -638,7 +644,7 @@ def predict(model, pairs, all_pairs, out, sep):
         write_csv(out, ("user", "item", "prediction", "fallback"),
                   (users, items, pred.round(6), fallback))
         return
-    matrix = est.predict_all()
+    matrix, rank = est.predict_all(ranks=True)
     users, items = est.index_.users, est.index_.items
     if as_npy:
         with atomic_output(out) as f:
@@ -647,9 +653,10 @@ def predict(model, pairs, all_pairs, out, sep):
             with output(path) as f:
                 f.writelines(f"{i}\n" for i in ids.tolist())
         return
-    write_csv(out, ("user", "item", "prediction"),
+    seen = est.train_matrix_.T.toarray() > 0          # users x items, as the rows go
+    write_csv(out, ("user", "item", "prediction", "rank", "seen"),
               (np.repeat(users, items.size), np.tile(items, users.size),
-               matrix.T.ravel().round(6)))
+               matrix.T.ravel().round(6), rank.T.ravel(), seen.ravel()))
 
 
 def _parse_id(text, ids):

@@ -262,10 +262,17 @@ def test_predict_all_as_long_csv_and_as_npy(tmp_path, files):
     est = GLocalK.load(files["model"])
     n_users, n_items = est.index_.n_users, est.index_.n_items
     out = run("predict", files["model"], "--all").stdout.splitlines()
-    assert out[0] == "user,item,prediction" and len(out) == 1 + n_users * n_items
-    u, i, p = out[1 + n_items].split(",")          # second user's first item
+    assert out[0] == "user,item,prediction,rank,seen" and len(out) == 1 + n_users * n_items
+    u, i, p, _, _ = out[1 + n_items].split(",")          # second user's first item
     assert (int(u), int(i)) == (est.index_.users[1], est.index_.items[0])
     assert float(p) == pytest.approx(est.predict_all()[0, 1], abs=1e-6)
+    user = est.index_.users[1]
+    rows = [line.split(",") for line in out[1:] if line.split(",")[0] == str(user)]
+    by_rank = [int(r[1]) for r in sorted(rows, key=lambda r: int(r[3]))]
+    everything, _ = est.recommend(user, top=n_items, include_seen=True)
+    assert by_rank == [item for item, _ in everything]      # the same ranking as recommend
+    unseen = [int(r[1]) for r in sorted(rows, key=lambda r: int(r[3])) if r[4] == "False"]
+    assert unseen[:5] == [item for item, _ in est.recommend(user, top=5)[0]]
     run("predict", files["model"], "--all", "--out", tmp_path / "all.npy")
     np.testing.assert_allclose(np.load(tmp_path / "all.npy"), est.predict_all())
     assert (tmp_path / "all.users.txt").read_text().split() == [str(x) for x in est.index_.users]

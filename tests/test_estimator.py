@@ -208,14 +208,16 @@ def test_an_index_must_cover_the_training_ratings(data):
         GLocalK(CONFIG).fit(train, index=Index.from_ratings(test))
 
 
-def test_predict_all_is_the_network_at_every_pair(fitted, data):
-    full = fitted.predict_all()
-    assert full.shape == fitted.train_matrix_.shape
+def test_predict_all_is_predict_at_every_pair(fitted, data):
+    full, rank = fitted.predict_all(ranks=True)
+    assert full.shape == rank.shape == fitted.train_matrix_.shape
     users, items = known_pairs(fitted, data[1])
     pred, _ = fitted.predict(users, items)
     i = np.searchsorted(fitted.index_.items, items)
     u = np.searchsorted(fitted.index_.users, users)
-    np.testing.assert_array_equal(full[i, u], pred)
+    np.testing.assert_allclose(full[i, u], pred, rtol=1e-12)    # a GEMM, not a dot per pair
+    assert (np.sort(rank, axis=0) == np.arange(1, rank.shape[0] + 1)[:, None]).all()
+    np.testing.assert_array_equal(fitted.predict_all(), full)
 
 
 def test_recommend_ranks_unseen_items_unless_asked(fitted, data):
