@@ -27,7 +27,8 @@ import numpy as np
 from . import __version__, datasets, metrics
 from .datasets import DownloadError
 from .engines import DEVICES
-from .data import PLAIN_INT, DataError, DataWarning, random_split, read_any, read_pairs
+from .data import (PLAIN_INT, DataError, DataWarning, random_split, read_any, read_pairs,
+                   read_ratings)
 from .estimator import GLocalK, checkpoint_name
 from .gradcheck import TOLERANCE, check_gradients
 from .safeio import OutputError, atomic_output, check_distinct, check_target
@@ -490,6 +491,30 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, conf
                                   "history": [asdict(r) for r in est.history_],
                                   "dropped": est.dropped_,
                                   "seconds": time.perf_counter() - tic})
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
+@click.argument("ratings", type=INPUT)
+@click.option("--out", type=OutFile(), required=True,
+              help="The updated model file (never MODEL itself).")
+@SEP
+def update(model, ratings, out, sep):
+    """Add RATINGS to MODEL's training matrix, without retraining.
+
+    The network predicts an item from its row of the training ratings, so
+    new ratings by the model's users, on its items or on new ones, change
+    predictions and recommendations at once; the weights stay as trained.
+    Ratings by users the model does not know are skipped (a new user needs
+    a refit), ratings outside the training range are refused, and a rating
+    of a pair already rated replaces it."""
+    check_distinct([model, ratings], [out])
+    est = GLocalK.load(model)
+    counts = est.update(read_ratings(ratings, sep))
+    est.save(out)
+    click.echo(f"{counts['added']} ratings added ({counts['new_items']} on new items), "
+               f"{counts['replaced']} replaced, {counts['skipped']} skipped (users the model "
+               f"does not know); model saved to {out}")
 
 
 def read_settings(path):

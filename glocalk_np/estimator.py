@@ -16,7 +16,7 @@ import numpy as np
 from . import metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
-from .data import DataWarning, Index, Ratings, _positions
+from .data import DataError, DataWarning, Index, Ratings, _positions, subset
 from .fallback import Fallback
 from .scale import RatingScale
 from .safeio import OutputError, check_target
@@ -392,6 +392,67 @@ class GLocalK:
             relevant.append(rows[self.scale_.to_model(ratings) >= relevant_from])
         return {**self._score({"test": M})["test"], "n": M.nnz, "dropped": dropped,
                 **metrics.top_n([best for best, _ in lists], relevant, int(k))}
+
+    # ------------------------------------------------------------ new ratings
+    def update(self, ratings):
+        """Add ``ratings`` to the training matrix the network reads, without
+        retraining: the network predicts item i from row i of that matrix, so
+        new ratings by known users, on known items or on items it has never
+        seen, change the predictions, recommendations and fallbacks at once.
+        A rating of a pair already rated replaces it (the last one wins).
+        What it does not do: learn from them (the weights stay as trained),
+        add users (their ratings are skipped with a DataWarning: each user is
+        a column of every weight matrix, so a new one needs a refit), or
+        accept ratings outside the training range (the network was trained on
+        that range). A new item gets a zero row in the global kernel's C, so
+        the kernel G the old items shape stays as it was.
+        Returns {'added', 'replaced', 'new_items', 'skipped'} counts."""
+        self._check_fitted()
+        ratings = as_ratings(ratings, "update")
+        low, high = self.rating_range_
+        outside = np.flatnonzero((ratings.values < low) | (ratings.values > high))
+        if outside.size:
+            raise DataError(f"{ratings.source}: row {outside[0]}: rating "
+                            f"{ratings.values[outside[0]]:g} is outside the model's training "
+                            f"range [{low:g}, {high:g}]; refit to use it")
+        u, user_known = _positions(self.index_.users, ratings.users)
+        if not user_known.all():
+            warnings.warn(f"{ratings.source}: {np.count_nonzero(~user_known)} ratings by users "
+                          "the model does not know were skipped (first: "
+                          f"{ratings.users[~user_known].tolist()[0]!r}); new users need a "
+                          "refit", DataWarning)
+        # ids in the model's own kind: known ones as stored, new items' as int or text
+        i, item_known = _positions(self.index_.items, ratings.items)
+        items = self.index_.items[i].copy()
+        fresh = ratings.items[~item_known]
+        if self.index_.items.dtype.kind == "i" and fresh.dtype.kind != "i":
+            raise DataError(f"{ratings.source}: new item id {fresh.tolist()[0]!r} is not an "
+                            "integer like the model's item ids")
+        items[~item_known] = fresh if items.dtype.kind == "i" else fresh.astype(str)
+        ratings = subset(Ratings(self.index_.users[u], items, ratings.values, ratings.source),
+                         user_known)
+        index = Index(self.index_.users, np.union1d(self.index_.items, ratings.items))
+        old = self.train_matrix_.tocoo()
+        R, _ = index.matrix(Ratings(
+            np.r_[self.index_.users[old.col], ratings.users],
+            np.r_[self.index_.items[old.row], ratings.items],
+            np.r_[old.data, ratings.values], ratings.source))
+        old_rows = np.searchsorted(index.items, self.index_.items)   # old item -> new row
+        n = index.n_users
+        pairs = np.unique(np.searchsorted(index.items, ratings.items) * n
+                          + np.searchsorted(index.users, ratings.users))
+        replaced = int(np.isin(pairs, old_rows[old.row] * n + old.col).sum())
+        for m in self.members_:
+            if "C" in m.params:
+                C = np.zeros((index.n_items, m.params["C"].shape[1]), m.params["C"].dtype)
+                C[old_rows] = m.params["C"]
+                m.params["C"] = C
+        self.params_ = self.members_[0].params
+        counts = {"added": int(R.nnz - old.nnz), "replaced": replaced,
+                  "new_items": index.n_items - self.index_.n_items,
+                  "skipped": int(np.count_nonzero(~user_known))}
+        self._set_training_data(index, R)
+        return counts
 
     # ------------------------------------------------------------ model files
     def save(self, path):

@@ -561,3 +561,20 @@ def test_failures_at_run_time_exit_1_usage_and_data_errors_2(tmp_path, files, mo
                                           "pretrain epoch 1"]
     assert not (tmp_path / "m.npz").exists()
     assert "Error: " in fails("fit", files["train"], "--hidden", "0")     # usage: status 2
+
+
+def test_update_writes_a_model_that_uses_the_new_ratings(tmp_path, files):
+    est = GLocalK.load(files["model"])
+    rated = est.train_matrix_.tocoo()                  # a pair rated in training
+    user, item = est.index_.users[rated.col[0]], est.index_.items[rated.row[0]]
+    new = tmp_path / "new.csv"
+    new.write_text(f"{user},{item},5\n{user},777777,4\nstranger,{item},3\n")
+    out = tmp_path / "updated.npz"
+    result = run("update", files["model"], new, "--out", out)
+    assert "1 ratings added (1 on new items), 1 replaced, 1 skipped" in result.stdout
+    assert "users the model does not know were skipped" in result.stderr
+    updated = GLocalK.load(out)
+    assert 777777 in updated.index_.items.tolist()
+    assert updated.predict([user], [777777])[1].tolist() == [""]    # the network, not a fallback
+    assert "would replace the input" in fails("update", files["model"], new, "--out",
+                                              files["model"])

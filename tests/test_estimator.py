@@ -10,7 +10,7 @@ import pytest
 
 from glocalk_np import modelfile
 from glocalk_np.cli import Terminated
-from glocalk_np.data import DataWarning, Index, Ratings, random_split
+from glocalk_np.data import DataError, DataWarning, Index, Ratings, random_split
 from glocalk_np.estimator import GLocalK, checkpoint_name
 from glocalk_np.fallback import DAMPING
 from glocalk_np.modelfile import ModelFileError
@@ -575,3 +575,59 @@ def test_evaluate_scores_top_n_lists_over_unrated_items(fitted, data):
     assert counted > 0 and scores["precision@5"] == pytest.approx(np.mean(hits))
     with pytest.raises(ValueError, match="k must be a positive integer"):
         fitted.evaluate(test, k=0)
+
+
+# ------------------------------------------------------------ new ratings
+
+def _split_off_item(train):
+    """(rest, first, second): the ratings of the most rated item split off in
+    two halves, the rest without that item."""
+    ids, counts = np.unique(train.items, return_counts=True)
+    off = train.items == ids[counts.argmax()]
+    held = np.flatnonzero(off)
+    half = held.size // 2
+    parts = [Ratings(train.users[k], train.items[k], train.values[k], "held")
+             for k in (held[:half], held[half:])]
+    return Ratings(train.users[~off], train.items[~off], train.values[~off], "rest"), *parts
+
+
+def test_update_with_a_new_items_ratings_moves_its_predictions_toward_the_truth(tmp_path, data):
+    rest, first, second = _split_off_item(data[0])
+    m = GLocalK(CONFIG).fit(rest, test=data[1])
+    before, kind = m.predict(second.users, second.items)
+    assert set(kind.tolist()) == {"global_mean"}                    # an item it never saw
+    params_before = {k: v.copy() for k, v in m.params_.items()}
+    counts = m.update(first)
+    assert counts == {"added": len(first), "replaced": 0, "new_items": 1, "skipped": 0}
+    after, kind = m.predict(second.users, second.items)
+    assert set(kind.tolist()) == {""}                                # the network reads its row
+    rmse = lambda p: np.sqrt(np.mean((p - second.values) ** 2))
+    assert rmse(after) < rmse(before)
+    pos = np.searchsorted(m.index_.items, first.items[0])
+    for k, v in params_before.items():                             # weights as trained
+        if k == "C":
+            assert (m.params_["C"][pos] == 0).all()
+            np.testing.assert_array_equal(np.delete(m.params_["C"], pos, axis=0), v)
+        else:
+            np.testing.assert_array_equal(m.params_[k], v)
+    m.save(tmp_path / "updated.npz")
+    loaded = GLocalK.load(tmp_path / "updated.npz")
+    np.testing.assert_array_equal(loaded.predict(second.users, second.items)[0], after)
+
+
+def test_update_replaces_skips_unknown_users_and_refuses_other_ranges(fitted, data):
+    from copy import deepcopy
+    m = deepcopy(fitted)
+    train = data[0]
+    again = Ratings(train.users[:3], train.items[:3], np.array([5.0, 5.0, 5.0]), "again")
+    stranger = Ratings(np.array([999999]), train.items[:1], np.array([3.0]), "stranger")
+    with pytest.warns(DataWarning, match="1 ratings by users the model does not know"):
+        counts = m.update(Ratings(np.r_[again.users, stranger.users],
+                                  np.r_[again.items, stranger.items],
+                                  np.r_[again.values, stranger.values], "mixed"))
+    assert counts == {"added": 0, "replaced": 3, "new_items": 0, "skipped": 1}
+    i, u, _ = m.index_.lookup(again)
+    assert (m.train_matrix_[i, u].A1 == 5.0).all()
+    too_high = Ratings(train.users[:1], train.items[:1], np.array([50.0]), "high")
+    with pytest.raises(DataError, match=r"high: row 0: rating 50 is outside the model's training"):
+        m.update(too_high)
