@@ -578,3 +578,14 @@ def test_update_writes_a_model_that_uses_the_new_ratings(tmp_path, files):
     assert updated.predict([user], [777777])[1].tolist() == [""]    # the network, not a fallback
     assert "would replace the input" in fails("update", files["model"], new, "--out",
                                               files["model"])
+
+
+def test_subprocess_python_m_version_and_top_n_for_all_users(tmp_path, files):
+    import glocalk_np
+    done = subprocess.run([sys.executable, "-m", "glocalk_np", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith(glocalk_np.__version__)
+    done = glocalk("recommend", files["model"], "--all-users", "--top", "2", "--out", "-")
+    rows = done.stdout.splitlines()
+    assert done.returncode == 0 and rows[0] == "user,rank,item,score,fallback"
+    assert len(rows) == 1 + 2 * GLocalK.load(files["model"]).index_.n_users
