@@ -147,8 +147,10 @@ def test_plots_pool_runs_of_separate_invocations(reproduce_run):
     assert [r["seed"] for r in runs["other"]] == [0]
 
 
-@pytest.mark.parametrize("script", ["speed.py", "reproduce.py"])
-def test_missing_data_exits_2(tmp_path, script):
-    proc = run_script(script, "--datasets", "ml-100k", "--data-dir", str(tmp_path))
+@pytest.mark.parametrize("script, args", [("speed.py", ["--datasets", "ml-100k"]),
+                                          ("reproduce.py", ["--datasets", "ml-100k"]),
+                                          ("rescaled.py", []), ("serving.py", [])])
+def test_missing_data_exits_2(tmp_path, script, args):
+    proc = run_script(script, *args, "--data-dir", str(tmp_path))
     assert proc.returncode == 2
     assert str(tmp_path / "ml-100k" / "u1.base") in proc.stderr
