@@ -26,11 +26,13 @@ from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, 
 from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState, epoch_line
 
 
+SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
+
+
 def checkpoint_name(k):
     """The checkpoint file of the k-th member of a seed ensemble."""
     return "checkpoint.npz" if k == 0 else f"checkpoint-{k}.npz"
 
-EVAL_SETS = ("test", "val")
 
 
 class GLocalK:
@@ -270,7 +272,7 @@ class GLocalK:
                              f"{need / 2**30:,.0f} GiB, more than this machine's "
                              f"{have / 2**30:,.0f} GiB of memory: predict pairs instead")
         raw = np.empty((m, n))
-        block = max(1, 2**26 // (8 * m))
+        block = self._user_block()                   # the blocks recommend scores in
         for first in range(0, n, block):
             raw[:, first:first + block] = self._user_scores(np.arange(first, min(first + block, n)))
         raw[:, self.user_counts_ == 0] = self.damped_item_means_[:, None]
@@ -296,13 +298,14 @@ class GLocalK:
         'score' (predicted rating, clipped) and 'fallback' (True where the
         user's list is the damped-mean one). Cost: one forward pass for all
         items, then per block of users one GEMM with the output layer and a
-        partial sort; memory bounded by ``block_bytes`` per block."""
+        partial sort, in SCORE_BLOCK_BYTES of scores at a time."""
         self._check_fitted()
         if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
         ids = np.asarray([users] if np.ndim(users) == 0 else users).ravel()
         lists, unknown = self._top_items(ids, int(top), include_seen)
-        items, scores = self.index_.items, self._clipped_lists(lists)
+        items = self.index_.items
+        scores = [metrics.clip(raw, *self.rating_range_) for _, raw in lists]
         if np.ndim(users) == 0:
             warning = (f"user {users!r} has no training ratings: items are ranked by their "
                        "damped mean training rating") if unknown[0] else None
@@ -315,15 +318,15 @@ class GLocalK:
                 "score": np.concatenate(scores or [np.empty(0)]),
                 "fallback": np.repeat(unknown, counts)}
 
-    def _clipped_lists(self, lists):
-        return [metrics.clip(raw, *self.rating_range_) for _, raw in lists]
+    def _user_block(self):
+        """Users per block of scores (m x block float64 in SCORE_BLOCK_BYTES)."""
+        return max(1, SCORE_BLOCK_BYTES // (8 * self.train_matrix_.shape[0]))
 
-    def _top_items(self, ids, top, include_seen, block_bytes=2**26):
+    def _top_items(self, ids, top, include_seen):
         """Per user id: (item positions best first, their unclipped scores),
         and whether the user had no training ratings."""
         u, known = _positions(self.index_.users, ids)
         known &= self.user_counts_[u] > 0
-        m = self.train_matrix_.shape[0]
         seen = self.train_matrix_.tocsc()
         lists = [None] * ids.size
         for j in np.flatnonzero(~known):
@@ -331,7 +334,7 @@ class GLocalK:
         # Fixed blocks of user positions: a user's scores come from the same
         # GEMM however many users are asked for, so one user's list is
         # bit for bit what a call for all users gives.
-        block = max(1, block_bytes // (8 * m))
+        block = self._user_block()
         for b in np.unique(u[known] // block):
             first = b * block
             S = self._user_scores(np.arange(first, min(first + block, self.user_counts_.size)))
