@@ -647,9 +647,9 @@ def predict(model, pairs, all_pairs, out, sep):
     """Predicted ratings for user, item pairs, as CSV.
 
     Writes user,item,prediction,fallback for each line of PAIRS (further
-    columns are ignored). The fallback says where
-    the network could not be used: item_mean for a user without training
-    ratings, global_mean for such an item.
+    columns are ignored). The fallback says where the network could not be
+    used: item_mean (damped) for a user without training ratings, global_mean
+    when the item has none either or is unknown.
 
     With --all: user,item,prediction,rank,seen for every user (rows grouped
     by user, items in index order), rank being the item's place in that

@@ -237,11 +237,12 @@ class GLocalK:
 
         Predictions are float64, clipped to ``rating_range_``. ``fallback``
         says where the network could not be used (fallback.py): '' for a
-        user and an item that both have training ratings (the network's
-        prediction); 'item_mean' when the user has none (or is unknown) but
+        user with training ratings and an item of the index (the network's
+        prediction; for an item without ratings, its learned per-user
+        baseline); 'item_mean' when the user has none (or is unknown) but
         the item has: the item's mean training rating damped toward the
-        global mean; 'global_mean' when the item has none (or is unknown):
-        the mean of all training ratings.
+        global mean; 'global_mean' otherwise (e.g. an unknown item): the mean
+        of all training ratings.
         """
         pred, fallback = self._predict_unclipped(users, items)
         return metrics.clip(pred, *self.rating_range_), fallback
@@ -347,8 +348,7 @@ class GLocalK:
 
     def _user_scores(self, cols):
         """The m x len(cols) network outputs in the ratings' units (the mean
-        over an ensemble's members); items without training ratings get the
-        global mean, as in predict."""
+        over an ensemble's members)."""
         if self._factors is None:
             if self._engine is None:
                 self._engine = make_engine(self.scale_.matrix_to_model(self.train_matrix_),
@@ -358,7 +358,6 @@ class GLocalK:
         with np.errstate(over="ignore", invalid="ignore"):
             S = np.mean([H @ WoutT[cols].T + b[cols] for H, WoutT, b in self._factors], axis=0)
         S = self.scale_.to_user(S)
-        S[self.item_counts_ == 0] = self.global_mean_
         if not np.isfinite(S).all():
             raise ValueError("the network's outputs are not finite: its parameters are too "
                              "large for float arithmetic (a corrupt or crafted model?)")

@@ -191,13 +191,18 @@ def test_fallbacks_for_users_and_items_without_training_ratings(data):
     user, item = train.users[0], train.items[0]
     rated = train.values[train.items == item]
     item_mean = (rated.sum() + DAMPING * train.values.mean()) / (rated.size + DAMPING)
-    users = np.array([user, 7777, 123456, user, user, 7777])
-    items = np.array([item, item, item, 8888, 654321, 654321])
+    users = np.array([user, 7777, 123456, user, user, 7777, 7777])
+    items = np.array([item, item, item, 8888, 654321, 654321, 8888])
     pred, fallback = m.predict(users, items)
-    assert fallback.tolist() == ["", "item_mean", "item_mean", "global_mean", "global_mean",
-                                 "global_mean"]
+    # a user without ratings (7777) or unknown (123456): the damped item mean;
+    # an item without ratings (8888) for a user with some: the network's baseline
+    assert fallback.tolist() == ["", "item_mean", "item_mean", "", "global_mean",
+                                 "global_mean", "global_mean"]
     assert pred[1] == pred[2] == pytest.approx(item_mean)
-    assert pred[3:].tolist() == pytest.approx([train.values.mean()] * 3)
+    assert pred[4:].tolist() == pytest.approx([train.values.mean()] * 3)
+    i = np.searchsorted(m.index_.items, [item, 8888])
+    u = np.searchsorted(m.index_.users, [user, user])
+    np.testing.assert_array_equal(pred[[0, 3]], m._network(i, u).clip(*m.rating_range_))
     low, high = m.rating_range_
     assert pred.dtype == np.float64 and ((pred >= low) & (pred <= high)).all()
 
