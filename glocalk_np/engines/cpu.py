@@ -135,7 +135,9 @@ class CpuOps:
         loss.add(0.5 * sq.sum())
 
     def user_sums(self, X, x, out):
-        out += np.bincount(X.indices, x, minlength=out.size)
+        partial = np.empty((_blocks(X.shape[0]), out.size))
+        cpu.column_sums(X.indptr, X.indices, x, partial)
+        out += partial.sum(axis=0)
 
     def item_means(self, H, Weff_out, WoutT, b):
         w_mean = Weff_out.mean(axis=1)

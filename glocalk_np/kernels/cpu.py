@@ -96,6 +96,20 @@ def gather(x, idx, out):
 
 
 @njit(parallel=True, cache=True)
+def column_sums(indptr, indices, x, partial):
+    """partial[b, j] = the float64 sum of x over the entries in column j of
+    the b-th block of rows (the caller sums the blocks; NumPy's bincount
+    is serial). Cost: nnz + blocks * n."""
+    m, blocks = indptr.size - 1, partial.shape[0]
+    for b in prange(blocks):
+        acc = partial[b]
+        acc[:] = 0
+        for i in range((b * m) // blocks, ((b + 1) * m) // blocks):
+            for e in range(indptr[i], indptr[i + 1]):
+                acc[indices[e]] += x[e]
+
+
+@njit(parallel=True, cache=True)
 def iota(out):
     """out[t] = t. Cost: size."""
     for t in prange(out.size):
