@@ -25,7 +25,7 @@ from glocalk_np import metrics
 from glocalk_np.data import random_split
 from glocalk_np.fallback import Fallback
 from glocalk_np.scale import RatingScale
-from glocalk_np.train import OPTIMIZERS, Config, EvalSet, fit, make_engine, rating_range
+from glocalk_np.train import OPTIMIZERS, Config, EvalSet, fit, make_engine
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "flixster", "ml-1m"]
 QUICK = dict(epochs_pretrain=1, epochs_finetune=2, iters_pretrain=2, iters_finetune=2)
@@ -73,22 +73,22 @@ def run_dataset(name, args):
     problem = common.load(name, args.data_dir, args.ml1m_file)
     train, test = problem.matrix(problem.train), problem.matrix(problem.test)
     test_set = EvalSet(test)
-    low, high = rating_range(train)
     scale, fallback = RatingScale.of(train.data), Fallback(train)   # scale: identity on 1-5 data
     print(f"{name}: {train.shape[0]} items x {train.shape[1]} users, {train.nnz:,} train / "
           f"{test.nnz:,} test ratings; {problem.protocol}; preset {problem.preset}", flush=True)
     engine, runs, preds = None, [], {"last": [], "paper": []}
     for seed in args.seeds:
         config = make_config(problem.preset, seed, args.quick, args.epochs_scale, args.optimizer)
-        engine = engine or make_engine(train, config)   # seeds share it: same matrix and lambdas
+        # seeds share it: same matrix and lambdas; it trains on the mapped ratings, as fit's does
+        engine = engine or make_engine(scale.matrix_to_model(train), config)
         state, wall = train_run(train, {"test": test}, config, engine, f"seed {seed}",
                                 args.verbose)
         best_epoch, best_params = state.best["test"].epoch, state.best["test"].params
         last_epoch, last_params = state.best["last"].epoch, state.best["last"].params
         for sel, params in (("paper", best_params), ("last", last_params)):
             p, _ = fallback.predict(test_set.rows, test_set.cols, lambda r, c, params=params: (
-                engine.predict("finetune", params, r, c).astype(np.float64)))
-            preds[sel].append(metrics.clip(p, low, high))
+                scale.to_user(engine.predict("finetune", params, r, c).astype(np.float64))))
+            preds[sel].append(metrics.clip(p, scale.low, scale.high))
         run = dict(seed=seed, wall_s=wall, config=config.as_dict(),
                    paper=dict(epoch=best_epoch, **finetune_metrics(state, best_epoch)),
                    last=dict(epoch=last_epoch, **finetune_metrics(state, last_epoch)),
