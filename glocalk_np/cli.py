@@ -279,7 +279,7 @@ class Progress:
     terminal a bar prints only its label, so a log gets the epoch lines.)"""
 
     def __init__(self, config, quiet):
-        self.totals = {"pretrain": config.epochs_pretrain, "finetune": config.epochs_finetune}
+        self.totals = {stage: config.epochs(stage) for stage in STAGE_LABELS}
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.hint = not quiet and config.optimizer == "scipy"
@@ -356,7 +356,8 @@ def echo_summary(est):
                    f"epochs ({s['select']}): {epochs}")
         for m in s["members"]:
             if "test" in m:
-                click.echo(f"  seed {m['seed']} alone: " + scores_text({"test": m["test"]}, ("rmse",)))
+                click.echo(f"  seed {m['seed']} alone: "
+                           + scores_text({"test": m["test"]}, ("rmse",)))
         click.echo("ensemble:")
     elif est.stage_ == "finetune":
         click.echo(f"selected: fine-tuning epoch {s['best_epoch']} ({s['protocol']})")
@@ -366,7 +367,7 @@ def echo_summary(est):
     for stage in s.get("stopped_early", []):
         ran = sum(r.stage == stage for r in est.history_)
         click.echo(f"stopped early: {STAGE_LABELS[stage]} after epoch {ran} of "
-                   f"{getattr(est.config, 'epochs_' + stage)} (no better validation RMSE in "
+                   f"{est.config.epochs(stage)} (no better validation RMSE in "
                    f"{est.config.patience} epochs)")
     for name in ("val", "test"):
         if name in s:

@@ -143,7 +143,6 @@ class GLocalK:
         # every resumed state is read and checked before any training time is spent
         states = [c.load() if resume else None for c in checkpoints]
         self._set_training_data(index, R)
-        self._engine = make_engine(self.scale_.matrix_to_model(R), self.config, self.device)
         self.dropped_ = dropped
         self.members_ = [self._fit_member(k, R, evals, select, callback, checkpoint, state)
                          for k, (checkpoint, state) in enumerate(zip(checkpoints, states))]
@@ -167,16 +166,15 @@ class GLocalK:
 
         def on_epoch(record, state):
             if self.verbose:
-                total = getattr(config, f"epochs_{record.stage}")
                 print(("" if self.ensemble == 1 else f"seed {config.seed}  ")
-                      + epoch_line(record, total), flush=True)
+                      + epoch_line(record, config.epochs(record.stage)), flush=True)
             if checkpoint is not None:
                 checkpoint.save(state)
             if callback is not None:
                 callback(record, state)
 
         state = training.fit(R, config, evals=evals, callback=on_epoch,
-                             state=state, engine=self._engine)
+                             state=state, engine=self._model_engine())
         if "last" in state.best:
             best_epoch, params = training.selected(state, select)
             stage = "finetune"
@@ -195,8 +193,7 @@ class GLocalK:
         for name, M in evals.items():
             entries = EvalSet(M)
             pred, kinds = self._fallback.predict(entries.rows, entries.cols, self._network)
-            out[name] = {**metrics.evaluate(pred, entries.values, entries.cols, self.scale_),
-                         "fallback": int(np.count_nonzero(kinds != ""))}
+            out[name] = training.held_out_scores(pred, kinds, entries, self.scale_)
         return out
 
     def _set_training_data(self, index, R):
@@ -207,9 +204,10 @@ class GLocalK:
         self.scale_ = RatingScale.of(R.data, self.config.scale)
         self.rating_range_ = (self.scale_.low, self.scale_.high)
         self._fallback = Fallback(R)
-        self.item_counts_, self.user_counts_ = self._fallback.item_counts, self._fallback.user_counts
-        self.item_means_, self.global_mean_ = self._fallback.item_means, self._fallback.global_mean
-        self.damped_item_means_ = self._fallback.damped_item_means
+        fb = self._fallback
+        self.item_counts_, self.user_counts_ = fb.item_counts, fb.user_counts
+        self.item_means_, self.global_mean_ = fb.item_means, fb.global_mean
+        self.damped_item_means_ = fb.damped_item_means
 
     # ------------------------------------------------------------ prediction
     def _check_fitted(self):
@@ -221,12 +219,22 @@ class GLocalK:
         in the ratings' units; the mean over the members of a seed ensemble."""
         if rows.size == 0:
             return np.empty(0)
+        engine = self._model_engine()
+        with np.errstate(over="ignore", invalid="ignore"):   # checked by _in_user_units
+            out = np.mean([engine.predict(m.stage, m.params, rows, cols).astype(np.float64)
+                           for m in self.members_], axis=0)
+        return self._in_user_units(out)
+
+    def _model_engine(self):
+        """The engine for the training matrix in model units (scale_), built
+        on first use."""
         if self._engine is None:
             self._engine = make_engine(self.scale_.matrix_to_model(self.train_matrix_),
                                        self.config, self.device)
-        with np.errstate(over="ignore", invalid="ignore"):   # checked just below
-            out = np.mean([self._engine.predict(m.stage, m.params, rows, cols)
-                           .astype(np.float64) for m in self.members_], axis=0)
+        return self._engine
+
+    def _in_user_units(self, out):
+        """Network outputs in the ratings' units; ValueError if not finite."""
         if not np.isfinite(out).all():
             raise ValueError("the network's outputs are not finite: its parameters are too "
                              "large for float arithmetic (a corrupt or crafted model?)")
@@ -331,7 +339,7 @@ class GLocalK:
         seen = self.train_matrix_.tocsc()
         lists = [None] * ids.size
         for j in np.flatnonzero(~known):
-            lists[j] = _best(self.damped_item_means_.copy(), top)
+            lists[j] = _best(self.damped_item_means_, top)
         # Fixed blocks of user positions: a user's scores come from the same
         # GEMM however many users are asked for, so one user's list is
         # bit for bit what a call for all users gives.
@@ -350,18 +358,11 @@ class GLocalK:
         """The m x len(cols) network outputs in the ratings' units (the mean
         over an ensemble's members)."""
         if self._factors is None:
-            if self._engine is None:
-                self._engine = make_engine(self.scale_.matrix_to_model(self.train_matrix_),
-                                           self.config, self.device)
-            self._factors = [self._engine.output_factors(m.stage, m.params)
+            self._factors = [self._model_engine().output_factors(m.stage, m.params)
                              for m in self.members_]
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):   # checked by _in_user_units
             S = np.mean([H @ WoutT[cols].T + b[cols] for H, WoutT, b in self._factors], axis=0)
-        S = self.scale_.to_user(S)
-        if not np.isfinite(S).all():
-            raise ValueError("the network's outputs are not finite: its parameters are too "
-                             "large for float arithmetic (a corrupt or crafted model?)")
-        return S
+        return self._in_user_units(S)
 
     def evaluate(self, test, k=10, relevant_from=4.0):
         """Scores of the model on the Ratings ``test``:

@@ -112,6 +112,10 @@ class Config:
     def as_dict(self):
         return asdict(self)
 
+    def epochs(self, stage):
+        """The epoch budget of ``stage`` ('pretrain' or 'finetune')."""
+        return self.epochs_pretrain if stage == "pretrain" else self.epochs_finetune
+
 
 def _is_integer(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -232,12 +236,6 @@ def initial_state(train, config):
                                   config.kernel_dim, seed=config.seed))
 
 
-def rating_range(train):
-    """(low, high) of the training ratings: the clipping range of predictions."""
-    data = sp.csr_matrix(train).data
-    return float(data.min()), float(data.max())
-
-
 def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine=None):
     """Train GLocal-K on the sparse items x users matrix ``train``.
 
@@ -328,18 +326,18 @@ def stage_over(history, stage, config):
     """Whether ``stage`` has no epoch left: all of its epochs ran, or, with
     config.patience = N > 0, the last N epochs brought no validation RMSE
     below the stage's best (early stopping)."""
-    epochs = config.epochs_pretrain if stage == "pretrain" else config.epochs_finetune
     val = [r.metrics["val"]["rmse"] for r in history if r.stage == stage and "val" in r.metrics]
-    ran = sum(r.stage == stage for r in history)
-    return ran >= epochs or (config.patience > 0 and len(val) > 0
-                             and len(val) - 1 - int(np.argmin(val)) >= config.patience)
+    if sum(r.stage == stage for r in history) >= config.epochs(stage):
+        return True
+    return config.patience > 0 and len(val) > 0 and \
+        len(val) - 1 - int(np.argmin(val)) >= config.patience
 
 
 def stopped_early(history, config):
     """The stages that early stopping ended before their last epoch."""
     return [stage for stage in STAGES
             if stage_over(history, stage, config)
-            and sum(r.stage == stage for r in history) < getattr(config, f"epochs_{stage}")]
+            and sum(r.stage == stage for r in history) < config.epochs(stage)]
 
 
 def score(engine, stage, params, train_set, evals, scale, fallback):
@@ -358,10 +356,15 @@ def score(engine, stage, params, train_set, evals, scale, fallback):
         p, k = pred[pos:pos + len(s)], kinds[pos:pos + len(s)]
         pos += len(s)
         out[name] = ({"rmse": metrics.rmse(metrics.clip(p, scale.low, scale.high), s.values)}
-                     if name == "train" else
-                     {**metrics.evaluate(p, s.values, s.cols, scale),
-                      "fallback": int(np.count_nonzero(k != NETWORK))})
+                     if name == "train" else held_out_scores(p, k, s, scale))
     return out
+
+
+def held_out_scores(pred, kinds, eval_set, scale):
+    """RMSE, MAE and NDCG of predictions on an EvalSet (metrics.evaluate)
+    and how many of them a fallback made (``kinds`` from Fallback.predict)."""
+    return {**metrics.evaluate(pred, eval_set.values, eval_set.cols, scale),
+            "fallback": int(np.count_nonzero(kinds != NETWORK))}
 
 
 def _update_best(state, record, evals, last):

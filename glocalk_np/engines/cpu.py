@@ -15,8 +15,9 @@ Cost of one (loss, gradient) evaluation (docs/model.md §7):
   of its output, so it costs the hidden layers forward and backward (the
   backward input is rank one); the convolution costs nnz * gk^2; the second
   pass costs what pre-training does, with three sparse products over the s
-  kept convolution entries instead of R (compacted: four sweeps over the
-  neighbourhood cost less than one product over its dropped entries).
+  kept convolution entries instead of R (compacted by Pattern.positive: two
+  sweeps over the neighbourhood and one over the kept entries cost less than
+  one product over the dropped entries).
 Nothing dense of size m x n is ever built.
 """
 from dataclasses import dataclass
