@@ -7,6 +7,7 @@ shapes and popularity, for sizes no copy of the real data is at hand.
 """
 import glocalk_np  # noqa: F401  first: sets OpenBLAS' spin before NumPy loads
 
+import json
 import resource
 import sys
 from dataclasses import dataclass
@@ -173,3 +174,9 @@ def max_rss_mib():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
+
+
+def write_json(path, value):
+    """``value`` as indented JSON to ``path`` (a script's --json)."""
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)

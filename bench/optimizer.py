@@ -18,13 +18,13 @@ The sizes are ML-100K's (1,214,373 parameters) and ML-1M's (6,405,000, 6040
 users) pre-training networks; no data is needed.
 """
 import argparse
-import json
 import time
 
 import glocalk_np  # noqa: F401  (first: it shortens OpenBLAS's idle spin, see README)
 import numpy as np
 from scipy.optimize import minimize
 
+import common
 from glocalk_np import lbfgsb
 
 
@@ -115,8 +115,7 @@ def main():
               f"{r['speedup_per_eval']:>5.1f}x {r['numba_per_iter_s']:>10.3f}s "
               f"{r['floor_per_iter_s']:>10.3f}s {r['numba_over_floor']:>6.2f}x")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        common.write_json(args.json, results)
 
 
 if __name__ == "__main__":

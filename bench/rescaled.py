@@ -10,7 +10,6 @@ Data: ../shared/data/ml-100k/u1.base and u1.test (or --data-dir), the
 GroupLens ML-100K files.
 """
 import argparse
-import json
 import time
 from dataclasses import replace
 
@@ -79,8 +78,7 @@ def main():
         print(f"GLocal-K, {label:<12} test RMSE {r['rmse']:8.3f}  ({r['fallback']:,} of "
               f"{len(test):,} by a fallback; {r['seconds']:.0f} s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        common.write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ or loads --model), then
 Data: ../shared/data/ml-100k/u1.base and u1.test (or --data-dir).
 """
 import argparse
-import json
-import resource
 import time
 
 import numpy as np
@@ -25,10 +23,6 @@ import common
 from glocalk_np.estimator import GLocalK
 
 GROUPS = [(1, 2), (3, 5), (6, 20), (21, 10**9)]
-
-
-def peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def by_count(model, test, counts_of, label):
@@ -65,11 +59,11 @@ def main():
         print(f"fitted in {time.perf_counter() - tic:.0f} s, test RMSE "
               f"{model.summary_['test']['rmse']:.4f}")
     users = model.index_.users
-    before = peak_mib()
+    before = common.max_rss_mib()
     tic = time.perf_counter()
     many = model.recommend(users, top=args.top)
     all_s = time.perf_counter() - tic
-    after = peak_mib()
+    after = common.max_rss_mib()
     tic = time.perf_counter()
     single = [model.recommend(u, top=args.top)[0] for u in users.tolist()]
     single_s = time.perf_counter() - tic
@@ -90,8 +84,7 @@ def main():
             print(f"{name:<5} with {r[next(iter(r))]:>6} training ratings: n {r['n']:>6,}  "
                   f"network RMSE {r['network']:.4f}  damped item mean {r['damped item mean']:.4f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"serving": serving, "by_count": groups}, f, indent=2)
+        common.write_json(args.json, {"serving": serving, "by_count": groups})
 
 
 if __name__ == "__main__":
