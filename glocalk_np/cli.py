@@ -389,8 +389,10 @@ def cli():
 
 
 def _training_data(ratings, sep, test_path, test_frac, val_frac, seed):
-    """(train, test, val, index, preset) from fit's arguments; ``preset`` is
+    """(train, test, val, index, preset) from fit's and tune's arguments; ``preset`` is
     the dataset name when RATINGS names a downloaded benchmark."""
+    if test_path and test_frac:
+        raise click.UsageError("give --test or --test-frac, not both")
     if os.path.exists(ratings):
         (train, test), index, preset = read_any(ratings, sep), None, None
     elif ratings in datasets.SOURCES:
@@ -457,8 +459,6 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, conf
     hyper-parameters). Datasets are looked up in $GLOCALK_NP_DATA, else
     ~/.cache/glocalk-np.
     """
-    if test_path and test_frac:
-        raise click.UsageError("give --test or --test-frac, not both")
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")
     checkpoints = ([os.path.join(checkpoint_dir, checkpoint_name(k)) for k in range(ensemble)]
@@ -565,8 +565,6 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, 
     `glocalk-np fit RATINGS --config FILE`. Trials that fail are recorded.
     """
     from . import tune as search
-    if test_path and test_frac:
-        raise click.UsageError("give --test or --test-frac, not both")
     check_distinct([ratings if os.path.exists(ratings) else None, test_path], [out])
     train, _, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
                                                    val_frac, seed)
