@@ -468,7 +468,7 @@ def test_subprocess_sigint_during_fit(tmp_path, files):
     ckpt = tmp_path / "ckpt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "glocalk_np.cli", "fit", str(files["train"]), *TINY[:6],
-         "--epochs-finetune", "100000", "--checkpoint-dir", str(ckpt), "--out",
+         "--epochs-finetune", "100000", "--patience", "0", "--checkpoint-dir", str(ckpt), "--out",
          str(tmp_path / "m.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

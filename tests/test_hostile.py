@@ -337,7 +337,7 @@ def test_sigterm_ends_in_one_line_and_keeps_the_old_output(work):
     with unchanged(work):
         proc = subprocess.Popen(
             [sys.executable, "-m", "glocalk_np", "fit", "r.csv", *TINY_ARGS[:6],
-             "--epochs-finetune", "100000", "--out", "m.npz"], cwd=work,
+             "--epochs-finetune", "100000", "--patience", "0", "--out", "m.npz"], cwd=work,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         for line in proc.stdout:
