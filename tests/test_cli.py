@@ -19,6 +19,7 @@ from glocalk_np.estimator import GLocalK
 from glocalk_np.gradcheck import random_problem
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.synthetic import low_rank_ratings
+import cli_process
 
 TINY = ["--hidden", "8", "--kernel-dim", "3", "--epochs-pretrain", "1", "--epochs-finetune", "2",
         "--iters-pretrain", "2", "--iters-finetune", "2"]
@@ -466,11 +467,9 @@ def test_subprocess_usage_error_and_help(tmp_path, files):
 
 def test_subprocess_sigint_during_fit(tmp_path, files):
     ckpt = tmp_path / "ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "glocalk_np.cli", "fit", str(files["train"]), *TINY[:6],
-         "--epochs-finetune", "100000", "--patience", "0", "--checkpoint-dir", str(ckpt), "--out",
-         str(tmp_path / "m.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = cli_process.start("fit", files["train"], *TINY[:6], "--epochs-finetune", "100000",
+                             "--patience", "0", "--checkpoint-dir", ckpt, "--out",
+                             tmp_path / "m.npz")
     try:
         for line in proc.stdout:               # wait for a completed fine-tuning epoch
             if line.startswith("finetune"):

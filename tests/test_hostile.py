@@ -28,6 +28,7 @@ from glocalk_np.data import DataWarning, read_ratings
 from glocalk_np.estimator import GLocalK
 from glocalk_np.synthetic import low_rank_ratings
 from glocalk_np.train import Config, physical_memory
+import cli_process
 from model_fuzz import mutate
 
 HERE = Path(__file__).parent
@@ -320,9 +321,7 @@ def test_predict_all_that_cannot_fit_in_memory_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("delay", [0.3, 0.6])
 def test_ctrl_c_while_starting_is_one_line(tmp_path, delay):
-    proc = subprocess.Popen([sys.executable, "-m", "glocalk_np", "demo", "--quick"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = cli_process.start("demo", "--quick", cwd=tmp_path)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

@@ -1,0 +1,32 @@
+"""``glocalk-np`` in a process of its own, started as a user's shell starts it.
+
+A shell runs a background job (``cmd &``, nohup, some CI runners) with
+SIGINT ignored, and a program that starts with SIGINT ignored rightly keeps
+ignoring it; the tests that press Ctrl-C would then wait for nothing. So the
+command is started through a two-line launcher that restores SIGINT's
+default disposition before it execs ``python -m glocalk_np``.
+"""
+import os
+import subprocess
+import sys
+
+_LAUNCH = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+           "os.execv(sys.executable, [sys.executable, '-m', 'glocalk_np', *sys.argv[1:]])")
+
+
+def command(*args):
+    """The argv that runs ``glocalk-np args``."""
+    return [sys.executable, "-c", _LAUNCH, *map(str, args)]
+
+
+def run(*args, cwd=None, timeout=180, **kwargs):
+    """``glocalk-np args`` to completion: a CompletedProcess with text output."""
+    return subprocess.run(command(*args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def start(*args, cwd=None, **kwargs):
+    """``glocalk-np args`` running, its stdout and stderr piped, unbuffered."""
+    return subprocess.Popen(command(*args), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
