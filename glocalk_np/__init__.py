@@ -13,17 +13,19 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # Read when Numba first loads its OpenMP layer, i.e. at the first kernel.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-try:
-    from importlib.metadata import PackageNotFoundError, version as _version
-    __version__ = _version("glocalk-np")
-except PackageNotFoundError:     # run from a source tree that was never installed
-    __version__ = "0+unknown"
-
 
 def __getattr__(name):
     """``from glocalk_np import GLocalK`` without loading NumPy, SciPy and
-    Numba at ``import glocalk_np`` (the settings above must come first)."""
+    Numba at ``import glocalk_np`` (the settings above must come first), and
+    ``__version__`` without importlib.metadata (30 ms the command's signal
+    handlers would wait for)."""
     if name == "GLocalK":
         from .estimator import GLocalK
         return GLocalK
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return version("glocalk-np")
+        except PackageNotFoundError:     # run from a source tree that was never installed
+            return "0+unknown"
     raise AttributeError(f"module 'glocalk_np' has no attribute {name!r}")

@@ -1,27 +1,36 @@
 """``python -m glocalk_np`` and the ``glocalk-np`` command.
 
-Ctrl-C while NumPy and Numba load (about a second) is held until the CLI is
-imported and then ends the command as Ctrl-C does later: one line, status
-130. Raising it inside the import instead can land in C code that runs
-Python (PyRun_String), after which the interpreter kills itself with SIGINT
-however the exception was handled.
+Ctrl-C or SIGTERM while NumPy and Numba load (about a second) is held until
+the CLI is imported and then ends the command as it does later: one line,
+status 130 or 143. Raising it inside the import instead can land in C code
+that runs Python (PyRun_String), after which the interpreter kills itself
+with the signal however the exception was handled; and SIGTERM's default
+would end the process on the spot. A SIGINT the process inherited as
+ignored (a background job) stays ignored.
 """
 import signal
 import sys
 
+_EXIT = {signal.SIGINT: (130, "Interrupted"), signal.SIGTERM: (143, "Terminated")}
+
 
 def main():
     """Console entry point."""
-    pressed = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        from .cli import EXIT_INTERRUPTED, cli
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        sys.stderr.write("Interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
-    cli.main()
+    held = []
+
+    def hold(signum, frame):
+        held.append(signum)
+
+    for signum in _EXIT:        # cli.main replaces them with its own, without a gap
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, hold)
+    from .cli import cli, ignore_signals
+    if held:
+        ignore_signals()
+        status, word = _EXIT[held[0]]
+        sys.stderr.write(f"{word}\n")
+        sys.exit(status)
+    cli.main(own_process=True)
 
 
 if __name__ == "__main__":

@@ -4,22 +4,25 @@ Every problem with the input (DataError, ModelFileError, any ValueError of
 the library, a usage error) ends the command with one line ``Error: ...`` on
 stderr and exit status 2; a failure at run time (training diverged, out of
 memory, a failed download, a disk that cannot take an output) the same way
-with status 1; Ctrl-C ends it with status 130, SIGTERM with 143.
-Files are written atomically (safeio.py), and no output may be an input or
-another output of the same command.
+with status 1; Ctrl-C ends it with status 130, SIGTERM with 143, and a
+second signal while the first is being handled is ignored (the temporary
+files are removed, one line is printed). Numbers on the command line are
+read by the one strict rule of numbers in files (data.DECIMAL, PLAIN_INT).
+Inputs must be regular files; every output, companions included, is checked
+before any work is done, files are written atomically (safeio.py), and no
+output may be an input or another output of the same command. When a data
+output goes to standard output ('-'), the human-readable lines go to stderr.
 """
 import contextlib
 import csv
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
 import warnings
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 import numpy as np
@@ -27,11 +30,12 @@ import numpy as np
 from . import __version__, datasets, metrics
 from .datasets import DownloadError
 from .engines import DEVICES
-from .data import (PLAIN_INT, DataError, DataWarning, random_split, read_any, read_pairs,
-                   read_ratings)
-from .estimator import GLocalK, checkpoint_name
+from .data import (PLAIN_INT, DataError, DataWarning, as_ids, parse_decimal, random_split,
+                   read_any, read_ids, read_pairs, read_ratings)
+from .estimator import MAX_ENSEMBLE, GLocalK, checkpoint_name
 from .gradcheck import TOLERANCE, check_gradients
-from .safeio import OutputError, atomic_output, check_distinct, check_target
+from .safeio import (OutputError, atomic_output, atomic_outputs, check_distinct, check_input,
+                     check_target, parse_json, read_text, shorten)
 from .scale import SCALES
 from .synthetic import low_rank_ratings
 from .train import (OPTIMIZERS, PRESETS, SELECTIONS, Config, TrainingDiverged, epoch_line,
@@ -51,6 +55,8 @@ DEFAULT_VAL_FRAC = 0.05
 DEFAULT_PATIENCE = 5
 # click >= 8.2 reports a bare group as an error that carries the help text
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+# An error line longer than this is cut (a path or a quoted field of megabytes)
+MAX_MESSAGE = 500
 
 
 class Terminated(BaseException):
@@ -58,8 +64,21 @@ class Terminated(BaseException):
     removed on the way out (Python's default would end it on the spot)."""
 
 
+def ignore_signals():
+    """From now on SIGINT and SIGTERM are ignored: the command is ending, and
+    a second signal must not cut short its cleanup or its last line."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _terminate(signum, frame):
+    ignore_signals()
     raise Terminated
+
+
+def _interrupt(signum, frame):
+    ignore_signals()
+    raise KeyboardInterrupt
 
 
 def _signal_behind(exc):
@@ -76,15 +95,26 @@ def _signal_behind(exc):
 class _Main(click.Group):
     """The top-level group; its main() turns every failure into one line."""
 
-    def main(self, args=None, prog_name="glocalk-np", **extra):
+    def main(self, args=None, prog_name="glocalk-np", own_process=False, **extra):
+        """Run the command; ``own_process`` (the console entry point) leaves
+        SIGINT and SIGTERM ignored on the way out instead of restoring them,
+        as the process ends here. A SIGINT the process inherited as ignored
+        (a background job) stays ignored."""
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataWarning)
             warnings.showwarning = _show_warning
-            previous = signal.signal(signal.SIGTERM, _terminate)
+            handlers = {signal.SIGTERM: _terminate}
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                handlers[signal.SIGINT] = _interrupt
+            previous = {signum: signal.signal(signum, h) for signum, h in handlers.items()}
             try:
                 status = self._run(args, prog_name, extra)
             finally:
-                signal.signal(signal.SIGTERM, previous)
+                if own_process:
+                    ignore_signals()
+                else:
+                    for signum, handler in previous.items():
+                        signal.signal(signum, handler)
             sys.exit(status)
 
     def _run(self, args, prog_name, extra):
@@ -122,21 +152,66 @@ class _Main(click.Group):
         return EXIT_ERROR
 
 
+def _one_line(message):
+    """``message`` on one line of at most MAX_MESSAGE characters."""
+    return shorten(" ".join(str(message).split()), MAX_MESSAGE)
+
+
 def _error(message):
-    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    click.echo(f"Error: {_one_line(message)}", err=True)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """Library warnings as one line on stderr."""
-    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+    click.echo(f"Warning: {_one_line(message)}", err=True)
 
 
 # ---------------------------------------------------------------- files
 
+class Number(click.ParamType):
+    """An integer (``kind=int``: data.PLAIN_INT) or a finite decimal
+    (``kind=float``: data.DECIMAL) within bounds, read by the rule of
+    numbers in files: '1_000', other scripts' digits, 'nan' and 'inf',
+    which int() and float() take, are refused."""
+
+    def __init__(self, kind=int, min=None, max=None, min_open=False, max_open=False):
+        self.kind, self.min, self.max = kind, min, max
+        self.min_open, self.max_open = min_open, max_open
+        self.name = "integer" if kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            text = value.strip()
+            if self.kind is int:
+                if not PLAIN_INT.fullmatch(text):
+                    self.fail(f"{shorten(repr(value))} is not an integer (ASCII digits)",
+                              param, ctx)
+                value = int(text)
+            else:
+                try:
+                    value = parse_decimal(text)
+                except ValueError:
+                    self.fail(f"{shorten(repr(value))} is not a decimal number", param, ctx)
+        if self.kind is float and not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        low_ok = self.min is None or (value > self.min if self.min_open else value >= self.min)
+        high_ok = self.max is None or (value < self.max if self.max_open else value <= self.max)
+        if not (low_ok and high_ok):
+            self.fail(f"{shorten(value)} is not in {self._range()}", param, ctx)
+        return value
+
+    def _range(self):
+        low = "(" if self.min_open else "["
+        high = ")" if self.max_open else "]"
+        return (f"{low}{'-inf' if self.min is None else self.min}, "
+                f"{'inf' if self.max is None else self.max}{high}")
+
+
 class OutFile(click.Path):
-    """A file to write: a non-empty name in an existing, writable folder,
-    not an existing folder, device or other non-regular file; '-' for
-    standard output where ``dash`` (text outputs)."""
+    """A file to write: a file name (not a folder's, not too long) in an
+    existing folder where a file can be created, not an existing folder,
+    device or other non-regular file (a symlink is written through); '-'
+    for standard output where ``dash`` (text outputs)."""
 
     def __init__(self, dash=False):
         super().__init__(dir_okay=False, allow_dash=dash)
@@ -154,7 +229,43 @@ class OutFile(click.Path):
         return super().convert(value, param, ctx)
 
 
-INPUT = click.Path(exists=True, dir_okay=False)
+class InFile(click.Path):
+    """A file to read: an existing regular file (a FIFO, a device or a
+    folder would hang or mislead the reader)."""
+
+    def __init__(self):
+        super().__init__(exists=True, dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        try:
+            check_input(value, DataError)
+        except DataError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
+INPUT = InFile()
+
+
+def check_outputs(inputs, outputs):
+    """Before any work: no output is an input or another output, and each
+    output (companions included) can be written; '-' and None skipped."""
+    check_distinct(inputs, outputs)
+    for path in outputs:
+        if path is not None and path != "-":
+            check_target(path)
+
+
+@contextlib.contextmanager
+def human_text_to_stderr(data_on_stdout):
+    """Progress lines and summaries to stderr while a data output (JSON,
+    CSV) claims standard output, so that the data stays parseable."""
+    if not data_on_stdout:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 @contextlib.contextmanager
@@ -232,9 +343,9 @@ def _hyper(flag, name, kind, text):
 
 SEP = click.option("--sep", help="Field separator of text files: ',', tab, '::', ';' or "
                                  "whitespace [default: detected].")
-SEED = click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+SEED = click.option("--seed", type=Number(int, 0), default=0, show_default=True,
                     help="Seed of the initialisation and of random splits.")
-THREADS = click.option("--threads", type=click.IntRange(1), callback=_set_threads,
+THREADS = click.option("--threads", type=Number(int, 1), callback=_set_threads,
                        expose_value=False, help="Number of Numba threads [default: all].")
 QUIET = click.option("--quiet", is_flag=True,
                      help="No progress bars or per-epoch lines; only the summary.")
@@ -242,25 +353,25 @@ HYPER = options(
     click.option("--preset", type=click.Choice(sorted(PRESETS)),
                  help="The official hyper-parameters of a paper dataset; the options "
                       "below override them."),
-    _hyper("--hidden", "n_hidden", click.IntRange(1), "Width of the hidden layers."),
-    _hyper("--layers", "n_layers", click.IntRange(1), "Number of hidden layers."),
-    _hyper("--kernel-dim", "kernel_dim", click.IntRange(1), "Dimension of the local kernel."),
-    _hyper("--gk-size", "gk_size", click.IntRange(1), "Side of the global kernel (odd)."),
-    _hyper("--lambda-2", "lambda_2", click.FloatRange(0), "L2 penalty of the weights."),
-    _hyper("--lambda-s", "lambda_s", click.FloatRange(0), "Penalty of the local kernels."),
-    _hyper("--dot-scale", "dot_scale", click.FloatRange(0), "Scale of the global kernel."),
-    _hyper("--epochs-pretrain", "epochs_pretrain", click.IntRange(0), "Pre-training epochs."),
-    _hyper("--epochs-finetune", "epochs_finetune", click.IntRange(0), "Fine-tuning epochs."),
-    _hyper("--iters-pretrain", "iters_pretrain", click.IntRange(1),
+    _hyper("--hidden", "n_hidden", Number(int, 1), "Width of the hidden layers."),
+    _hyper("--layers", "n_layers", Number(int, 1), "Number of hidden layers."),
+    _hyper("--kernel-dim", "kernel_dim", Number(int, 1), "Dimension of the local kernel."),
+    _hyper("--gk-size", "gk_size", Number(int, 1), "Side of the global kernel (odd)."),
+    _hyper("--lambda-2", "lambda_2", Number(float, 0), "L2 penalty of the weights."),
+    _hyper("--lambda-s", "lambda_s", Number(float, 0), "Penalty of the local kernels."),
+    _hyper("--dot-scale", "dot_scale", Number(float, 0), "Scale of the global kernel."),
+    _hyper("--epochs-pretrain", "epochs_pretrain", Number(int, 0), "Pre-training epochs."),
+    _hyper("--epochs-finetune", "epochs_finetune", Number(int, 0), "Fine-tuning epochs."),
+    _hyper("--iters-pretrain", "iters_pretrain", Number(int, 1),
            "L-BFGS-B iterations per pre-training epoch."),
-    _hyper("--iters-finetune", "iters_finetune", click.IntRange(1),
+    _hyper("--iters-finetune", "iters_finetune", Number(int, 1),
            "L-BFGS-B iterations per fine-tuning epoch."),
     _hyper("--dtype", "dtype", click.Choice(["float32", "float64"]),
            "Compute precision of the network."),
     _hyper("--optimizer", "optimizer", click.Choice(OPTIMIZERS),
            "L-BFGS-B: scipy's, or numba, the same steps at a fraction of scipy's cost "
            "on large fits."),
-    _hyper("--patience", "patience", click.IntRange(0),
+    _hyper("--patience", "patience", Number(int, 0),
            "Early stopping: end a stage after N epochs without a better validation RMSE "
            f"(0: off; needs a validation set) [default: {DEFAULT_PATIENCE} when fitting a "
            "ratings file without --preset, else 0]."),
@@ -413,14 +524,14 @@ def _training_data(ratings, sep, test_path, test_frac, val_frac, seed):
     return train, test, val, index, preset
 
 
-FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
+FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
 
 
 @cli.command()
 @click.argument("ratings")
 @click.option("--test", "test_path", type=INPUT, help="Test ratings file.")
 @click.option("--test-frac", type=FRACTION, help="Hold out this fraction of RATINGS as test set.")
-@click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True),
+@click.option("--val-frac", type=Number(float, 0, 1, max_open=True),
               help="Carve this fraction out of the training set to pick the epoch honestly "
                    f"(0: none) [default: {DEFAULT_VAL_FRAC} when RATINGS is a ratings file and "
                    "no --preset is given, else 0].")
@@ -446,7 +557,7 @@ FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 @click.option("--resume", is_flag=True, help="Go on from the checkpoint in --checkpoint-dir.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the loss and gradient are computed (cuda: pip install 'glocalk-np[cuda]').")
-@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--ensemble", type=Number(int, 1, MAX_ENSEMBLE), default=1, show_default=True,
               help="Train K models (seeds SEED, SEED+1, ...) and average their predictions.")
 @QUIET
 def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, config_file, out,
@@ -463,8 +574,23 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, conf
         raise click.UsageError("--resume needs --checkpoint-dir")
     checkpoints = ([os.path.join(checkpoint_dir, checkpoint_name(k)) for k in range(ensemble)]
                    if checkpoint_dir else [])
-    check_distinct([ratings if os.path.exists(ratings) else None, test_path, config_file],
-                   [out, metrics_json, *checkpoints])
+    inputs = [ratings if os.path.exists(ratings) else None, test_path, config_file]
+    check_distinct(inputs, [out, metrics_json, *checkpoints])
+    if checkpoint_dir and os.path.isdir(checkpoint_dir):   # else made (and checked) by fit
+        check_outputs(inputs, checkpoints)
+    with human_text_to_stderr(metrics_json == "-"):
+        est, seconds = _fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep,
+                            config_file, out, checkpoint_dir, resume, device, ensemble, quiet,
+                            hyper)
+    if metrics_json:
+        write_json(metrics_json, {"config": est.config.as_dict(), "summary": est.summary_,
+                                  "history": [asdict(r) for r in est.history_],
+                                  "dropped": est.dropped_, "seconds": seconds})
+
+
+def _fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, config_file, out,
+         checkpoint_dir, resume, device, ensemble, quiet, hyper):
+    """fit's work after its checks: (the fitted estimator, seconds taken)."""
     tic = time.perf_counter()
     settings = read_settings(config_file) if config_file else {}
     own_file = preset is None and os.path.exists(ratings)
@@ -487,11 +613,7 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, conf
     est.save(out)
     echo_summary(est)
     click.echo(f"model saved to {out}")
-    if metrics_json:
-        write_json(metrics_json, {"config": est.config.as_dict(), "summary": est.summary_,
-                                  "history": [asdict(r) for r in est.history_],
-                                  "dropped": est.dropped_,
-                                  "seconds": time.perf_counter() - tic})
+    return est, time.perf_counter() - tic
 
 
 @cli.command()
@@ -509,7 +631,7 @@ def update(model, ratings, out, sep):
     Ratings by users the model does not know are skipped (a new user needs
     a refit), ratings outside the training range are refused, and a rating
     of a pair already rated replaces it."""
-    check_distinct([model, ratings], [out])
+    check_outputs([model, ratings], [out])
     est = GLocalK.load(model)
     counts = est.update(read_ratings(ratings, sep))
     est.save(out)
@@ -521,10 +643,12 @@ def update(model, ratings, out, sep):
 def read_settings(path):
     """The Config fields in the 'config' object of the JSON file ``path``
     (as `tune` writes it), checked by name and value."""
+    raw = read_text(path, DataError, SETTINGS_BYTES_PER_BYTE, "JSON")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a JSON settings file ({e})") from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    data = parse_json(text, path, DataError)
     values = data.get("config") if isinstance(data, dict) else None
     if not isinstance(values, dict):
         raise DataError(f"{path}: no 'config' object of settings")
@@ -535,6 +659,10 @@ def read_settings(path):
     return values
 
 
+# Memory per byte of a JSON settings file while it is parsed (Python objects)
+SETTINGS_BYTES_PER_BYTE = 20
+
+
 @cli.command()
 @click.argument("ratings")
 @click.option("--test", "test_path", type=INPUT,
@@ -543,10 +671,10 @@ def read_settings(path):
                                                  "(kept out of the search).")
 @click.option("--val-frac", type=FRACTION, default=DEFAULT_VAL_FRAC, show_default=True,
               help="Fraction of the training ratings every trial is scored on.")
-@click.option("--budget", type=click.FloatRange(0, min_open=True),
+@click.option("--budget", type=Number(float, 0, min_open=True),
               help="Minutes: start no trial that would end after them [default: 60 without "
                    "--trials].")
-@click.option("--trials", type=click.IntRange(1), help="Number of trials.")
+@click.option("--trials", type=Number(int, 1), help="Number of trials.")
 @HYPER
 @SEED
 @THREADS
@@ -565,30 +693,32 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, 
     `glocalk-np fit RATINGS --config FILE`. Trials that fail are recorded.
     """
     from . import tune as search
-    check_distinct([ratings if os.path.exists(ratings) else None, test_path], [out])
-    train, _, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
-                                                   val_frac, seed)
-    patience = hyper.pop("patience")
-    base = Config.from_preset(preset or dataset, seed=seed, **hyper)
-    budget_s = 60 * (budget if budget is not None else 60 if trials is None else math.inf)
+    check_outputs([ratings if os.path.exists(ratings) else None, test_path], [out])
+    with human_text_to_stderr(out == "-"):
+        train, _, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
+                                                       val_frac, seed)
+        patience = hyper.pop("patience")
+        base = Config.from_preset(preset or dataset, seed=seed, **hyper)
+        budget_s = 60 * (budget if budget is not None else 60 if trials is None else math.inf)
 
-    def report(t):
-        if not quiet:
+        def report(t):
+            if not quiet:
+                click.echo(_trial_line(t))
+
+        ranked = search.tune(train, val, base, trials=trials, budget_s=budget_s, seed=seed,
+                             patience=search.PATIENCE if patience is None else patience,
+                             index=index, callback=report)
+        click.echo(f"\n{len(ranked)} trials, ranked by validation RMSE:")
+        for t in ranked[:10]:
             click.echo(_trial_line(t))
-
-    ranked = search.tune(train, val, base, trials=trials, budget_s=budget_s, seed=seed,
-                         patience=search.PATIENCE if patience is None else patience,
-                         index=index, callback=report)
-    click.echo(f"\n{len(ranked)} trials, ranked by validation RMSE:")
-    for t in ranked[:10]:
-        click.echo(_trial_line(t))
-    best = ranked[0]
-    if best.val_rmse is None:
-        raise ValueError("every trial failed; nothing to write")
+        best = ranked[0]
+        if best.val_rmse is None:
+            raise ValueError("every trial failed; nothing to write")
     write_json(out, {"config": best.config.as_dict(), "val_rmse": best.val_rmse,
                      "trials": [asdict(t) for t in ranked]})
     click.echo(f"best settings (trial {best.number}, validation RMSE {best.val_rmse:.4f}) "
-               f"written to {out}: glocalk-np fit {ratings} --config {out}")
+               f"written to {out}: glocalk-np fit {ratings} --config {out}",
+               err=out == "-")
 
 
 def _trial_line(t):
@@ -605,7 +735,7 @@ def _trial_line(t):
 @click.argument("model", type=INPUT)
 @click.argument("test", type=INPUT)
 @SEP
-@click.option("--k", type=click.IntRange(1), default=10, show_default=True,
+@click.option("--k", type=Number(int, 1), default=10, show_default=True,
               help="Length of the top-N lists scored by precision, recall and NDCG at k.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(model, test, sep, k, as_json):
@@ -658,9 +788,9 @@ def predict(model, pairs, all_pairs, out, sep):
     if (pairs is None) == (not all_pairs):
         raise click.UsageError("give PAIRS or --all (exactly one)")
     as_npy = all_pairs and out is not None and out.endswith(".npy")
-    id_files = [f"{Path(out).with_suffix('')}.{kind}.txt" for kind in ("users", "items")
+    id_files = [f"{out[:-len('.npy')]}.{kind}.txt" for kind in ("users", "items")
                 ] if as_npy else []
-    check_distinct([model, pairs], [out, *id_files])
+    check_outputs([model, pairs], [out, *id_files])
     est = GLocalK.load(model)
     if pairs is not None:
         users, items = read_pairs(pairs, sep)
@@ -670,12 +800,11 @@ def predict(model, pairs, all_pairs, out, sep):
         return
     matrix, rank = est.predict_all(ranks=True)
     users, items = est.index_.users, est.index_.items
-    if as_npy:
-        with atomic_output(out) as f:
+    if as_npy:          # the three files together: all of them are replaced, or none
+        with atomic_outputs([out, *id_files]) as (f, *id_outputs):
             np.save(f, matrix)
-        for ids, path in zip((users, items), id_files):
-            with output(path) as f:
-                f.writelines(f"{i}\n" for i in ids.tolist())
+            for ids, g in zip((users, items), id_outputs):
+                g.write("".join(f"{i}\n" for i in ids.tolist()).encode("utf-8"))
         return
     seen = est.train_matrix_.T.toarray() > 0          # users x items, as the rows go
     write_csv(out, ("user", "item", "prediction", "rank", "seen"),
@@ -683,27 +812,22 @@ def predict(model, pairs, all_pairs, out, sep):
                matrix.T.ravel().round(6), rank.T.ravel(), seen.ravel()))
 
 
-def _parse_id(text, ids):
-    """``text`` as an id of the kind of ``ids``: an int when they are ints and
-    it is written as a plain integer, as a ratings file's ids are read."""
-    text = text.strip()
-    return int(text) if ids.dtype.kind in "iu" and PLAIN_INT.fullmatch(text) else text
-
-
 @cli.command()
 @click.argument("model", type=INPUT)
 @click.option("--user", help="One user's id.")
 @click.option("--users", "users_file", type=INPUT,
-              help="A file of user ids, one per line (the first field of each line).")
+              help="A file of user ids, one per line (the first field of each line, read as "
+                   "a ratings file's ids are; a first line 'user' or 'user_id' is a header).")
 @click.option("--all-users", is_flag=True, help="Every user of the model.")
-@click.option("--top", type=click.IntRange(1), default=10, show_default=True,
+@click.option("--top", type=Number(int, 1), default=10, show_default=True,
               help="Number of items per user.")
 @click.option("--include-seen", is_flag=True, help="Also list the items a user rated.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
               help="table, csv (user,rank,item,score,fallback) or json (an object per line) "
                    "[default: table for --user, else csv].")
 @click.option("--out", type=OutFile(dash=True), help="Output file [default: stdout; also '-'].")
-def recommend(model, user, users_file, all_users, top, include_seen, fmt, out):
+@SEP
+def recommend(model, user, users_file, all_users, top, include_seen, fmt, out, sep):
     """The items with the highest predicted ratings for one user or many.
 
     Many users are served from one forward pass over all items and a GEMM
@@ -712,18 +836,18 @@ def recommend(model, user, users_file, all_users, top, include_seen, fmt, out):
     mean rating, flagged in the fallback column."""
     if sum((user is not None, users_file is not None, all_users)) != 1:
         raise click.UsageError("give --user, --users or --all-users (exactly one)")
-    check_distinct([model, users_file], [out])
+    check_outputs([model, users_file], [out])
     est = GLocalK.load(model)
-    if user is not None:
-        ids = np.array([_parse_id(user, est.index_.users)])
+    if user is not None:            # read as one id of a ratings file is
+        ids = as_ids([user], "--user", "user")
     elif users_file is not None:
-        ids = _read_user_ids(users_file, est.index_.users)
+        ids = read_ids(users_file, sep)
     else:
         ids = est.index_.users
     recs = est.recommend(ids, top, include_seen)
     unknown = np.unique(recs["user"][recs["fallback"]])
     if unknown.size:
-        named = f"user {unknown.tolist()[0]!r} has" if unknown.size == 1 else \
+        named = f"user {shorten(repr(unknown.tolist()[0]))} has" if unknown.size == 1 else \
             f"{unknown.size} users have"
         click.echo(f"Warning: {named} no training ratings: items are ranked by their damped "
                    "mean training rating", err=True)
@@ -742,15 +866,6 @@ def recommend(model, user, users_file, all_users, top, include_seen, fmt, out):
                 recs["rank"], recs["item"], recs["score"], None if user else recs["user"]))
 
 
-def _read_user_ids(path, ids):
-    """The user ids of a file, one per line (its first field), in order."""
-    fields = [re.split(r"[,;\t ]|::", line.strip(), maxsplit=1)[0]
-              for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not fields:
-        raise DataError(f"{path}: no user ids")
-    return np.array([_parse_id(f.strip("\"'"), ids) for f in fields], dtype=object)
-
-
 def _table(ranks, items, scores, users=None):
     """Lines of a recommendation table; a user column when ``users`` is given."""
     lines = [("user        " if users is not None else "") + "rank  item        predicted"]
@@ -761,7 +876,7 @@ def _table(ranks, items, scores, users=None):
 
 
 @cli.command()
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--seed", type=Number(int, 0), default=0, show_default=True,
               help="Seed of the random problem.")
 @click.pass_context
 def gradcheck(ctx, seed):
@@ -858,5 +973,6 @@ def download(name, directory):
         click.echo(f"{name}: already downloaded in {found}")
 
 
-if __name__ == "__main__":
-    cli.main()
+if __name__ == "__main__":      # python -m glocalk_np.cli: as the console entry point
+    from glocalk_np.__main__ import main
+    main()

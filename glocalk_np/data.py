@@ -6,12 +6,13 @@ CLI can print it as it is.
 """
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import repeat
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from .safeio import gib, open_input, physical_memory, read_text, shorten
 
 
 class DataError(ValueError):
@@ -41,12 +42,12 @@ class Ratings:
 
     def __post_init__(self):
         """Checked as a file's ratings are (DataError naming the source and
-        the row): ratings by hand or from a table are no less hostile."""
-        self.users, self.items = as_ids(self.users), as_ids(self.items)
-        try:
-            self.values = np.asarray(self.values, dtype=np.float64).ravel()
-        except (TypeError, ValueError):
-            raise DataError(f"{self.source}: the ratings are not all numbers") from None
+        the row): ratings by hand or from a table are no less hostile. Ids
+        follow the rules of ids in a file (as_ids), ratings given as text
+        the rule of ratings in a file (one strict decimal form)."""
+        self.users = as_ids(self.users, self.source, "user")
+        self.items = as_ids(self.items, self.source, "item")
+        self.values = _rating_values(self.source, self.values)
         n = self.values.size
         if self.users.shape != (n,) or self.items.shape != (n,):
             raise DataError(f"{self.source}: {self.users.size} users and {self.items.size} "
@@ -63,54 +64,154 @@ class Ratings:
         return len(self.values)
 
     @classmethod
+    def checked(cls, users, items, values, source, shape=None):
+        """Ratings from arrays that a reader here has already checked by the
+        same rules (held ids, float64 ratings in range): not checked again."""
+        out = object.__new__(cls)
+        out.__dict__.update(users=users, items=items, values=values, source=source,
+                            shape=shape)
+        return out
+
+    @classmethod
     def from_columns(cls, table, user="user", item="item", rating="rating", source=None):
         """Ratings from the named columns of any column mapping: a pandas or
-        polars DataFrame, a dict of arrays (no dependency on either). Ids
-        keep their kind: integer columns as int64 (whole-number floats too),
-        others as text; every rating is checked as a file's is."""
+        polars DataFrame, a dict of arrays (no dependency on either). Where a
+        default name is absent, the one column named as MovieLens and others
+        name it (userId, movieId, item_id, ...; any case) is used. Ids keep
+        their kind (as_ids: integer columns as int64, whole-number floats
+        too, others as text); every rating is checked as a file's is."""
         source = source or f"a {type(table).__name__} of ratings"
+        names = _column_names(table)
         columns = []
         for role, name in (("user", user), ("item", item), ("rating", rating)):
+            if name == role and name not in names:
+                name = _alias(names, role, source)
             try:
-                columns.append(np.asarray(table[name]))
+                columns.append(table[name])
             except (KeyError, IndexError, TypeError, ValueError):
-                have = list(getattr(table, "columns", None) or getattr(table, "keys", list)())
-                raise DataError(f"{source}: no {role} column {name!r}"
-                                + (f" (columns: {', '.join(map(str, have))})" if have else "")
-                                ) from None
-        users, items = (_whole_number_ids(source, ids, role)
-                        for ids, role in zip(columns[:2], ("user", "item")))
-        return cls(users, items, columns[2], source)
+                raise DataError(f"{source}: no {role} column {shorten(name)!r}"
+                                + (f" (columns: {shorten(', '.join(map(str, names)), 200)})"
+                                   if names else "")) from None
+        return cls(*columns, source)
 
 
-def as_ids(ids):
-    """Ids as the library holds them: int64 for integers, otherwise an object
-    array of str, whose memory is what the ids' text needs (a fixed-width
-    unicode array costs its longest id times their number)."""
+def _column_names(table):
+    """The column names of a DataFrame or the keys of a mapping, as a list."""
+    columns = getattr(table, "columns", None)
+    if columns is None and hasattr(table, "keys"):
+        columns = table.keys()
+    try:
+        return list(columns) if columns is not None else []
+    except TypeError:
+        return []
+
+
+def _alias(names, role, source):
+    """The one column of ``names`` that other tools use for ``role``, else
+    ``role`` itself (whose absence the caller then reports)."""
+    found = [n for n in names if isinstance(n, str) and n.lower() in COLUMN_ALIASES[role]]
+    if len(found) > 1:
+        raise DataError(f"{source}: several {role} columns ({', '.join(found)}); name one")
+    return found[0] if found else role
+
+
+# Column names that mean user, item and rating in MovieLens, LensKit,
+# Surprise and cornac files (compared in lower case).
+COLUMN_ALIASES = {"user": ("user", "users", "userid", "user_id", "uid"),
+                  "item": ("item", "items", "itemid", "item_id", "iid", "movie", "movieid",
+                           "movie_id"),
+                  "rating": ("rating", "ratings", "score", "stars")}
+
+
+def as_ids(ids, source="ids", what="user"):
+    """Ids as the library holds them, by the rules of ids read from a file:
+    int64 when every id of the column is an integer (an int, a whole float,
+    or text written as a plain integer), else an object array of the ids'
+    text (surrounding blanks stripped; memory = the text, where a
+    fixed-width unicode array costs its longest id times their number).
+    DataError (naming ``source`` and the row) for a missing id (None, NaN),
+    an empty one, one that is neither an integer nor text (1.5, True, a
+    date), and a column that mixes numbers with text (1 and '1' would
+    otherwise be merged, or not, by accident)."""
+    raw = ids
     ids = np.asarray(ids)
-    if ids.dtype.kind in "iu":
+    if ids.dtype.kind in "US" and not isinstance(raw, np.ndarray):
+        ids = np.asarray(raw, dtype=object)     # a list of 1 and 'a' would read as text
+    ids = ids.ravel()
+    kind = ids.dtype.kind
+    if kind in "iu":
+        if kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
+            raise DataError(f"{source}: {what} id {ids.max()} is beyond 64-bit integers")
         return ids.astype(np.int64, copy=False)
-    if ids.dtype == object and all(isinstance(x, str) for x in ids.tolist()):
-        return ids
-    return ids.astype(str).astype(object)
+    if kind == "f":
+        return _whole_numbers(source, ids, what)
+    if kind in "US":
+        return _text_ids(source, _decoded(source, ids.tolist(), what), what)
+    if kind != "O":
+        raise DataError(f"{source}: {what} ids of dtype {ids.dtype} are not ids "
+                        "(integers or text)")
+    values = ids.tolist()
+    texts = [isinstance(v, (str, bytes)) for v in values]
+    if all(texts):
+        return _text_ids(source, _decoded(source, values, what), what)
+    if any(texts):
+        i, j = texts.index(True), texts.index(False)
+        raise DataError(f"{source}: {what} ids mix text and numbers (row {i}: "
+                        f"{shorten(values[i])!r}, row {j}: {shorten(values[j])!r}); give "
+                        "them as one kind")
+    for i, v in enumerate(values):
+        if v is None or isinstance(v, (bool, np.bool_)) \
+                or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise DataError(f"{source}: row {i}: {what} id {shorten(repr(v))} is not an id "
+                            "(an integer or text)" if v is not None else
+                            f"{source}: row {i}: missing {what} id")
+    try:
+        return as_ids(np.array(values, dtype=np.float64 if any(
+            isinstance(v, (float, np.floating)) for v in values) else np.int64), source, what)
+    except OverflowError:
+        raise DataError(f"{source}: a {what} id is beyond 64-bit integers") from None
 
 
-def _whole_number_ids(source, ids, what):
+def _whole_numbers(source, ids, what):
     """A float id column (a DataFrame's integer column with a gap turns to
     float) as int64 if every id is a whole number; DataError otherwise."""
-    if ids.dtype.kind != "f":
-        return ids
-    whole = np.isfinite(ids) & (ids == np.round(ids))
+    whole = np.isfinite(ids) & (ids == np.round(ids)) & (np.abs(ids) < 2.0 ** 63)
     if not whole.all():
-        raise DataError(f"{source}: row {np.flatnonzero(~whole)[0]}: {what} id "
-                        f"{ids[~whole][0]:g} is not an id (a whole number or text)")
+        i = np.flatnonzero(~whole)[0]
+        if np.isnan(ids[i]):
+            raise DataError(f"{source}: row {i}: missing {what} id (NaN)")
+        raise DataError(f"{source}: row {i}: {what} id {ids[i]:g} is not an id "
+                        "(a whole number or text)")
     return ids.astype(np.int64)
 
 
+def _decoded(source, values, what):
+    """Text ids as str: bytes decoded as UTF-8."""
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{source}: row {i}: {what} id is not UTF-8 text") from None
+        out.append(v)
+    return out
+
+
+def _text_ids(source, col, what):
+    """Ids given as text, read as a file's column is (_parse_ids), rows
+    numbered from 0."""
+    bad = next((i for i, t in enumerate(col) if "\0" in t), None)
+    if bad is not None:
+        raise DataError(f"{source}: row {bad}: {what} id holds a NUL character")
+    return _parse_ids(col, lambda i: f"row {i}", what)
+
+
 def subset(ratings, mask):
-    """The ratings selected by a boolean mask or an index array, in that order."""
-    return replace(ratings, users=ratings.users[mask], items=ratings.items[mask],
-                   values=ratings.values[mask])
+    """The ratings selected by a boolean mask or an index array, in that
+    order (already checked: not checked again)."""
+    return Ratings.checked(ratings.users[mask], ratings.items[mask], ratings.values[mask],
+                           ratings.source, ratings.shape)
 
 
 # ---------------------------------------------------------------- text files
@@ -120,17 +221,28 @@ _SEP_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";",
 _SEP_CANDIDATES = ("::", "\t", ",", ";", None)   # None = runs of whitespace
 _SEP_NAMES = {"::": "'::'", "\t": "tab", ",": "comma", ";": "semicolon", None: "whitespace"}
 _DETECT_LINES = 5
-# (allowed field counts, what they are) of a ratings file and of a pairs file
+# (allowed field counts, what they are) of a ratings and a pairs file
 _RATING_FIELDS = (range(3, 5), "3 or 4 (user, item, rating[, timestamp])")
 _PAIR_FIELDS = (range(2, 1 << 31), "at least 2 (user, item[, ...])")
 _WORD = re.compile(r"[A-Za-z_][\w .()/-]*")
-PLAIN_INT = re.compile(r"-?(0|[1-9][0-9]*)")     # [0-9]: ASCII digits only
+# An integer id as str(int) writes it: ASCII digits, no leading zeros, no '-0'.
+PLAIN_INT = re.compile(r"0|-?[1-9][0-9]*")
+# The one form of a number written as text, for ratings and command-line
+# options alike: ASCII decimal with an optional sign, fraction and exponent.
+# Python's float() also takes '4_5' (45), other scripts' digits, 'inf' and
+# 'nan'; none of them is a rating anyone wrote on purpose.
+DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_NOT_DECIMAL = re.compile(r"[^0-9eE.+\-\s]")   # what no decimal (with blanks) holds
 # first fields that make a lone first line of a pairs file a header
 _ID_COLUMN_NAMES = {"user", "users", "user_id", "userid", "uid", "item", "items", "item_id",
                     "itemid", "iid", "movie", "movie_id", "movieid", "id"}
 # The largest rating glocalk-np trains on: squared float32 residuals of
 # larger ones would leave float32's range; rescale such data.
 MAX_RATING = 1e6
+# Peak bytes of memory per byte of a text file while it is parsed (lines,
+# fields and ids as Python objects): 19x measured on ML-100K's u1.base, 27x
+# on ML-1M's 13-byte lines; shorter lines cost more per byte.
+TEXT_BYTES_PER_BYTE = 40
 
 
 def read_ratings(path, sep=None):
@@ -141,8 +253,10 @@ def read_ratings(path, sep=None):
     ``" "``) for runs of blanks, or None to detect it from the first lines.
     A first line whose fields are all words and whose rating is not a number
     is a header. Blank lines are skipped; the timestamp is ignored. Ratings
-    must be finite and > 0 (0 means "missing" to the model, docs/model.md §1).
-    Duplicate (user, item) pairs keep their last rating, with a DataWarning.
+    are decimal numbers (DECIMAL), finite and > 0 (0 means "missing" to the
+    model, docs/model.md §1). Duplicate (user, item) pairs keep their last
+    rating, with a DataWarning. The file must be a regular file of UTF-8
+    text (safeio.read_text: no FIFO, device or binary file is read).
 
     The common case is parsed without a Python loop per line; a slow scan
     only runs to name the line of an error once one is found.
@@ -155,10 +269,11 @@ def read_ratings(path, sep=None):
         if not lines:
             raise DataError(f"{src}: no ratings (only a header line)")
     tokens, k = _tokens(src, lines, linenos, sep)
-    values = _parse_ratings(src, tokens[2::k], linenos)
-    users = _parse_ids(src, tokens[0::k], linenos, "user")
-    items = _parse_ids(src, tokens[1::k], linenos, "item")
-    return _drop_duplicates(Ratings(users, items, values, src))
+    where = _lines_of(src, linenos)
+    values = _parse_ratings(tokens[2::k], where)
+    users = _parse_ids(tokens[0::k], where, "user")
+    items = _parse_ids(tokens[1::k], where, "item")
+    return _drop_duplicates(Ratings.checked(users, items, values, src))
 
 
 def read_pairs(path, sep=None):
@@ -180,8 +295,40 @@ def read_pairs(path, sep=None):
         if not lines:
             raise DataError(f"{src}: no (user, item) pairs (only a header line)")
     tokens, k = _tokens(src, lines, linenos, sep, _PAIR_FIELDS)
-    return (_parse_ids(src, tokens[0::k], linenos, "user"),
-            _parse_ids(src, tokens[1::k], linenos, "item"))
+    where = _lines_of(src, linenos)
+    return (_parse_ids(tokens[0::k], where, "user"),
+            _parse_ids(tokens[1::k], where, "item"))
+
+
+def read_ids(path, sep=None, what="user"):
+    """The ids in the first field of each line of ``path``, in file order,
+    read as a ratings file's ids are (blanks around them stripped, quotes
+    kept, int64 when all are plain integers). ``sep`` as for read_ratings;
+    detected, it is the first of '::', tab, comma and semicolon found on
+    each of the first lines, else runs of blanks if each of them has two
+    fields or more, else none (an id per line, blanks inside it kept). A
+    lone first field that names an id column (user, user_id, id, ...) is a
+    header."""
+    src = str(path)
+    lines, linenos = _content_lines(src, f"{what} ids")
+    if sep is None:
+        sample = lines[:_DETECT_LINES]
+        sep = next((c for c in _SEP_CANDIDATES[:-1] if all(c in line for line in sample)),
+                   None if all(len(line.split()) > 1 for line in sample) else "\n")
+    else:
+        sep = _parse_sep(src, sep)
+    first = _split_line(lines[0], sep)[0].strip().strip("\"'").lower()
+    if first in _ID_COLUMN_NAMES:
+        lines, linenos = lines[1:], linenos[1:]
+        if not lines:
+            raise DataError(f"{src}: no {what} ids (only a header line)")
+    fields = [_split_line(line, sep)[0] for line in lines]
+    return _parse_ids(fields, _lines_of(src, linenos), what)
+
+
+def _lines_of(src, linenos):
+    """Where entry i of a file's data lines is, for messages: 'FILE:LINE'."""
+    return lambda i: f"{src}:{linenos[i]}"
 
 
 def _content_lines(src, what):
@@ -200,10 +347,7 @@ def _content_lines(src, what):
 
 def _read_lines(src):
     """The file's lines, decoded as UTF-8 (a BOM is dropped)."""
-    try:
-        raw = Path(src).read_bytes()
-    except OSError as e:
-        raise DataError(f"{src}: cannot read: {e.strerror or e}") from None
+    raw = read_text(src, DataError, TEXT_BYTES_PER_BYTE)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -217,7 +361,7 @@ def _read_lines(src):
 def _parse_sep(src, sep):
     """An explicit separator: an alias or a literal string."""
     if not isinstance(sep, str) or sep == "":
-        raise DataError(f"{src}: invalid separator {sep!r}")
+        raise DataError(f"{src}: invalid separator {shorten(repr(sep))}")
     return _SEP_ALIASES.get(sep.lower(), sep)
 
 
@@ -238,6 +382,8 @@ def _detect_sep(sample, counts_ok=_RATING_FIELDS[0]):
 
 
 def _is_number(s):
+    """Whether float() reads ``s``: a header's fields must not be, so that
+    'inf' or '4_5' in a first line is an error in the data, not a header."""
     try:
         float(s)
     except ValueError:
@@ -266,7 +412,7 @@ def _tokens(src, lines, linenos, sep, fields=_RATING_FIELDS):
     else:
         counts = np.fromiter(map(str.count, lines, repeat(sep)), np.intp, len(lines)) + 1
     k = int(counts[0])
-    what = f"separated by {_SEP_NAMES.get(sep, repr(sep))}"
+    what = f"separated by {_SEP_NAMES.get(sep, shorten(repr(sep)))}"
     if k not in fields[0]:
         raise DataError(f"{src}:{linenos[0]}: found {_n_fields(k)} {what}, "
                         f"expected {fields[1]}")
@@ -285,36 +431,81 @@ def _n_fields(count):
     return "1 field" if count == 1 else f"{count} fields"
 
 
-def _parse_ratings(src, col, linenos):
-    """Ratings as float64, each finite and > 0."""
+def parse_decimal(text):
+    """The float a DECIMAL ``text`` (surrounding blanks allowed) writes;
+    ValueError for anything else."""
+    if not isinstance(text, str) or not DECIMAL.fullmatch(text.strip()):
+        raise ValueError(f"{shorten(repr(text))} is not a decimal number")
+    return float(text)
+
+
+def _parse_ratings(col, where):
+    """Ratings written as text (DECIMAL), as float64, each finite, > 0 and
+    at most MAX_RATING; ``where(i)`` locates entry i for messages."""
     try:
         values = np.fromiter(map(float, col), np.float64, len(col))
-    except ValueError:
-        i = next(i for i, s in enumerate(col) if not _is_number(s))
-        problem = "empty rating" if not col[i].strip() else f"rating {col[i].strip()!r} is not a number"
-        raise DataError(f"{src}:{linenos[i]}: {problem}") from None
+        if _NOT_DECIMAL.search(" ".join(col)):      # what float() takes and DECIMAL does not
+            raise ValueError
+    except (ValueError, TypeError):
+        i = next(i for i, s in enumerate(col)
+                 if not isinstance(s, str) or not DECIMAL.fullmatch(s.strip()))
+        tok = col[i].strip() if isinstance(col[i], str) else col[i]
+        raise DataError(f"{where(i)}: " + ("empty rating" if tok == "" else
+                                           f"rating {shorten(repr(tok))} {_not_decimal(tok)}")
+                        ) from None
     bad = np.flatnonzero(~(values > 0) | ~(values <= MAX_RATING))
     if bad.size:
         i = bad[0]
-        tok = col[i].strip()
+        tok = shorten(repr(col[i].strip()))
         if not np.isfinite(values[i]):
-            raise DataError(f"{src}:{linenos[i]}: rating {tok!r} is not a finite number")
+            raise DataError(f"{where(i)}: rating {tok} is not a finite number")
         if values[i] > MAX_RATING:
-            raise DataError(f"{src}:{linenos[i]}: rating {tok!r} is above {MAX_RATING:g}, the "
+            raise DataError(f"{where(i)}: rating {tok} is above {MAX_RATING:g}, the "
                             "largest glocalk-np trains on in float32: rescale the ratings")
-        raise DataError(f"{src}:{linenos[i]}: rating {tok!r} is not > 0; ratings must be > 0 "
+        raise DataError(f"{where(i)}: rating {tok} is not > 0; ratings must be > 0 "
                         "because the model reads 0 as a missing rating: shift the scale "
                         "(e.g. add 1 to every rating) before training")
     return values
 
 
-def _parse_ids(src, col, linenos, what):
+def _not_decimal(tok):
+    """What is wrong with a rating that is not DECIMAL."""
+    if _is_number(tok):
+        if not np.isfinite(float(tok)):
+            return "is not a finite number"
+        return "is not written as a decimal number (ASCII digits, '.', an exponent)"
+    return "is not a number"
+
+
+def _rating_values(source, values):
+    """Ratings given to Ratings(): numbers as float64; text by the rule of
+    ratings in a file (DECIMAL), so that '4_5' is an error, not 45."""
+    raw = np.asarray(values)
+    if raw.dtype.kind == "b":
+        raise DataError(f"{source}: the ratings are booleans, not numbers")
+    if raw.dtype.kind in "iuf":
+        return raw.astype(np.float64).ravel()
+    if raw.dtype.kind not in "USO":
+        raise DataError(f"{source}: ratings of dtype {raw.dtype} are not numbers")
+    col = raw.ravel().tolist()
+    numbers = [isinstance(v, (int, float, np.integer, np.floating))
+               and not isinstance(v, (bool, np.bool_)) for v in col]
+    if all(numbers):
+        return np.array(col, dtype=np.float64)
+    i = numbers.index(False)
+    if not isinstance(col[i], str) or not all(isinstance(v, str) for v in col):
+        raise DataError(f"{source}: row {i}: rating {shorten(repr(col[i]))} is not a number")
+    return _parse_ratings(col, lambda j: f"{source}: row {j}")
+
+
+def _parse_ids(col, where, what):
     """int64 ids when every id of the column is an integer written plainly
-    ('-'? and ASCII digits without leading zeros, the form str(int) gives);
-    otherwise every id stays the text it is (surrounding blanks stripped),
-    so that no two ids written differently are merged ('01' and '1', '1_0'
-    and '10', Arabic-Indic digits and ASCII ones). A DataWarning names the
-    first id that is a number in another form next to plain integers."""
+    (PLAIN_INT: '-'? and ASCII digits without leading zeros, the form
+    str(int) gives); otherwise every id stays the text it is (surrounding
+    blanks stripped), so that no two ids written differently are merged
+    ('01' and '1', '-0' and '0', '1_0' and '10', Arabic-Indic digits and
+    ASCII ones). A DataWarning names the first id that is a number in
+    another form next to plain integers. ``where(i)`` locates entry i."""
     col = list(map(str.strip, col))
     try:
         ints = np.fromiter(map(int, col), np.int64, len(col))
@@ -324,15 +515,15 @@ def _parse_ids(src, col, linenos, what):
         return ints
     empty = next((i for i, t in enumerate(col) if not t), None)
     if empty is not None:
-        raise DataError(f"{src}:{linenos[empty]}: empty {what} id")
+        raise DataError(f"{where(empty)}: empty {what} id")
     if any(map(PLAIN_INT.fullmatch, col)):
         odd = next((i for i, t in enumerate(col) if not PLAIN_INT.fullmatch(t) and _is_number(t)),
                    None)
         if odd is not None:
-            warnings.warn(f"{src}:{linenos[odd]}: {what} id {col[odd]!r} is a number not "
-                          f"written as a plain integer, so all {what} ids are read as text and "
-                          f"{col[odd]!r} is another {what} than any plain integer id",
-                          DataWarning, stacklevel=4)
+            odd_id = shorten(repr(col[odd]))
+            warnings.warn(f"{where(odd)}: {what} id {odd_id} is a number not written as a "
+                          f"plain integer, so all {what} ids are read as text and {odd_id} is "
+                          f"another {what} than any plain integer id", DataWarning, stacklevel=4)
     return np.array(col, dtype=object)
 
 
@@ -354,6 +545,14 @@ def _drop_duplicates(r):
 # ---------------------------------------------------------------- .mat files
 
 _MONTI_VARS = ("M", "Otraining", "Otest")
+# Bytes of one dense block of a .mat variable read at a time, and the most
+# one HDF5 chunk may decompress to (MATLAB writes chunks of a few columns).
+_MAT_BLOCK_BYTES = 32 << 20
+_MAT_CHUNK_BYTES = 256 << 20
+# Memory a rating costs from here to a trained model (ids, values, the
+# index, the matrices and the engine's arrays), for refusing a file whose
+# ratings would not fit before they are gathered.
+BYTES_PER_RATING = 200
 
 
 def read_monti_mat(path):
@@ -364,6 +563,13 @@ def read_monti_mat(path):
     rows of M are users and columns items, train = Otraining * M and
     test = Otest * M. Ids are 0-based int64 positions, in row-major order,
     and ``shape`` is M's (n_users, n_items).
+
+    Nothing dense of M's size is held: the three variables are read in
+    blocks of _MAT_BLOCK_BYTES along their chunks and only the selected
+    ratings are kept, so memory follows the ratings, not the declared
+    shape; a declared shape larger than this machine's memory, chunks over
+    _MAT_CHUNK_BYTES and more ratings than memory holds are refused before
+    they are read. M must be finite and in [0, MAX_RATING], the masks 0 or 1.
     """
     src = str(path)
     try:
@@ -371,45 +577,101 @@ def read_monti_mat(path):
     except ImportError:
         raise DataError(f"{src}: reading MATLAB v7.3 files needs h5py: "
                         "pip install glocalk-np[mat]") from None
-    try:
-        Path(src).open("rb").close()
-    except OSError as e:
-        raise DataError(f"{src}: cannot read: {e.strerror or e}") from None
-    try:
-        f = h5py.File(src, "r")
-    except OSError:
-        raise DataError(f"{src}: not a MATLAB v7.3 (HDF5) file; save it with "
-                        "MATLAB's -v7.3 option") from None
-    with f:
-        M, train_mask, test_mask = (_dense_variable(src, f, name) for name in _MONTI_VARS)
-    if not (M.shape == train_mask.shape == test_mask.shape):
-        raise DataError(f"{src}: M, Otraining and Otest differ in shape "
-                        f"({M.shape}, {train_mask.shape}, {test_mask.shape})")
-    bad = ~np.isfinite(M) | (M < 0) | (M > MAX_RATING)
-    if bad.any():
-        u, i = np.argwhere(bad)[0]
-        raise DataError(f"{src}: M[{u}, {i}] = {M[u, i]}: ratings must be finite, > 0 and "
-                        f"at most {MAX_RATING:g}")
-    return _masked(src, M, train_mask, "Otraining"), _masked(src, M, test_mask, "Otest")
+    with open_input(src, DataError) as handle:
+        try:
+            f = h5py.File(handle, "r")
+        except OSError:
+            raise DataError(f"{src}: not a MATLAB v7.3 (HDF5) file; save it with "
+                            "MATLAB's -v7.3 option") from None
+        with f:
+            M, train_mask, test_mask = (_dense_variable(src, f, name) for name in _MONTI_VARS)
+            if not (M.shape == train_mask.shape == test_mask.shape):
+                raise DataError(f"{src}: M, Otraining and Otest differ in shape "
+                                f"({M.shape[::-1]}, {train_mask.shape[::-1]}, "
+                                f"{test_mask.shape[::-1]})")
+            n_items, n_users = M.shape       # HDF5 holds M transposed
+            memory = physical_memory()
+            if memory and 8 * n_items * n_users > memory:
+                raise DataError(f"{src}: M declares {n_users} x {n_items} ratings, "
+                                f"{gib(8 * n_items * n_users)} dense, more than this "
+                                f"machine's {gib(memory)} of memory")
+            parts = {"Otraining": [], "Otest": []}
+            kept = 0
+            for block in _blocks(M):
+                values = _block(src, M, block, "M")
+                bad = ~np.isfinite(values) | (values < 0) | (values > MAX_RATING)
+                if bad.any():
+                    i, u = _origin(block, np.argwhere(bad)[0])
+                    raise DataError(f"{src}: M[{u}, {i}] = {values[bad][0]}: ratings must be "
+                                    f"finite, > 0 and at most {MAX_RATING:g}")
+                for name, mask in (("Otraining", train_mask), ("Otest", test_mask)):
+                    selected = _block(src, mask, block, name)
+                    if not np.isin(selected, (0, 1)).all():
+                        raise DataError(f"{src}: {name} holds values other than 0 and 1")
+                    rows, cols = np.nonzero(selected * values)
+                    i, u = _origin(block, (rows, cols))
+                    parts[name].append((u, i, values[rows, cols]))
+                    kept += rows.size
+                if memory and kept * BYTES_PER_RATING > memory:
+                    raise DataError(f"{src}: more than {kept:,} ratings, beyond what this "
+                                    f"machine's {gib(memory)} of memory can train on")
+    return tuple(_masked(src, parts[name], name, (n_users, n_items)) for name in parts)
 
 
 def _dense_variable(src, f, name):
+    """The HDF5 dataset of MATLAB variable ``name``, checked to be a 2-D
+    numeric matrix whose chunks are of a size that can be read."""
     if name not in f:
         raise DataError(f"{src}: no variable {name!r} (expected Monti et al.'s M, Otraining "
-                        f"and Otest; found {', '.join(f.keys()) or 'none'})")
+                        f"and Otest; found {shorten(', '.join(f.keys()), 200) or 'none'})")
     ds = f[name]
     if not hasattr(ds, "shape") or len(ds.shape) != 2 or ds.dtype.kind not in "biuf":
         raise DataError(f"{src}: variable {name!r} is not a dense numeric matrix")
-    return np.asarray(ds, dtype=np.float64).T
+    if ds.chunks is not None and int(np.prod(ds.chunks)) * ds.dtype.itemsize > _MAT_CHUNK_BYTES:
+        raise DataError(f"{src}: variable {name!r} is stored in chunks of {ds.chunks}, larger "
+                        "than any MATLAB file's: corrupt or crafted file")
+    return ds
 
 
-def _masked(src, M, mask, name):
-    R = mask * M
-    users, items = np.nonzero(R)
+def _blocks(ds):
+    """Slices of the HDF5 dataset ``ds`` of about _MAT_BLOCK_BYTES each,
+    along the axis its chunks are thinnest in (so that no chunk is
+    decompressed for more than one block): (axis, start, stop)."""
+    shape = ds.shape
+    chunks = ds.chunks or (1, shape[1])          # contiguous: whole rows
+    axis = 0 if chunks[0] * shape[1] <= chunks[1] * shape[0] else 1
+    other = shape[1 - axis]
+    step = max(chunks[axis], (_MAT_BLOCK_BYTES // max(8 * other, 1)) // chunks[axis]
+               * chunks[axis])
+    return [(axis, a, min(a + step, shape[axis])) for a in range(0, shape[axis], step)]
+
+
+def _block(src, ds, block, name):
+    """One block of ``ds`` as float64, HDF5's orientation."""
+    axis, a, b = block
+    try:
+        part = ds[a:b, :] if axis == 0 else ds[:, a:b]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{src}: variable {name!r} cannot be read ({shorten(e, 100)})") from None
+    return np.asarray(part, dtype=np.float64)
+
+
+def _origin(block, index):
+    """(item, user) positions in M of (row, col) positions in a block."""
+    axis, a, _ = block
+    rows, cols = index
+    return (rows + a, cols) if axis == 0 else (rows, cols + a)
+
+
+def _masked(src, parts, name, shape):
+    """The Ratings gathered block by block, in M's row-major order (users,
+    then items), as np.nonzero of the whole product gives them."""
+    users, items, values = (np.concatenate([p[k] for p in parts]) for k in range(3))
     if users.size == 0:
         raise DataError(f"{src}: {name} selects no ratings")
-    return Ratings(users.astype(np.int64), items.astype(np.int64), R[users, items], src,
-                   shape=M.shape)
+    order = np.lexsort((items, users))
+    return Ratings.checked(users[order].astype(np.int64), items[order].astype(np.int64),
+                           values[order], src, shape)
 
 
 def read_any(path, sep=None):
@@ -433,8 +695,8 @@ class Index:
     items: np.ndarray
 
     def __post_init__(self):
-        object.__setattr__(self, "users", as_ids(self.users))
-        object.__setattr__(self, "items", as_ids(self.items))
+        object.__setattr__(self, "users", as_ids(self.users, "the index", "user"))
+        object.__setattr__(self, "items", as_ids(self.items, "the index", "item"))
 
     @classmethod
     def from_ratings(cls, *ratings):
@@ -483,22 +745,32 @@ def _is_int(a):
     return a.dtype.kind in "iu"
 
 
+def _held(ids):
+    """Ids as held (int64, or an object array of str) from arrays that
+    already follow as_ids' rules: no check again."""
+    ids = np.asarray(ids)
+    if _is_int(ids):
+        return ids.astype(np.int64, copy=False)
+    return ids if ids.dtype == object else ids.astype(str).astype(object)
+
+
 def _as_text(ids):
     """Ids as an object array of str (integer ids written plainly)."""
-    return ids.astype(str).astype(object) if _is_int(ids) else as_ids(ids)
+    return ids.astype(str).astype(object) if _is_int(ids) else _held(ids)
 
 
 def _union(arrays):
     """Sorted unique ids; int ids become str if another array has str ids."""
-    arrays = [as_ids(a) for a in arrays]
+    arrays = [_held(a) for a in arrays]
     if not all(_is_int(a) for a in arrays):
         arrays = [_as_text(a) for a in arrays]
     return np.unique(np.concatenate(arrays))
 
 
 def _positions(keys, ids):
-    """Ranks of ``ids`` in the sorted ``keys`` and whether each was found."""
-    keys, ids = as_ids(keys), as_ids(ids)
+    """Ranks of ``ids`` in the sorted ``keys`` and whether each was found
+    (both as_ids' ids)."""
+    keys, ids = _held(keys), _held(ids)
     if _is_int(keys) != _is_int(ids):
         keys, ids = _as_text(keys), _as_text(ids)
         order = np.argsort(keys)

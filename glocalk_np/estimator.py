@@ -16,10 +16,10 @@ import numpy as np
 from . import metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
-from .data import DataError, DataWarning, Index, Ratings, _positions, subset
+from .data import DataError, DataWarning, Index, Ratings, _positions, as_ids, subset
 from .fallback import Fallback
 from .scale import RatingScale
-from .safeio import OutputError, check_target
+from .safeio import OutputError, check_target, physical_memory, shorten
 from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
                      read_config, read_history, read_members, unpack_ids, unpack_matrix,
                      unpack_params)
@@ -27,6 +27,10 @@ from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState, e
 
 
 SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
+# The most members a seed ensemble may have (each is a whole model in memory)
+MAX_ENSEMBLE = 1000
+# What set_params may change on a fitted model: everything else describes it
+FIT_INDEPENDENT = ("device", "verbose")
 
 
 def checkpoint_name(k):
@@ -52,8 +56,10 @@ class GLocalK:
         self.config = config if config is not None else Config.from_preset(preset, **hyper)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        if not isinstance(ensemble, (int, np.integer)) or ensemble < 1:
-            raise ValueError(f"ensemble must be a positive integer, got {ensemble!r}")
+        if not isinstance(ensemble, (int, np.integer)) or isinstance(ensemble, bool) \
+                or not 1 <= ensemble <= MAX_ENSEMBLE:
+            raise ValueError(f"ensemble must be an integer in [1, {MAX_ENSEMBLE}], got "
+                             f"{shorten(repr(ensemble))}")
         self.device = device
         self.ensemble = int(ensemble)
         self.verbose = bool(verbose)
@@ -68,14 +74,28 @@ class GLocalK:
                 "verbose": self.verbose}
 
     def set_params(self, **params):
-        """Change parameters named as get_params names them (ValueError for
-        others or bad values); returns self. A fitted model keeps its fit."""
+        """Change parameters named as get_params names them; returns self.
+        All or nothing: ValueError, with nothing changed, for an unknown
+        name, a bad value, or, on a fitted model, a change of anything but
+        FIT_INDEPENDENT (the model's file would describe another network
+        than it holds, or settings it was not trained with): set those on an
+        unfitted copy (sklearn.base.clone(model)) and fit it."""
         current = self.get_params()
         unknown = sorted(set(params) - set(current))
         if unknown:
             raise ValueError(f"unknown parameter(s) for GLocalK: {', '.join(unknown)}; "
                              f"known: {', '.join(current)}")
-        GLocalK.__init__(self, **{**current, **params})
+        if hasattr(self, "params_"):
+            changed = [k for k, v in params.items()
+                       if k not in FIT_INDEPENDENT and not _same(v, current[k])]
+            if changed:
+                k = changed[0]
+                raise ValueError(f"{k}={shorten(repr(params[k]))}: this model was fitted with "
+                                 f"{k}={current[k]!r}; set it on an unfitted copy "
+                                 "(sklearn.base.clone(model).set_params(...)) and fit that")
+        new = GLocalK(**{**current, **params})       # checks every value before any is set
+        self.config, self.device = new.config, new.device
+        self.ensemble, self.verbose = new.ensemble, new.verbose
         return self
 
     def __repr__(self):
@@ -131,7 +151,7 @@ class GLocalK:
                 if evals[name].nnz == 0:
                     raise ValueError(f"{ratings.source}: none of the {len(ratings)} {name} "
                                      "ratings has a user and an item seen in training")
-        training.check_problem(self.config, R)
+        training.check_problem(self.config, R, self.ensemble)
         checkpoints = [None] * self.ensemble
         if checkpoint_dir is not None:
             digests = fingerprints(index, R, evals)
@@ -259,7 +279,7 @@ class GLocalK:
         """predict() before clipping: ranking by it keeps the order of items
         whose predictions all clip to the top rating."""
         self._check_fitted()
-        users, items = np.asarray(users).ravel(), np.asarray(items).ravel()
+        users, items = as_ids(users, "predict", "user"), as_ids(items, "predict", "item")
         if users.size != items.size:
             raise ValueError(f"{users.size} users but {items.size} items")
         u, u_known = _positions(self.index_.users, users)
@@ -275,7 +295,7 @@ class GLocalK:
         (unclipped score, ties by item order, rated items included)."""
         self._check_fitted()
         m, n = self.train_matrix_.shape
-        need, have = 32 * m * n, training.physical_memory()   # outputs, ranks, sorting
+        need, have = 32 * m * n, physical_memory()   # outputs, ranks, sorting
         if have is not None and need > have:
             raise ValueError(f"the full {m} x {n} (items x users) prediction matrix needs about "
                              f"{need / 2**30:,.0f} GiB, more than this machine's "
@@ -311,7 +331,7 @@ class GLocalK:
         self._check_fitted()
         if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
-        ids = np.asarray([users] if np.ndim(users) == 0 else users).ravel()
+        ids = as_ids([users] if np.ndim(users) == 0 else users, "recommend", "user")
         lists, unknown = self._top_items(ids, int(top), include_seen)
         items = self.index_.items
         scores = [metrics.clip(raw, *self.rating_range_) for _, raw in lists]
@@ -320,6 +340,10 @@ class GLocalK:
                        "damped mean training rating") if unknown[0] else None
             return list(zip(items[lists[0][0]].tolist(), scores[0].tolist())), warning
         counts = np.array([idx.size for idx, _ in lists], dtype=np.int64)
+        u, known = _positions(self.index_.users, ids)
+        if not known.all() or ids.dtype != self.index_.users.dtype:
+            # known users as the model holds their ids, unknown ones as given
+            ids = np.where(known, self.index_.users[u].astype(object), ids.astype(object))
         return {"user": np.repeat(ids, counts),
                 "rank": np.concatenate([np.arange(1, c + 1) for c in counts]
                                        or [np.empty(0, np.int64)]),
@@ -498,7 +522,16 @@ class GLocalK:
         model.dropped_ = field(f, "dropped", lambda v: isinstance(v, dict) and all(
             isinstance(n, int) for n in v.values()), "a map of set names to counts")
         model.ensemble = len(model.members_)
+        f.check_all_read()
         return model
+
+
+def _same(a, b):
+    """Whether two parameter values are equal (1 and 1.0 are; nan is nan)."""
+    try:
+        return a == b or (a != a and b != b)
+    except (TypeError, ValueError):
+        return False
 
 
 def as_ratings(ratings, what):
@@ -622,4 +655,5 @@ class Checkpoint:
                           f"{numba.get_num_threads()} (--threads): parallel sums round "
                           "differently, so the result will differ slightly from an "
                           "uninterrupted run", DataWarning)
+        f.check_all_read()
         return TrainState(params, history, best)

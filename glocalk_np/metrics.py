@@ -84,7 +84,10 @@ def top_n(ranked, relevant, k):
     divided by its best value, sum_{r <= min(k, |relevant|)} 1 / log2(r + 1);
     averaged over the users with at least one relevant item (nan if none).
     O(sum of list lengths)."""
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    # no list or relevant set is longer than the items: k = 10^12 allocates nothing more
+    longest = min(k, max((max(len(items), len(rel)) for items, rel in zip(ranked, relevant)),
+                         default=0))
+    discount = 1.0 / np.log2(np.arange(2, longest + 2))
     precision, recall, ndcg = [], [], []
     for items, rel in zip(ranked, relevant):
         if len(rel) == 0:

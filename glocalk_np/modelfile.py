@@ -11,20 +11,23 @@ the file.
 import json
 import math
 import os
+import re
 import zipfile
 import zlib
 
 import numpy as np
 
-from .safeio import atomic_output
+from .safeio import atomic_output, gib, open_input, parse_json, physical_memory, shorten
 
 # 2: string ids as UTF-8 bytes and offsets (1: fixed-width unicode arrays,
 # still read).
 FORMAT_VERSION = 2
-# Declared array bytes a file may hold in all: about ten times an ML-10M
-# model, so that a crafted header cannot make the reader allocate terabytes.
-MAX_BYTES = 16 << 30
 MAX_ENTRIES = 4096
+# Loading holds each array and, while it is checked, about one copy more.
+LOAD_COPIES = 2
+# An entry's name: words joined by '/' (param/W0, index/users/utf8), never
+# a path that climbs ('..') or starts at the root.
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*\.npy")
 # bool, integers, floats and unicode: everything glocalk-np writes
 _DTYPE_KINDS = "biufU"
 MODEL = "glocalk-np-model"
@@ -58,18 +61,34 @@ def write(path, kind, arrays, meta):
 
 
 class Contents:
-    """A read file's arrays and meta; a missing entry raises ModelFileError."""
+    """A read file's arrays and meta; a missing entry raises ModelFileError.
+    The entries read are remembered, so that :meth:`check_all_read` can
+    refuse a file holding anything its reader did not expect."""
 
     def __init__(self, path, arrays, meta):
         self.path, self.arrays, self.meta = path, arrays, meta
+        self._read = set()
 
     def error(self, problem):
         return ModelFileError(f"{self.path}: {problem}")
 
     def __getitem__(self, name):
         if name not in self.arrays:
-            raise self.error(f"missing entry {name!r}")
+            raise self.error(f"missing entry {shorten(repr(name))}")
+        self._read.add(name)
         return self.arrays[name]
+
+    def has(self, name):
+        """Whether the entry ``name`` is there (without reading it)."""
+        return name in self.arrays
+
+    def check_all_read(self):
+        """ModelFileError naming the first entry no reader asked for: a file
+        glocalk-np wrote holds nothing else."""
+        unread = sorted(set(self.arrays) - self._read - set(_RESERVED))
+        if unread:
+            raise self.error(f"unexpected entry {shorten(repr(unread[0]))} "
+                             f"({len(unread)} in all): not a file glocalk-np wrote")
 
     def field(self, name):
         if name not in self.meta:
@@ -102,10 +121,10 @@ def read(path, kind):
     if version > FORMAT_VERSION:
         raise contents.error(f"format version {int(version)} is newer than this glocalk-np "
                              f"reads ({FORMAT_VERSION}); upgrade glocalk-np")
-    try:
-        contents.meta = json.loads(str(contents["meta"]))
-    except json.JSONDecodeError as e:
-        raise contents.error(f"unreadable metadata ({e})") from None
+    meta = contents["meta"]
+    if meta.ndim != 0 or meta.dtype.kind != "U":
+        raise contents.error("unreadable metadata (not one text entry)")
+    contents.meta = parse_json(str(meta), f"{path}: metadata", ModelFileError, constants=True)
     if not isinstance(contents.meta, dict):
         raise contents.error("unreadable metadata (not a JSON object)")
     return contents
@@ -113,44 +132,51 @@ def read(path, kind):
 
 def _read_arrays(path):
     """Every array of the npz at ``path``, read now so that a bad CRC shows
-    here. Each entry's header is checked first: a plain dtype, and a declared
-    size that the entry really holds and that stays under MAX_BYTES in all,
-    so that nothing is allocated on a header's word alone."""
+    here. The archive is checked first (_check_entries): what it declares
+    must be what it holds and fit in memory, so that nothing is allocated
+    on a header's word alone."""
     try:
-        with open(path, "rb") as f:
+        with open_input(path, ModelFileError) as f:
             if f.read(2) != b"PK":
                 raise ModelFileError(f"{path}: not a glocalk-np file (not an npz archive)")
             f.seek(0)
             with zipfile.ZipFile(f) as zf:
-                _check_headers(path, zf)
+                _check_entries(path, zf)
             f.seek(0)
             with np.load(f, allow_pickle=False) as z:
                 return {name: z[name] for name in z.files}
     except ModelFileError:
         raise
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a folder, not a file") from None
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read: {e.strerror or e}") from None
     except MemoryError:
         raise ModelFileError(f"{path}: too large to load into this machine's memory") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
-        raise ModelFileError(f"{path}: corrupt or truncated file ({e})") from None
+        raise ModelFileError(f"{path}: corrupt or truncated file ({shorten(e, 100)})") from None
 
 
-def _check_headers(path, zf):
-    """ModelFileError for an entry that is not a plain .npy array of the
-    size its header declares, or for a total above MAX_BYTES."""
+def _check_entries(path, zf):
+    """ModelFileError for an archive that is not what np.savez writes: more
+    than MAX_ENTRIES entries, names that are not words joined by '/', a name
+    twice, a compressed entry (savez stores; a compressed one could inflate
+    3 GiB from a few MB), an entry that is not a plain .npy array of the size
+    its header declares, or arrays that would not fit in memory."""
     entries = zf.infolist()
     if len(entries) > MAX_ENTRIES:
         raise ModelFileError(f"{path}: {len(entries)} entries; a glocalk-np file has far fewer")
-    total = 0
+    names = [info.filename for info in entries]
     for info in entries:
-        name = info.filename[:-4] if info.filename.endswith(".npy") else None
-        if name is None:
-            raise ModelFileError(f"{path}: unexpected entry {info.filename[:60]!r}")
+        if not _ENTRY_NAME.fullmatch(info.filename):
+            raise ModelFileError(f"{path}: unexpected entry {shorten(repr(info.filename))}")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ModelFileError(f"{path}: entry {shorten(repr(twice))} appears twice")
+    total, memory = 0, physical_memory()
+    for info in entries:
+        name = info.filename[:-4]
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise ModelFileError(f"{path}: entry {shorten(repr(name))} is compressed; "
+                                 "glocalk-np stores its arrays as they are")
         with zf.open(info) as member:
             version = np.lib.format.read_magic(member)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -158,14 +184,15 @@ def _check_headers(path, zf):
             shape, _, dtype = read_header(member)
             header_size = member.tell()
         if dtype.hasobject or dtype.kind not in _DTYPE_KINDS or dtype.fields is not None:
-            raise ModelFileError(f"{path}: entry {name!r} has dtype {dtype}, which glocalk-np "
-                                 "never writes")
+            raise ModelFileError(f"{path}: entry {shorten(repr(name))} has dtype {dtype}, which "
+                                 "glocalk-np never writes")
         nbytes = dtype.itemsize * math.prod(shape)
         if info.file_size != header_size + nbytes:
-            raise ModelFileError(f"{path}: entry {name!r} declares shape {shape} of {dtype} "
-                                 f"({nbytes} bytes) but holds {info.file_size - header_size}: "
-                                 "corrupt or crafted file")
+            raise ModelFileError(f"{path}: entry {shorten(repr(name))} declares shape "
+                                 f"{shorten(shape)} of {dtype} ({nbytes} bytes) but holds "
+                                 f"{info.file_size - header_size}: corrupt or crafted file")
         total += nbytes
-        if total > MAX_BYTES:
-            raise ModelFileError(f"{path}: arrays of more than {MAX_BYTES >> 30} GiB in all, "
-                                 "beyond any real model: corrupt or crafted file")
+    if memory and total * LOAD_COPIES > memory:
+        raise ModelFileError(f"{path}: {gib(total)} of arrays need about "
+                             f"{gib(total * LOAD_COPIES)} of memory to load, more than this "
+                             f"machine's {gib(memory)}")

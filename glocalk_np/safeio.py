@@ -1,16 +1,30 @@
-"""Writing outputs without losing anything a user had.
+"""Files in and out: nothing a user names can hang a command, exhaust its
+memory, or cost the user a file they had.
 
-Every file glocalk-np writes goes through :func:`atomic_output`: a temporary
-file created exclusively (O_EXCL, an unpredictable name, mode 0600) in the
-target's folder, flushed and fsynced, then renamed over the target. A failure
-at any point, Ctrl-C and SIGTERM included (the CLI turns SIGTERM into an
-exception), removes the temporary file and leaves the target as it was.
-A target that exists and is not a regular file (a folder, a device node, a
-FIFO) is refused, and :func:`check_distinct` refuses an output that is one of
-a command's inputs or another of its outputs. Every problem is one
+Inputs (:func:`open_input`, :func:`read_text`): only regular files are read.
+They are opened non-blocking, so that a FIFO does not wait for a writer
+forever, and the check is made on the opened descriptor (no race between a
+check and the open); a file's size is weighed against this machine's memory
+before it is read, and text is read in chunks that stop at the first NUL
+byte (a binary or sparse file), so /dev/zero, a named pipe or a 2 GB hole
+ends in one line, not in a hang or an out-of-memory kill. Every problem is
+one line of the caller's error class that names the file.
+
+Outputs (:func:`atomic_output`, :func:`atomic_outputs`): each file is
+written to a temporary file created exclusively (O_EXCL, an unpredictable
+name, mode 0600) in its target's folder, flushed and fsynced, then renamed
+over the target; a failure at any point, Ctrl-C and SIGTERM included,
+removes the temporary files and leaves every target as it was. A command's
+outputs are all checked (:func:`check_target`) before any is written, so a
+bad companion output never leaves the others half replaced. A target that
+is a symbolic link is written through it (the link stays a link), a target
+that exists and is not a regular file (a folder, a device, a FIFO, a
+terminal) is refused, and :func:`check_distinct` refuses an output that is
+one of a command's inputs or another of its outputs. Every problem is one
 :class:`OutputError` line that names the target, never the temporary file.
 """
 import contextlib
+import json
 import os
 import stat
 import tempfile
@@ -20,25 +34,165 @@ class OutputError(ValueError):
     """An output that cannot or must not be written; one line naming it."""
 
 
+def physical_memory():
+    """Bytes of RAM, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def gib(n_bytes):
+    """'12.3 GiB' (or MiB below 1 GiB), for messages about memory."""
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
+
+
+def shorten(text, limit=60):
+    """``text`` cut to ``limit`` characters with '...' where cut, so that a
+    message quoting a user's field or id stays one short line."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- inputs
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+_CHUNK = 1 << 24
+
+
+def _kind(mode):
+    return next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
+def open_input(path, error):
+    """A binary file object on the regular file ``path``; ``error`` (an
+    exception class) with one line naming it otherwise."""
+    path = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: is {_kind(mode)}, not a regular file")
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_input(path, error):
+    """``error`` unless ``path`` is a regular file that can be opened."""
+    open_input(path, error).close()
+
+
+def read_text(path, error, bytes_per_byte, what="text"):
+    """The bytes of the regular file ``path``, to be parsed as text whose
+    parsing needs about ``bytes_per_byte`` bytes of memory per byte read:
+    refused before reading when that exceeds this machine's memory, and
+    read in chunks that stop at a NUL byte (no text file holds one)."""
+    path = os.fspath(path)
+    memory = physical_memory()
+    limit = memory // bytes_per_byte if memory else None
+    with open_input(path, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and size > limit:
+            raise error(f"{path}: {gib(size)} of {what} would need about "
+                        f"{gib(size * bytes_per_byte)} of memory to read, more than this "
+                        f"machine's {gib(memory)}")
+        chunks, lines = [], 0
+        try:
+            while chunk := f.read(_CHUNK):
+                nul = chunk.find(b"\0")
+                if nul >= 0:
+                    line = lines + chunk.count(b"\n", 0, nul) + 1
+                    raise error(f"{path}:{line}: a NUL byte; expected {what}, not a binary file")
+                lines += chunk.count(b"\n")
+                chunks.append(chunk)
+                if limit is not None and len(chunks) * _CHUNK > limit:   # a file that grows
+                    raise error(f"{path}: larger than the {gib(limit)} of {what} this machine's "
+                                "memory can parse")
+        except OSError as e:
+            raise error(f"{path}: cannot read: {e.strerror or e}") from None
+    return b"".join(chunks)
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text, source, error, constants=False):
+    """The JSON document ``text``; ``error`` naming ``source`` for anything
+    that is not JSON, including nesting too deep for Python's parser and
+    integers of thousands of digits. NaN and Infinity, which JSON does not
+    have, only with ``constants`` (Python's json writes them)."""
+    try:
+        return json.loads(text, **({} if constants else {"parse_constant": _reject_constant}))
+    except RecursionError:
+        raise error(f"{source}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise error(f"{source}: not valid JSON ({shorten(e, 100)})") from None
+
+
+# ---------------------------------------------------------------- outputs
+
+def _name_max(folder):
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 def check_target(path):
-    """OutputError unless ``path`` can be written: a non-empty name in an
-    existing, writable folder, and not an existing non-regular file."""
+    """The path a file named ``path`` is written to: ``path`` itself or, for
+    a symbolic link, the file it points to. OutputError unless it can be
+    written: a file name (not a folder's, not too long) in an existing
+    folder where a file can be created, and not an existing non-regular file."""
     path = os.fspath(path)
     if not path:
         raise OutputError("an output path is empty")
+    name = os.path.basename(path)
+    if not name or name in (".", "..") or (os.altsep and path.endswith(os.altsep)):
+        raise OutputError(f"{shorten(path, 200)}: names a folder, not a file")
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except FileNotFoundError:
-        mode = None
+        st = None
     except OSError as e:
-        raise OutputError(f"{path}: cannot write: {e.strerror}") from None
-    if mode is not None and not stat.S_ISREG(mode):
-        raise OutputError(f"{path}: exists and is not a regular file; refusing to replace it")
-    folder = os.path.dirname(os.path.abspath(path))
+        raise OutputError(f"{shorten(path, 200)}: cannot write: {e.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{shorten(path, 200)}: exists and is {_kind(st.st_mode)}; refusing "
+                          "to replace it")
+    target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    if st is not None:
+        try:
+            same = os.stat(target)
+        except OSError:
+            same = None
+        if same is None or (same.st_dev, same.st_ino) != (st.st_dev, st.st_ino):
+            raise OutputError(f"{shorten(path, 200)}: a link to a file that cannot be named "
+                              "(deleted or on a pseudo file system)")
+    folder, name = os.path.split(target)
     if not os.path.isdir(folder):
-        raise OutputError(f"{path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: folder {folder} is not writable")
+        raise OutputError(f"{shorten(path, 200)}: folder {shorten(folder, 200)} does not exist")
+    if len(os.fsencode(name)) > _name_max(folder):
+        raise OutputError(f"{shorten(path, 200)}: file name too long ({len(os.fsencode(name))} "
+                          f"bytes; at most {_name_max(folder)})")
+    try:      # can a file be created there? (read-only file systems, /proc, permissions)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".glocalk-np-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{shorten(path, 200)}: cannot write in {shorten(folder, 200)}: "
+                          f"{e.strerror}") from None
+    return target
 
 
 def check_distinct(inputs, outputs):
@@ -77,29 +231,50 @@ def _new_file_mode(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, text=False):
-    """A file object (binary, or UTF-8 text when ``text``) on a fresh
-    temporary file beside ``path``, renamed over ``path`` when the block
-    succeeds and removed when it fails. OSErrors name ``path``."""
-    path = os.fspath(path)
-    check_target(path)
-    folder = os.path.dirname(os.path.abspath(path))
+def atomic_outputs(paths, text=False):
+    """File objects (binary, or UTF-8 text when ``text``) on fresh temporary
+    files, one beside each of ``paths``' targets (all checked first), renamed
+    over them when the block succeeds and removed when it fails. OSErrors
+    name the path, not the temporary file."""
+    paths = [os.fspath(p) for p in paths]
+    targets = [check_target(p) for p in paths]
+    temps, files = [], []
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from None
-    try:
-        with (open(fd, "w", newline="", encoding="utf-8") if text else open(fd, "wb")) as f:
-            yield f
+        for path, target in zip(paths, targets):
+            folder, name = os.path.split(target)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:40]}.", suffix=".tmp")
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, path) from None
+            temps.append(tmp)
+            files.append(open(fd, "w", newline="", encoding="utf-8") if text else open(fd, "wb"))
+        yield files
+        for f in files:
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _new_file_mode(path))
-        check_target(path)      # still not a special file, just before the rename
-        os.replace(tmp, path)
+            f.close()
+        for path, target, tmp in zip(paths, targets, temps):
+            os.chmod(tmp, _new_file_mode(target))
+            if check_target(path) != target:      # replaced by something else meanwhile
+                raise OutputError(f"{path}: changed while it was being written")
+        for target, tmp in zip(targets, temps):
+            os.replace(tmp, target)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.close()
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and (e.filename is None
+                                                                or e.filename in temps):
+            path = paths[temps.index(e.filename)] if e.filename in temps else paths[0]
             raise OSError(e.errno, e.strerror, path) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path, text=False):
+    """:func:`atomic_outputs` for one file: its file object."""
+    with atomic_outputs([path], text) as (f,):
+        yield f

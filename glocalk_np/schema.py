@@ -23,8 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .data import MAX_RATING
-from .params import check_shapes, shapes
-from .params import STAGES
+from .params import LAYER_KEYS, STAGES, check_shapes, shapes
 from .train import SELECTIONS, Best, Config, EpochRecord, Member
 
 
@@ -109,9 +108,13 @@ def unpack_params(contents, prefix, keys, config, shape, stage):
     (the optimiser's vector order), checked against the network that
     ``config`` builds on a ``shape`` (items x users) matrix, with C exactly
     when ``stage`` is 'finetune'; every value finite."""
+    where = prefix.rstrip("/")
+    arrays = len(LAYER_KEYS) * (config.n_layers + 1) + (stage == "finetune")
+    if arrays > len(contents.arrays):     # before a list of n_layers entries is built
+        raise contents.error(f"{where}: the config's {config.n_layers} hidden layers need "
+                             f"{arrays} arrays; the file holds {len(contents.arrays)} entries")
     expected = shapes(*shape, config.n_hidden, config.n_layers, config.kernel_dim,
                       config.gk_size if stage == "finetune" else None)
-    where = prefix.rstrip("/")
     if not _is_str_list(keys) or keys != list(expected):
         raise contents.error(f"{where}: arrays listed as {str(keys)[:80]}, the config's "
                              f"network has {', '.join(expected)}")

@@ -20,7 +20,8 @@ from scipy.optimize import minimize
 from . import lbfgsb, metrics
 from .engines import make_engine, settings
 from .fallback import NETWORK, Fallback
-from .params import STAGES, flatten, init_global_kernel, init_layers, optimised, shapes, unflatten
+from .params import STAGES, flatten, init_global_kernel, init_layers, optimised, unflatten
+from .safeio import gib, physical_memory, shorten
 from .scale import SCALES, RatingScale
 
 # docs/model.md §9; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
@@ -43,6 +44,9 @@ MAXCOR = 10
 # Penalties and scales beyond this leave float32's range at TF1's initial
 # weights; the presets use at most 70.
 MAX_LAMBDA = 1e6
+# Far more hidden layers than anyone trains; the bound keeps a list of
+# n_layers arrays (a crafted model file's 10^8) from being built at all.
+MAX_LAYERS = 1000
 # Memory a fit needs per parameter at least: the float64 vector and gradient,
 # scipy's 2 x maxcor history and its copies per call, the compute-dtype W,
 # K, W_eff and their gradients (an ML-10M-shaped epoch measured ~300).
@@ -70,28 +74,30 @@ class Config:
     patience: int = 0            # > 0: end a stage after this many epochs without a better val RMSE
 
     def __post_init__(self):
+        def bad(name, expected):
+            return ValueError(f"{name} must be {expected}, got {shorten(repr(getattr(self, name)))}")
         for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
                      "iters_pretrain", "iters_finetune"):
             value = getattr(self, name)
             if not _is_integer(value) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise bad(name, "a positive integer")
         for name in ("epochs_pretrain", "epochs_finetune", "seed", "patience"):
             value = getattr(self, name)
             if not _is_integer(value) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+                raise bad(name, "a non-negative integer")
+        if self.n_layers > MAX_LAYERS:
+            raise bad("n_layers", f"at most {MAX_LAYERS}")
         if self.gk_size % 2 == 0:
-            raise ValueError(f"gk_size must be odd, got {self.gk_size!r}")
+            raise bad("gk_size", "odd")
         for name in ("lambda_2", "lambda_s", "dot_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) \
                     or not 0 <= value <= MAX_LAMBDA:
-                raise ValueError(f"{name} must be a number in [0, {MAX_LAMBDA:g}], got {value!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+                raise bad(name, f"a number in [0, {MAX_LAMBDA:g}]")
+        for name, allowed in (("dtype", ("float32", "float64")), ("optimizer", OPTIMIZERS),
+                              ("scale", SCALES)):
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"one of {allowed}")
 
     @classmethod
     def from_preset(cls, preset=None, **overrides):
@@ -100,13 +106,15 @@ class Config:
         values = {}
         if preset is not None:
             if preset not in PRESETS:
-                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got "
+                                 f"{shorten(repr(preset))}")
             values.update(PRESETS[preset])
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown hyper-parameter(s): {', '.join(unknown)}")
+            raise ValueError("unknown hyper-parameter(s): "
+                             + shorten(", ".join(map(str, unknown))))
         return cls(**values)
 
     def as_dict(self):
@@ -121,31 +129,38 @@ def _is_integer(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def check_problem(config, train):
+def parameter_count(n_items, n_users, config, gk_size=None):
+    """The number of parameters of ``config``'s network on an n_items x
+    n_users matrix (params.shapes' arrays, C with ``gk_size``), in closed
+    form: nothing of size n_layers is built."""
+    n, h, d, L = n_users, config.n_hidden, config.kernel_dim, config.n_layers
+
+    def layer(n_in, n_out):          # W, U, V, b
+        return n_in * n_out + (n_in + n_out) * d + n_out
+    return (layer(n, h) + (L - 1) * layer(h, h) + layer(h, n)
+            + (n_items * gk_size ** 2 if gk_size else 0))
+
+
+def check_problem(config, train, members=1):
     """ValueError, before any training time is spent, when ``config``'s
     network cannot be trained on the items x users matrix ``train`` in this
     machine's memory (e.g. a hidden width of 10^9, or a global kernel whose
-    convolution map of nnz x gk^2 entries would not fit)."""
+    convolution map of nnz x gk^2 entries would not fit), with ``members``
+    such networks kept (a seed ensemble: each keeps its parameters and its
+    best epoch's, 16 bytes per parameter)."""
     m, n = train.shape
-    n_params = sum(math.prod(s) for s in shapes(m, n, config.n_hidden, config.n_layers,
-                                                config.kernel_dim, config.gk_size).values())
+    n_params = parameter_count(m, n, config, config.gk_size)
     cells = config.gk_size ** 2
-    need = n_params * BYTES_PER_PARAMETER + sp.csr_matrix(train).nnz * cells * 16
+    need = (n_params * (BYTES_PER_PARAMETER + 16 * (members - 1))
+            + sp.csr_matrix(train).nnz * cells * 16)
     have = physical_memory()
     if have is not None and need > have:
         raise ValueError(f"n_hidden={config.n_hidden}, n_layers={config.n_layers}, "
-                         f"kernel_dim={config.kernel_dim}, gk_size={config.gk_size} on "
-                         f"{m} items x {n} users: training would need about "
-                         f"{need / 2**30:,.0f} GiB ({n_params:,} parameters), more than this "
-                         f"machine's {have / 2**30:,.0f} GiB of memory")
-
-
-def physical_memory():
-    """Bytes of RAM, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
+                         f"kernel_dim={config.kernel_dim}, gk_size={config.gk_size}"
+                         + (f", {members} ensemble members" if members > 1 else "")
+                         + f" on {m} items x {n} users: training would need about "
+                         f"{gib(need)} ({n_params:,} parameters), more than this "
+                         f"machine's {gib(have)} of memory")
 
 
 class TrainingDiverged(ValueError):

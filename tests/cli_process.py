@@ -30,3 +30,25 @@ def start(*args, cwd=None, **kwargs):
     return subprocess.Popen(command(*args), cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+# Measures the command from a small parent: a process forked from pytest
+# (hundreds of MiB) and then exec'd keeps pytest's peak in its ru_maxrss.
+_MEASURE = ("import os, signal, subprocess, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "p = subprocess.Popen([sys.executable, '-m', 'glocalk_np', *sys.argv[2:]]); "
+            "_, status, usage = os.wait4(p.pid, 0); "
+            "open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
+            "os.WIFSIGNALED(status) and os.kill(os.getpid(), os.WTERMSIG(status)); "
+            "sys.exit(os.waitstatus_to_exitcode(status))")
+
+
+def run_measured(*args, cwd=None, timeout=180):
+    """``glocalk-np args`` to completion: (CompletedProcess with text output,
+    the command's peak resident memory in MiB)."""
+    import tempfile
+    with tempfile.NamedTemporaryFile("r") as peak:
+        done = subprocess.run([sys.executable, "-c", _MEASURE, peak.name, *map(str, args)],
+                              cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        text = peak.read()
+    return done, int(text) / 1024 if text else float("nan")

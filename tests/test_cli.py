@@ -399,7 +399,7 @@ def test_missing_unreadable_and_unknown_paths(tmp_path, files):
     msg = fails("fit", missing, *TINY)
     assert msg.startswith(f"Error: {missing}: no such file, nor a dataset name")
     assert "glocalk-np datasets download" in msg
-    assert fails("fit", tmp_path, *TINY) == f"Error: {tmp_path}: cannot read: Is a directory"
+    assert fails("fit", tmp_path, *TINY) == f"Error: {tmp_path}: is a folder, not a regular file"
     assert "does not exist" in fails("evaluate", missing, files["test"])
     assert "is a directory" in fails("fit", files["train"], "--test", tmp_path)
     assert f"folder {tmp_path / 'no'} does not exist" in \
@@ -525,7 +525,7 @@ def test_recommend_for_all_users_or_a_file_of_them(tmp_path, files):
             [(item, round(score, 6)) for item, score in single]
         assert [r[1] for r in mine] == ["1", "2", "3"] and {r[4] for r in mine} == {"False"}
     users = tmp_path / "users.txt"
-    users.write_text("1\nnobody\n2,extra field\n")
+    users.write_text("1,x\nnobody,y\n2,extra field\n")
     result = run("recommend", files["model"], "--users", users, "--top", "2", "--format", "json")
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["user"], r["rank"]) for r in lines] == [(1, 1), (1, 2), ("nobody", 1),

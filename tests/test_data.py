@@ -96,7 +96,7 @@ def test_non_numeric_rating_on_first_line_is_an_error_not_a_header(tmp_path):
 
 def test_missing_file_and_directory(tmp_path):
     assert error(tmp_path / "ratings.csv") == f"{tmp_path / 'ratings.csv'}: cannot read: No such file or directory"
-    assert "cannot read: Is a directory" in error(tmp_path)
+    assert error(tmp_path) == f"{tmp_path}: is a folder, not a regular file"
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -417,7 +417,7 @@ def test_ratings_from_a_table_are_checked_like_a_file():
         Ratings.from_columns(_Frame(user=[1], item=[1], rating=[1]), rating="stars")
     with pytest.raises(DataError, match=r"row 0: user id 1.5 is not an id"):
         Ratings.from_columns({"user": [1.5], "item": [1], "rating": [3]})
-    with pytest.raises(DataError, match="not all numbers"):
+    with pytest.raises(DataError, match="row 0: rating 'good' is not a number"):
         Ratings.from_columns({"user": [1], "item": [1], "rating": ["good"]})
 
 

@@ -320,7 +320,7 @@ def flip_byte_in(path, array):
 
 
 CORRUPTIONS = {
-    "missing": (lambda good, bad: None, "no such file"),
+    "missing": (lambda good, bad: None, "cannot read: No such file or directory"),
     "truncated": (lambda good, bad: bad.write_bytes(good.read_bytes()[:good.stat().st_size // 2]),
                   "corrupt or truncated"),
     "random bytes": (lambda good, bad: bad.write_bytes(np.random.default_rng(0).bytes(4096)),
@@ -334,7 +334,7 @@ CORRUPTIONS = {
     "missing entry": (lambda good, bad: rewrite(good, bad, drop=("param/W0",)),
                       "missing entry 'param/W0'"),
     "bad metadata": (lambda good, bad: rewrite(good, bad, meta=np.array("{not json")),
-                     "unreadable metadata"),
+                     "metadata: not valid JSON"),
     "a checkpoint": (lambda good, bad: rewrite(good, bad, kind=np.array(modelfile.CHECKPOINT)),
                      "is a glocalk-np checkpoint, not a model"),
     "a directory": (lambda good, bad: bad.mkdir(), "is a folder"),
@@ -463,7 +463,7 @@ def test_seed_ensemble_averages_its_members_and_survives_save(data, fitted, tmp_
 
 
 def test_ensemble_must_be_a_positive_integer():
-    with pytest.raises(ValueError, match="ensemble must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"ensemble must be an integer in \[1, 1000\], got 0"):
         GLocalK(CONFIG, ensemble=0)
 
 

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from glocalk_np.cli import cli
-from glocalk_np.data import DataWarning, read_ratings
+from glocalk_np.data import DataError as DataError_, DataWarning, read_ratings
 from glocalk_np.estimator import GLocalK
 from glocalk_np.synthetic import low_rank_ratings
 from glocalk_np.train import Config, physical_memory
@@ -38,32 +38,52 @@ TINY_ARGS = ["--hidden", "8", "--kernel-dim", "3", "--epochs-pretrain", "1",
              "--epochs-finetune", "2", "--iters-pretrain", "2", "--iters-finetune", "2"]
 
 
-def g(*args, cwd=None, **kwargs):
-    """``glocalk-np args`` in a fresh process (python -m glocalk_np)."""
-    return subprocess.run([sys.executable, "-m", "glocalk_np", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=180, **kwargs)
+# Peak memory a refused command may use: the interpreter with NumPy, SciPy
+# and Numba loaded takes 140-190 MiB here; reading a crafted file must not
+# add more than its own size does.
+PEAK_MIB = 400
 
 
-def refused(done, *fragments):
-    """Assert exit 2, one 'Error:' line holding every fragment, no traceback."""
-    assert done.returncode == 2, (done.returncode, done.stderr)
+def g(*args, cwd=None, timeout=180):
+    """``glocalk-np args`` in a fresh process, as a shell starts it."""
+    return cli_process.run(*args, cwd=cwd, timeout=timeout)
+
+
+def refused(done, *fragments, peak=None):
+    """Assert exit 2, one short 'Error:' line holding every fragment, no
+    traceback, no death by a signal and, given the peak memory in MiB,
+    at most PEAK_MIB."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
     lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr[-2000:]
+    assert len(lines[0]) <= 600, lines[0][:2000]
     assert "Traceback" not in done.stdout + done.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+    assert peak is None or peak < PEAK_MIB, f"peak memory {peak:.0f} MiB"
     return lines[0]
+
+
+def measured_refusal(*args, fragments=(), cwd=None, timeout=120):
+    """Run ``glocalk-np args`` and assert it is refused (see refused), its
+    peak memory included."""
+    done, peak = cli_process.run_measured(*args, cwd=cwd, timeout=timeout)
+    return refused(done, *fragments, peak=peak)
 
 
 @contextlib.contextmanager
 def unchanged(folder):
-    """Every file under ``folder`` keeps its bytes and kind; no temp file is left."""
+    """Every file under ``folder`` keeps its bytes (its size and time for
+    files over 64 MiB) and kind; no temp file is left."""
     def snapshot():
         out = {}
         for p in Path(folder).rglob("*"):
             kind = "link" if p.is_symlink() else "fifo" if p.is_fifo() else \
                 "dir" if p.is_dir() else "file"
-            out[p] = (kind, p.read_bytes() if kind == "file" else None)
+            if kind == "file" and p.stat().st_size > 64 << 20:
+                out[p] = (kind, (p.stat().st_size, p.stat().st_mtime_ns))
+            else:
+                out[p] = (kind, p.read_bytes() if kind == "file" else None)
         return out
     before = snapshot()
     yield
@@ -165,14 +185,17 @@ def test_a_symlink_planted_at_the_old_temp_name_is_not_followed(work):
 
 
 def test_temp_files_are_created_exclusively(tmp_path, monkeypatch):
-    """mkstemp's next candidate name is taken by a symlink: it is skipped."""
+    """Every mkstemp's first candidate name is taken by a symlink (the
+    write-access probe's and the temporary file's): it is skipped."""
+    import itertools
     import tempfile
 
     from glocalk_np.safeio import atomic_output
     victim = tmp_path / "victim"
     victim.write_text("keep")
-    names = iter(["planted", "fresh"])
+    names = itertools.chain.from_iterable(("planted", f"fresh{i}") for i in itertools.count())
     (tmp_path / ".out.txt.planted.tmp").symlink_to(victim)
+    (tmp_path / ".glocalk-np-probe.planted").symlink_to(victim)
     monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
     with atomic_output(tmp_path / "out.txt", text=True) as f:
         f.write("new")
@@ -186,7 +209,7 @@ def test_an_output_that_is_a_special_file_is_refused(work):
     os.mkfifo(fifo)
     with unchanged(work):
         refused(g("predict", work / "m.npz", work / "p.csv", "--out", fifo),
-                "exists and is not a regular file")
+                "exists and is a FIFO (named pipe); refusing to replace it")
         refused(g("fit", work / "r.csv", "--out", work / "ckpt"), "--out")
     assert fifo.is_fifo()
 
@@ -425,4 +448,406 @@ def test_mutated_model_files_load_and_predict_or_fail_in_one_line(tmp_path, file
         else:
             preds = [float(row["prediction"]) for row in csv.DictReader(io.StringIO(r["stdout"]))]
             assert preds and np.isfinite(preds).all(), r
-    assert min(outcomes.values()) > 20, outcomes     # both outcomes are exercised
+    assert min(outcomes.values()) > 10, outcomes     # both outcomes are exercised
+
+
+# ================================================================ round 2 (issue 19)
+# One test per class of defect the second hostile round found, through the
+# real command (or the API where the defect was the API's), with crafted
+# files built here.
+
+# ---------------------------------------------------------------- data loss
+
+def test_an_output_that_is_a_symlink_is_written_through_it(work):
+    """The link stays a link and its target gets the output; a link to this
+    process's standard output (as /dev/stdout is) keeps the link too."""
+    (work / "real.csv").write_text("old\n")
+    (work / "out.csv").symlink_to(work / "real.csv")
+    done = g("predict", "m.npz", "p.csv", "--out", "out.csv", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert (work / "out.csv").is_symlink()
+    assert (work / "real.csv").read_text().startswith("user,item,prediction,fallback\n")
+    (work / "stdout").symlink_to("/proc/self/fd/1")
+    with open(work / "captured.txt", "w") as captured:
+        done = subprocess.run(cli_process.command("predict", "m.npz", "p.csv", "--out",
+                                                  "stdout"), cwd=work, stdout=captured,
+                              stderr=subprocess.PIPE, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert (work / "stdout").is_symlink() and os.readlink(work / "stdout") == "/proc/self/fd/1"
+    assert (work / "captured.txt").read_text().startswith("user,item,prediction")
+
+
+def test_every_companion_output_is_checked_before_anything_is_written(work):
+    (work / "x.npy").write_text("mine")
+    (work / "x.users.txt").write_text("mine too")
+    (work / "x.items.txt").mkdir()
+    with unchanged(work):
+        measured_refusal("predict", "m.npz", "--all", "--out", "x.npy", cwd=work,
+                         fragments=("x.items.txt: exists and is a folder",))
+    os.rmdir(work / "x.items.txt")
+    done = g("predict", "m.npz", "--all", "--out", "x.npy", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert np.load(work / "x.npy").shape == (30, 40)
+    assert len((work / "x.items.txt").read_text().splitlines()) == 30
+
+
+def test_set_params_is_all_or_nothing_and_refused_where_it_would_break_the_fit(files, tmp_path):
+    model = GLocalK.load(files / "m.npz")
+    before = model.get_params()
+    with pytest.raises(ValueError, match="n_hidden=3: this model was fitted with n_hidden=8"):
+        model.set_params(n_hidden=3)
+    with pytest.raises(ValueError, match="lambda_2"):
+        model.set_params(lambda_2=1.0, verbose=True)
+    assert model.get_params() == before             # nothing of either call was applied
+    model.set_params(verbose=True, device="cpu", n_hidden=8)   # unchanged values may be named
+    model.save(tmp_path / "again.npz")
+    assert GLocalK.load(tmp_path / "again.npz").config == model.config
+    fresh = GLocalK(TINY)
+    with pytest.raises(ValueError, match="lambda_2 must be a number"):
+        fresh.set_params(verbose=True, lambda_2=-1.0)
+    assert fresh.verbose is False
+    assert fresh.set_params(n_hidden=3).config.n_hidden == 3    # unfitted: anything goes
+
+
+# ---------------------------------------------------------------- hangs and memory
+
+INPUT_ROLES = {
+    "ratings": lambda x: ["fit", x, "--out", "o.npz"],
+    "test": lambda x: ["fit", "r.csv", "--test", x, "--out", "o.npz"],
+    "config": lambda x: ["fit", "r.csv", "--config", x, "--out", "o.npz"],
+    "model": lambda x: ["predict", x, "p.csv"],
+    "pairs": lambda x: ["predict", "m.npz", x],
+    "users": lambda x: ["recommend", "m.npz", "--users", x],
+    "evaluate": lambda x: ["evaluate", "m.npz", x],
+    "update": lambda x: ["update", "m.npz", x, "--out", "o.npz"],
+}
+
+
+@pytest.mark.parametrize("role", INPUT_ROLES)
+def test_a_fifo_or_a_device_as_any_input_is_refused_at_once(work, role):
+    os.mkfifo(work / "fifo")
+    with unchanged(work):
+        for special, kind in (("fifo", "a FIFO (named pipe)"), ("/dev/zero", "a character device"),
+                              ("/dev/urandom", "a character device")):
+            measured_refusal(*INPUT_ROLES[role](special), cwd=work, timeout=60,
+                             fragments=(f"{special}: is {kind}, not a regular file",))
+
+
+def test_the_readers_refuse_a_fifo_too(tmp_path):
+    """The root, not only the command's options: an API call never blocks."""
+    from glocalk_np.data import DataError, read_pairs
+    from glocalk_np.modelfile import ModelFileError
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for read, error in ((read_ratings, DataError), (read_pairs, DataError),
+                        (GLocalK.load, ModelFileError)):
+        with pytest.raises(error, match="is a FIFO"):
+            read(fifo)
+
+
+def test_a_huge_or_binary_ratings_file_is_refused_before_it_is_read(tmp_path):
+    sparse = tmp_path / "sparse.csv"
+    with open(sparse, "wb") as f:        # a 2 GiB hole after one good line: no disk used
+        f.write(b"1,1,4\n")
+        f.truncate(2 << 30)
+    line = measured_refusal("fit", sparse, "--out", tmp_path / "o.npz")
+    assert "of memory to read" in line or "sparse.csv:2: a NUL byte" in line, line
+    (tmp_path / "bin.csv").write_bytes(b"1,1,4\n2,2,\x00\x01\x02\n")
+    measured_refusal("fit", tmp_path / "bin.csv", "--out", tmp_path / "o.npz",
+                     fragments=("bin.csv:2: a NUL byte; expected text, not a binary file",))
+
+
+def _npz_with(src, dst, entries=(), inflate=None):
+    """A copy of the npz ``src`` with extra ``entries`` (name, bytes) stored
+    as they are, and ``inflate`` (name, n_bytes): that entry replaced by a
+    deflated float64 array of n_bytes zeros (a few KB on disk)."""
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for info in a.infolist():
+            if inflate and info.filename == inflate[0]:
+                zi = zipfile.ZipInfo(info.filename)
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {
+                    "descr": "<f8", "fortran_order": False, "shape": (inflate[1] // 8,)})
+                with b.open(zi, "w", force_zip64=True) as w:
+                    w.write(header.getvalue())
+                    for _ in range(inflate[1] >> 24):
+                        w.write(bytes(1 << 24))
+            else:
+                b.writestr(info, a.read(info))
+        for name, data in entries:
+            b.writestr(zipfile.ZipInfo(name), data)
+    return dst
+
+
+def _npy(a):
+    out = io.BytesIO()
+    np.save(out, a)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("entries, inflate, problem", [
+    ((), ("param/W1.npy", 512 << 20), "entry 'param/W1' is compressed"),
+    ((("extra/x.npy", _npy(np.zeros(3))),), None, "unexpected entry 'extra/x'"),
+    ((("../../x.npy", _npy(np.zeros(3))),), None, "unexpected entry '../../x.npy'"),
+    ((("param/W0.npy", _npy(np.zeros(3))),), None, "entry 'param/W0.npy' appears twice"),
+], ids=["inflates 512 MiB", "unknown entry", "climbing name", "twice"])
+def test_a_model_archive_holds_only_what_glocalk_np_writes(work, entries, inflate, problem):
+    with pytest.warns(UserWarning, match="Duplicate name") if len(entries) and \
+            entries[0][0] == "param/W0.npy" else contextlib.nullcontext():
+        bad = _npz_with(work / "m.npz", work / "x.npz", entries, inflate)
+    with unchanged(work):
+        measured_refusal("predict", bad, "p.csv", cwd=work, fragments=(problem,))
+
+
+def test_declared_sizes_allocate_nothing_before_they_are_checked(work, tmp_path):
+    with np.load(work / "m.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["config"]["n_layers"] = 10 ** 8
+    with open(work / "layers.npz", "wb") as f:
+        np.savez(f, **{**arrays, "meta": np.array(json.dumps(meta))})
+    with unchanged(work):
+        measured_refusal("predict", "layers.npz", "p.csv", cwd=work,
+                         fragments=("n_layers must be at most 1000, got 100000000",))
+        measured_refusal("fit", "r.csv", "--layers", 10 ** 8, "--out", "o.npz", cwd=work,
+                         fragments=("n_layers must be at most 1000",))
+        measured_refusal("fit", "r.csv", "--ensemble", 10 ** 9, "--checkpoint-dir", "ck",
+                         "--out", "o.npz", cwd=work, fragments=("--ensemble",))
+    done, peak = cli_process.run_measured("evaluate", "m.npz", "r.csv", "--k", 10 ** 12,
+                                          cwd=work)
+    assert done.returncode == 0 and peak < PEAK_MIB, (done.stderr, peak)
+    assert f"precision@{10 ** 12}" in done.stdout
+
+
+def test_a_mat_file_is_read_in_blocks_whatever_it_declares(tmp_path):
+    """A 2 KB file declaring three 12000 x 12000 matrices (1.1 GiB each
+    dense, never written) is read in bounded memory and refused for what it
+    holds; one declaring more than this machine's memory, at once."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "big.mat", "w") as f:
+        for name in ("M", "Otraining", "Otest"):
+            f.create_dataset(name, shape=(12000, 12000), dtype="f8", chunks=(12000, 2),
+                             compression="gzip")
+    assert (tmp_path / "big.mat").stat().st_size < 10_000
+    measured_refusal("fit", tmp_path / "big.mat", "--out", tmp_path / "o.npz",
+                     fragments=("big.mat: Otraining selects no ratings",))
+    with h5py.File(tmp_path / "huge.mat", "w") as f:
+        for name in ("M", "Otraining", "Otest"):
+            f.create_dataset(name, shape=(10 ** 7, 10 ** 7), dtype="f8", chunks=(1000, 2))
+    measured_refusal("fit", tmp_path / "huge.mat", "--out", tmp_path / "o.npz",
+                     fragments=("declares 10000000 x 10000000 ratings", "more than this machine"))
+
+
+def test_a_budget_that_never_ends_is_refused(work):
+    from glocalk_np.tune import tune
+    for budget in ("nan", "inf", "1e400"):
+        measured_refusal("tune", "r.csv", "--budget", budget, "--out", "t.json", cwd=work,
+                         timeout=60, fragments=("--budget",))
+    ratings = read_ratings(work / "r.csv")
+    with pytest.raises(ValueError, match="budget_s must be a positive number"):
+        tune(ratings, ratings, TINY, budget_s=float("nan"))
+
+
+# ---------------------------------------------------------------- tracebacks and signals
+
+def test_json_nested_past_python_s_parser_is_one_line(work):
+    (work / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (work / "bigint.json").write_text('{"config": {"n_hidden": ' + "9" * 5000 + "}}")
+    with np.load(work / "m.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    with open(work / "deep.npz", "wb") as f:
+        np.savez(f, **{**arrays, "meta": np.array("[" * 100_000 + "]" * 100_000)})
+    with unchanged(work):
+        measured_refusal("fit", "r.csv", "--config", "deep.json", "--out", "o.npz", cwd=work,
+                         fragments=("deep.json: JSON nested too deeply",))
+        measured_refusal("predict", "deep.npz", "p.csv", cwd=work,
+                         fragments=("deep.npz: metadata: JSON nested too deeply",))
+        measured_refusal("fit", "r.csv", "--config", "bigint.json", "--out", "o.npz", cwd=work,
+                         fragments=("bigint.json: not valid JSON",))
+
+
+def _signalled(cwd, signals, after_line=None, delay=0.0, gaps=()):
+    """Start a long fit, wait for ``after_line`` (a prefix of a stdout line)
+    or ``delay`` seconds, send ``signals`` ``gaps`` seconds apart: (status,
+    stderr)."""
+    proc = cli_process.start("fit", "r.csv", *TINY_ARGS[:6], "--epochs-finetune", "100000",
+                             "--patience", "0", "--checkpoint-dir", "ck", "--out", "m.npz",
+                             cwd=cwd)
+    try:
+        if after_line:
+            for line in proc.stdout:
+                if line.startswith(after_line):
+                    break
+        time.sleep(delay)
+        for signum, gap in zip(signals, (0.0, *gaps)):
+            time.sleep(gap)
+            proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.3, 0.6])
+def test_sigterm_while_numpy_and_numba_load_is_one_line(work, delay):
+    with unchanged(work):
+        status, err = _signalled(work, [signal.SIGTERM], delay=delay)
+    assert status == 143 and err.splitlines() == ["Terminated"], (status, err)
+
+
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGTERM, 143, "Terminated"),
+                                                  (signal.SIGINT, 130, "Interrupted")])
+@pytest.mark.parametrize("gap", [0.001, 0.01, 0.1])
+def test_a_second_signal_does_not_cut_the_first_one_s_cleanup(work, signum, status, word, gap):
+    """The second signal comes while the first one's exception unwinds (the
+    checkpoint being written, temporary files being removed, the line being
+    printed): still one line, the status, no death by the signal, and the
+    model file and checkpoint as they were or whole."""
+    model = (work / "m.npz").read_bytes()
+    got, err = _signalled(work, [signum, signum], after_line="finetune", gaps=[gap])
+    assert got == status and "Traceback" not in err, (got, err)
+    assert len(err.splitlines()) == 1 and err.startswith(word), err
+    assert (work / "m.npz").read_bytes() == model
+    assert not list(work.rglob("*.tmp"))
+    from glocalk_np import modelfile      # the checkpoint is whole
+    modelfile.read(work / "ck" / "checkpoint.npz", modelfile.CHECKPOINT)
+
+
+def test_a_table_with_movielens_column_names_fits(tmp_path):
+    """userId, movieId, rating: the names of MovieLens' ratings.csv, read by
+    pd.read_csv; and a columns object whose truth value is an error, as a
+    pandas Index's is, never reaches that error."""
+    class Columns(list):
+        def __bool__(self):
+            raise ValueError("The truth value of an Index is ambiguous")
+
+    class Frame(dict):
+        @property
+        def columns(self):
+            return Columns(self.keys())
+
+    ratings = low_rank_ratings(20, 15, 0.5, 2, seed=3)
+    table = Frame(userId=ratings.users, movieId=ratings.items, rating=ratings.values,
+                  timestamp=np.zeros(len(ratings)))
+    model = GLocalK(TINY).fit(table)
+    assert model.index_.n_users == 20
+    with pytest.raises(DataError_, match=r"no item column 'item' \(columns: userId, film, "):
+        GLocalK(TINY).fit(Frame(userId=[1], film=[2], rating=[3.0]))
+    pd = pytest.importorskip("pandas")
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{i},{r:g},0\n" for u, i, r in zip(ratings.users, ratings.items, ratings.values)))
+    frame = GLocalK(TINY).fit(pd.read_csv(tmp_path / "ratings.csv"))
+    np.testing.assert_array_equal(frame.index_.users, model.index_.users)
+
+
+# ---------------------------------------------------------------- silent wrong results
+
+@pytest.mark.parametrize("rating, problem", [
+    ("4_5", "rating '4_5' is not written as a decimal number"),
+    ("\u0664", "rating '\u0664' is not written as a decimal number"),
+    ("inf", "rating 'inf' is not a finite number"),
+    ("0x10", "rating '0x10' is not a number"),
+])
+def test_ratings_are_read_by_one_strict_rule(tmp_path, rating, problem):
+    path = tmp_path / "r.csv"
+    path.write_text(f"1,1,4\n2,2,{rating}\n3,3,+1.5e0\n")
+    measured_refusal("fit", path, "--out", tmp_path / "o.npz", fragments=(f"r.csv:2: {problem}",))
+    from glocalk_np.data import Ratings
+    with pytest.raises(DataError_, match=problem.split(" is ")[0]):
+        Ratings([1, 2], [1, 2], ["4", rating], "table")
+
+
+def test_ids_from_the_api_follow_the_rules_of_ids_from_files(files):
+    from glocalk_np.data import Ratings
+    for users, problem in (([1, None], "row 1: missing user id"),
+                           ([1.0, np.nan], r"row 1: missing user id \(NaN\)"),
+                           (np.array([1, "1"], dtype=object), "user ids mix text and numbers"),
+                           ([1.5, 2.0], "row 0: user id 1.5 is not an id"),
+                           ([True, False], "dtype bool are not ids"),
+                           (["a", ""], "row 1: empty user id"),
+                           (["a", "b\x00"], "row 1: user id holds a NUL character")):
+        with pytest.raises(DataError_, match=problem):
+            Ratings(users, [1, 2], [3.0, 4.0], "table")
+    assert Ratings(["1", " 2 "], [1, 2], [3, 4], "t").users.tolist() == [1, 2]   # as a file's
+    model = GLocalK.load(files / "m.npz")
+    user, item = model.index_.users[0], model.index_.items[0]
+    as_int = model.predict([user], [item])
+    for form in ([float(user)], np.array([user], dtype=np.float64), [str(user)],
+                 np.array([user], dtype=object)):
+        got = model.predict(form, [item])
+        assert got[0].tolist() == as_int[0].tolist() and got[1].tolist() == [""], form
+    with pytest.raises(DataError_, match="missing user id"):
+        model.predict([None], [item])
+
+
+def test_a_users_file_is_read_as_a_ratings_file_s_ids(tmp_path):
+    """Ids with blanks and quotes, a header, mixed forms: as in the ratings file."""
+    ratings = low_rank_ratings(12, 10, 0.7, 2, seed=4)
+    names = {u: f'"user {u}"' if u % 2 else f"user {u}" for u in ratings.users.tolist()}
+    (tmp_path / "r.csv").write_text("".join(f"{names[u]},{i},{r:g}\n" for u, i, r in zip(
+        ratings.users, ratings.items, ratings.values)))
+    done = g("fit", "r.csv", *TINY_ARGS, "--quiet", "--out", "m.npz", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    first, second = sorted(names)[:2]
+    (tmp_path / "users.csv").write_text(f"user,comment\n{names[first]},x\n{names[second]},y\n")
+    done = g("recommend", "m.npz", "--users", "users.csv", "--top", "1", "--format", "json",
+             cwd=tmp_path)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["user"], r["fallback"]) for r in rows] == [(names[first], False),
+                                                          (names[second], False)]
+
+
+def test_minus_zero_is_not_zero(tmp_path):
+    (tmp_path / "r.csv").write_text("0,1,4\n-0,2,3\n1,1,2\n1,2,5\n")
+    with pytest.warns(DataWarning, match="user id '-0' is a number not written as a plain"):
+        r = read_ratings(tmp_path / "r.csv")
+    assert r.users.tolist() == ["0", "-0", "1", "1"]
+    ints = low_rank_ratings(10, 8, 0.8, 2, seed=5)
+    (tmp_path / "i.csv").write_text("".join(f"{u},{i},{v:g}\n" for u, i, v in zip(
+        ints.users, ints.items, ints.values)))
+    done = g("fit", "i.csv", *TINY_ARGS, "--quiet", "--val-frac", "0", "--out", "m.npz",
+             cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = g("recommend", "m.npz", "--user", "-0", "--format", "csv", cwd=tmp_path)
+    assert done.returncode == 0 and "user '-0' has no training ratings" in done.stderr
+    assert {line.split(",")[4] for line in done.stdout.splitlines()[1:]} == {"True"}
+
+
+# ---------------------------------------------------------------- unclear output
+
+def test_json_on_standard_output_is_only_json(work):
+    done = g("fit", "r.csv", *TINY_ARGS, "--metrics-json", "-", "--out", "n.npz", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["config"]["n_hidden"] == 8
+    assert "model saved to n.npz" in done.stderr
+    done = g("tune", "r.csv", *TINY_ARGS, "--trials", "1", "--out", "-", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["config"]["n_hidden"] == 8
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(work):
+    long_ok, too_long = "a" * 251 + ".npz", "a" * 252 + ".npz"
+    with unchanged(work):
+        measured_refusal("fit", "r.csv", *TINY_ARGS, "--out", "new/", cwd=work,
+                         fragments=("new/: names a folder, not a file",))
+        measured_refusal("fit", "r.csv", *TINY_ARGS, "--out", too_long, cwd=work,
+                         fragments=("name too long",))
+        measured_refusal("fit", "r.csv", *TINY_ARGS, "--out", "/proc/self/new.npz", cwd=work,
+                         fragments=("cannot write in /proc/self",))
+    done = g("fit", "r.csv", *TINY_ARGS, "--quiet", "--out", long_ok, cwd=work)
+    assert done.returncode == 0 and GLocalK.load(work / long_ok).config.n_hidden == 8
+
+
+def test_every_message_names_its_file_and_stays_short(work):
+    (work / "latin1.txt").write_bytes(b"1\n\xff\n")
+    (work / "field.csv").write_text("1,1," + "x" * (10 << 20) + "\n")
+    with unchanged(work):
+        measured_refusal("recommend", "m.npz", "--users", "latin1.txt", cwd=work,
+                         fragments=("latin1.txt:2: not UTF-8 text (byte 0xff)",))
+        measured_refusal("fit", "field.csv", "--out", "o.npz", cwd=work,
+                         fragments=("field.csv:1: rating 'xxx",))
+        done = g("recommend", "m.npz", "--user", "u" * 100_000, cwd=work)   # a warning quotes it
+    assert done.returncode == 0
+    assert [len(line) <= 600 for line in done.stderr.splitlines()] == [True], done.stderr[:300]

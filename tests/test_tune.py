@@ -77,7 +77,7 @@ def test_tune_writes_settings_that_fit_reads(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "not a JSON settings file"),
+    ("{not json", "not valid JSON"),
     ('{"lambda_2": 1}', "no 'config' object"),
     ('{"config": {"lambda_3": 1}}', "unknown hyper-parameter(s): lambda_3"),
     ('{"config": {"n_hidden": -4}}', "n_hidden must be a positive integer, got -4"),
