@@ -10,8 +10,14 @@ ignored (a background job) stays ignored.
 """
 import signal
 import sys
+import warnings
 
 _EXIT = {signal.SIGINT: (130, "Interrupted"), signal.SIGTERM: (143, "Terminated")}
+
+
+def _line(message):
+    """The first line of ``message``, at most 300 characters."""
+    return " ".join(str(message).strip().splitlines()[0].split())[:300] if str(message) else ""
 
 
 def main():
@@ -24,7 +30,15 @@ def main():
     for signum in _EXIT:        # cli.main replaces them with its own, without a gap
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, hold)
-    from .cli import cli, ignore_signals
+    with warnings.catch_warnings(record=True) as caught:   # e.g. Numba's on a bad NUMBA_*
+        warnings.simplefilter("always")
+        try:
+            from .cli import cli, ignore_signals
+        except Exception as e:     # e.g. a broken NumPy or Numba install
+            sys.stderr.write(f"Error: cannot start: {_line(e)}\n")
+            sys.exit(1)
+    for w in caught:
+        sys.stderr.write(f"Warning: {_line(w.message)}\n")
     if held:
         ignore_signals()
         status, word = _EXIT[held[0]]

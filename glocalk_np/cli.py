@@ -15,6 +15,7 @@ output goes to standard output ('-'), the human-readable lines go to stderr.
 """
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
@@ -38,8 +39,8 @@ from .safeio import (OutputError, atomic_output, atomic_outputs, check_distinct,
                      check_target, parse_json, read_text, shorten)
 from .scale import SCALES
 from .synthetic import low_rank_ratings
-from .train import (OPTIMIZERS, PRESETS, SELECTIONS, Config, TrainingDiverged, epoch_line,
-                    scores_text)
+from .train import (MAX_LAYERS, OPTIMIZERS, PRESETS, SELECTIONS, Config, TrainingDiverged,
+                    epoch_line, scores_text)
 
 EXIT_ERROR = 2            # usage and data errors
 EXIT_FAILURE = 1          # failures at run time
@@ -57,6 +58,11 @@ DEFAULT_PATIENCE = 5
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 # An error line longer than this is cut (a path or a quoted field of megabytes)
 MAX_MESSAGE = 500
+# Rows of predict --all's CSV built at a time (each row costs ~300 bytes as
+# Python objects; the whole of ML-1M's 22M at once took several GB)
+CSV_BLOCK_ROWS = 1 << 18
+# What writing to standard output can fail with
+_WRITE_ERRNOS = {errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG}
 
 
 class Terminated(BaseException):
@@ -109,6 +115,7 @@ class _Main(click.Group):
             previous = {signum: signal.signal(signum, h) for signum, h in handlers.items()}
             try:
                 status = self._run(args, prog_name, extra)
+                status = _flush_stdout() or status
             finally:
                 if own_process:
                     ignore_signals()
@@ -143,6 +150,8 @@ class _Main(click.Group):
             _error(str(e))
             return EXIT_FAILURE
         except OSError as e:
+            if _stdout_failed(e):
+                return EXIT_FAILURE
             _error(f"{e.filename}: {e.strerror}" if e.filename else str(e))
             return EXIT_FAILURE
         except click.ClickException as e:
@@ -150,6 +159,33 @@ class _Main(click.Group):
         except ValueError as e:
             _error(str(e))
         return EXIT_ERROR
+
+
+def _stdout_failed(error):
+    """If ``error`` came from writing to standard output (a pipe closed by
+    ``| head``, a full disk, /dev/full: an OSError naming no file, as every
+    file glocalk-np reads or writes is named): say so in one line, stop
+    further writes to it (and the interpreter's own flush at exit) and
+    return True."""
+    if error.filename is not None or error.errno not in _WRITE_ERRNOS:
+        return False
+    reason = "was closed" if isinstance(error, BrokenPipeError) else \
+        f"cannot be written ({error.strerror or error})"
+    click.echo(f"Error: standard output {reason} before everything was written", err=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return True
+
+
+def _flush_stdout():
+    """EXIT_FAILURE, with one line, if what is buffered for standard output
+    cannot be written; else None."""
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        return EXIT_FAILURE if _stdout_failed(e) else None
+    return None
 
 
 def _one_line(message):
@@ -301,10 +337,18 @@ def write_json(path, value):
 
 def write_csv(path, header, columns):
     """Rows of parallel ``columns`` as CSV to ``path`` (atomically) or stdout."""
+    write_csv_blocks(path, header, [columns])
+
+
+def write_csv_blocks(path, header, blocks):
+    """CSV rows to ``path`` (atomically) or stdout, from ``blocks``, an
+    iterable of lists of parallel columns: one block of rows is held as
+    Python objects at a time."""
     with output(path) as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(zip(*(np.asarray(c).tolist() for c in columns)))
+        for columns in blocks:
+            writer.writerows(zip(*(np.asarray(c).tolist() for c in columns)))
 
 
 def read_test(path, sep):
@@ -354,7 +398,7 @@ HYPER = options(
                  help="The official hyper-parameters of a paper dataset; the options "
                       "below override them."),
     _hyper("--hidden", "n_hidden", Number(int, 1), "Width of the hidden layers."),
-    _hyper("--layers", "n_layers", Number(int, 1), "Number of hidden layers."),
+    _hyper("--layers", "n_layers", Number(int, 1, MAX_LAYERS), "Number of hidden layers."),
     _hyper("--kernel-dim", "kernel_dim", Number(int, 1), "Dimension of the local kernel."),
     _hyper("--gk-size", "gk_size", Number(int, 1), "Side of the global kernel (odd)."),
     _hyper("--lambda-2", "lambda_2", Number(float, 0), "L2 penalty of the weights."),
@@ -806,10 +850,17 @@ def predict(model, pairs, all_pairs, out, sep):
             for ids, g in zip((users, items), id_outputs):
                 g.write("".join(f"{i}\n" for i in ids.tolist()).encode("utf-8"))
         return
-    seen = est.train_matrix_.T.toarray() > 0          # users x items, as the rows go
-    write_csv(out, ("user", "item", "prediction", "rank", "seen"),
-              (np.repeat(users, items.size), np.tile(items, users.size),
-               matrix.T.ravel().round(6), rank.T.ravel(), seen.ravel()))
+    seen = est.train_matrix_.tocsc()
+    block = max(1, CSV_BLOCK_ROWS // items.size)     # users per block of rows
+
+    def rows():
+        for first in range(0, users.size, block):
+            cols = slice(first, min(first + block, users.size))
+            n = cols.stop - cols.start
+            yield (np.repeat(users[cols], items.size), np.tile(items, n),
+                   matrix[:, cols].T.ravel().round(6), rank[:, cols].T.ravel(),
+                   seen[:, cols].T.toarray().ravel() > 0)
+    write_csv_blocks(out, ("user", "item", "prediction", "rank", "seen"), rows())
 
 
 @cli.command()
@@ -966,6 +1017,7 @@ def download(name, directory):
     """Fetch a GroupLens zip, verify its sha256, unpack it."""
     found = datasets.locate(name, directory)
     if found is None:
+        datasets.check_free(name, directory)
         click.echo(f"downloading {datasets.SOURCES[name][0]}", err=True)
         found = datasets.download(name, directory)
         click.echo(f"{name}: checksum verified, unpacked in {found}")

@@ -7,7 +7,7 @@ CLI can print it as it is.
 import re
 import warnings
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import islice, repeat
 
 import numpy as np
 import scipy.sparse as sp
@@ -151,6 +151,9 @@ def as_ids(ids, source="ids", what="user"):
         raise DataError(f"{source}: {what} ids of dtype {ids.dtype} are not ids "
                         "(integers or text)")
     values = ids.tolist()
+    missing = next((i for i, v in enumerate(values) if _missing(v)), None)
+    if missing is not None:
+        raise DataError(f"{source}: row {missing}: missing {what} id")
     texts = [isinstance(v, (str, bytes)) for v in values]
     if all(texts):
         return _text_ids(source, _decoded(source, values, what), what)
@@ -160,16 +163,21 @@ def as_ids(ids, source="ids", what="user"):
                         f"{shorten(values[i])!r}, row {j}: {shorten(values[j])!r}); give "
                         "them as one kind")
     for i, v in enumerate(values):
-        if v is None or isinstance(v, (bool, np.bool_)) \
-                or not isinstance(v, (int, float, np.integer, np.floating)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                   np.floating)):
             raise DataError(f"{source}: row {i}: {what} id {shorten(repr(v))} is not an id "
-                            "(an integer or text)" if v is not None else
-                            f"{source}: row {i}: missing {what} id")
+                            "(an integer or text)")
     try:
         return as_ids(np.array(values, dtype=np.float64 if any(
             isinstance(v, (float, np.floating)) for v in values) else np.int64), source, what)
     except OverflowError:
         raise DataError(f"{source}: a {what} id is beyond 64-bit integers") from None
+
+
+def _missing(v):
+    """Whether ``v`` stands for a missing value: None, NaN, pandas' NA or NaT."""
+    return v is None or type(v).__name__ in ("NAType", "NaTType") or (
+        isinstance(v, (float, np.floating)) and v != v)
 
 
 def _whole_numbers(source, ids, what):
@@ -517,8 +525,8 @@ def _parse_ids(col, where, what):
     if empty is not None:
         raise DataError(f"{where(empty)}: empty {what} id")
     if any(map(PLAIN_INT.fullmatch, col)):
-        odd = next((i for i, t in enumerate(col) if not PLAIN_INT.fullmatch(t) and _is_number(t)),
-                   None)
+        odd = next((i for i, t in enumerate(col)
+                    if not PLAIN_INT.fullmatch(t) and _is_number(t.strip("\"'"))), None)
         if odd is not None:
             odd_id = shorten(repr(col[odd]))
             warnings.warn(f"{where(odd)}: {what} id {odd_id} is a number not written as a "
@@ -622,11 +630,17 @@ def _dense_variable(src, f, name):
     """The HDF5 dataset of MATLAB variable ``name``, checked to be a 2-D
     numeric matrix whose chunks are of a size that can be read."""
     if name not in f:
+        found = ", ".join(islice(f.keys(), 10))
         raise DataError(f"{src}: no variable {name!r} (expected Monti et al.'s M, Otraining "
-                        f"and Otest; found {shorten(', '.join(f.keys()), 200) or 'none'})")
+                        f"and Otest; found {shorten(found, 200) or 'none'})")
+    link = f.get(name, getlink=True)
+    if type(link).__name__ != "HardLink":      # a link to another file (a FIFO, a device)
+        raise DataError(f"{src}: variable {name!r} is a link to another file")
     ds = f[name]
     if not hasattr(ds, "shape") or len(ds.shape) != 2 or ds.dtype.kind not in "biuf":
         raise DataError(f"{src}: variable {name!r} is not a dense numeric matrix")
+    if ds.external or ds.is_virtual:          # its data lives in other files
+        raise DataError(f"{src}: variable {name!r} keeps its data in other files")
     if ds.chunks is not None and int(np.prod(ds.chunks)) * ds.dtype.itemsize > _MAT_CHUNK_BYTES:
         raise DataError(f"{src}: variable {name!r} is stored in chunks of {ds.chunks}, larger "
                         "than any MATLAB file's: corrupt or crafted file")

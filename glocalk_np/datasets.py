@@ -2,7 +2,6 @@
 with the paper's protocol (docs/model.md §11)."""
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -48,19 +47,33 @@ def locate(name, directory=None):
     return folder if all((folder / f).is_file() for f in REQUIRED[name]) else None
 
 
+def check_free(name, directory=None):
+    """DataError unless ``name`` is downloaded or its folder is free: what
+    is there otherwise is never ours (a download is renamed into place
+    whole), so it is the user's and is not replaced."""
+    target = cache_dir(directory) / name
+    if locate(name, directory) is None and os.path.lexists(target):
+        raise DataError(f"{target}: exists but is not a complete {name} download "
+                        f"(needs {', '.join(REQUIRED[name])}); move it away or choose "
+                        "another --dir")
+
+
 def download(name, directory=None):
     """Fetch, verify and unpack ``name`` into the cache folder; return its folder.
 
     Nothing appears in the cache unless the sha256 matches and the zip holds
     the expected files: the zip is downloaded to a temporary file, unpacked
     into a temporary folder next to the target, and renamed into place.
-    An existing download is kept as it is.
+    An existing download is kept as it is; anything else already there
+    under the dataset's name (the user's own folder) is refused, never
+    replaced.
     """
     found = locate(name, directory)
     if found is not None:
         return found
     url, sha256 = SOURCES[name]
     root = cache_dir(directory)
+    check_free(name, directory)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
@@ -71,8 +84,6 @@ def download(name, directory=None):
                                 "the download was discarded")
             _unpack(url, archive, name, Path(tmp) / "unpacked")
             target = root / name
-            if target.exists():       # an incomplete earlier copy
-                shutil.rmtree(target)
             os.replace(Path(tmp) / "unpacked" / name, target)
     except OSError as e:
         raise DownloadError(f"{root}: cannot write the dataset: {e.strerror or e}") from None

@@ -139,6 +139,7 @@ def _read_arrays(path):
         with open_input(path, ModelFileError) as f:
             if f.read(2) != b"PK":
                 raise ModelFileError(f"{path}: not a glocalk-np file (not an npz archive)")
+            _check_entry_count(path, f)
             f.seek(0)
             with zipfile.ZipFile(f) as zf:
                 _check_entries(path, zf)
@@ -153,6 +154,29 @@ def _read_arrays(path):
         raise ModelFileError(f"{path}: too large to load into this machine's memory") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
         raise ModelFileError(f"{path}: corrupt or truncated file ({shorten(e, 100)})") from None
+
+
+def _check_entry_count(path, f):
+    """ModelFileError when the archive's end record declares more than
+    MAX_ENTRIES entries, read before zipfile builds an object per entry of
+    the central directory (a crafted one declares millions). The end record
+    is the last 22 bytes but a comment of up to 64 KiB; a ZIP64 archive
+    (0xFFFF entries there) has the count in its own end record."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - (1 << 16) - 22))
+    tail = f.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) < end + 22:
+        return                        # not a zip: zipfile says so in its own words
+    count = int.from_bytes(tail[end + 10:end + 12], "little")
+    if count == 0xFFFF and end >= 20 and tail[end - 20:end - 16] == b"PK\x06\x07":
+        offset = int.from_bytes(tail[end - 12:end - 4], "little")
+        f.seek(offset)
+        record = f.read(56)
+        if record[:4] == b"PK\x06\x06" and len(record) == 56:
+            count = int.from_bytes(record[32:40], "little")
+    if count > MAX_ENTRIES:
+        raise ModelFileError(f"{path}: {count} entries; a glocalk-np file has far fewer")
 
 
 def _check_entries(path, zf):

@@ -136,6 +136,19 @@ def test_failed_downloads_leave_nothing_behind(tmp_path, monkeypatch, server, fi
     assert datasets.locate("ml-100k", tmp_path) is None
 
 
+def test_a_folder_of_the_user_s_under_the_dataset_s_name_is_never_replaced(
+        tmp_path, monkeypatch, server):
+    serve(monkeypatch, server, "ml-100k")
+    mine = tmp_path / "ml-100k"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own work")
+    result = run("datasets", "download", "ml-100k", "--dir", tmp_path, code=2)
+    assert result.stderr.splitlines() == [f"Error: {mine}: exists but is not a complete "
+                                          "ml-100k download (needs u1.base, u1.test); move it "
+                                          "away or choose another --dir"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
 def test_fit_names_the_download_command_when_a_dataset_is_missing(tmp_path):
     result = run("fit", "ml-1m", *TINY, env={"GLOCALK_NP_DATA": str(tmp_path)}, code=2)
     assert result.stderr == (f"Error: ml-1m has not been downloaded to {tmp_path}: "

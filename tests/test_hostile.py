@@ -600,6 +600,37 @@ def test_a_model_archive_holds_only_what_glocalk_np_writes(work, entries, inflat
         measured_refusal("predict", bad, "p.csv", cwd=work, fragments=(problem,))
 
 
+def test_an_archive_declaring_millions_of_entries_is_refused_from_its_end_record(work):
+    """zipfile would build an object per entry of the central directory
+    before any check of ours: the count in the end record is read first."""
+    data = bytearray((work / "m.npz").read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8:end + 12] = (0xFFFE).to_bytes(2, "little") * 2
+    (work / "many.npz").write_bytes(bytes(data))
+    with unchanged(work):
+        measured_refusal("predict", "many.npz", "p.csv", cwd=work,
+                         fragments=("many.npz: 65534 entries; a glocalk-np file has far fewer",))
+
+
+def test_a_mat_variable_whose_data_lives_in_another_file_is_refused(tmp_path):
+    """An external link (to a FIFO here: HDF5 would wait for a writer) or
+    external storage: nothing outside the named file is opened."""
+    h5py = pytest.importorskip("h5py")
+    os.mkfifo(tmp_path / "fifo")
+    with h5py.File(tmp_path / "linked.mat", "w") as f:
+        f["M"] = h5py.ExternalLink(str(tmp_path / "fifo"), "/M")
+        f["Otraining"] = f["Otest"] = np.eye(3)
+    measured_refusal("fit", tmp_path / "linked.mat", "--out", tmp_path / "o.npz", timeout=60,
+                     fragments=("variable 'M' is a link to another file",))
+    (tmp_path / "raw.bin").write_bytes(bytes(72))
+    with h5py.File(tmp_path / "external.mat", "w") as f:
+        f.create_dataset("M", shape=(3, 3), dtype="f8", external=[(str(tmp_path / "raw.bin"),
+                                                                   0, 72)])
+        f["Otraining"] = f["Otest"] = np.eye(3)
+    measured_refusal("fit", tmp_path / "external.mat", "--out", tmp_path / "o.npz",
+                     fragments=("variable 'M' keeps its data in other files",))
+
+
 def test_declared_sizes_allocate_nothing_before_they_are_checked(work, tmp_path):
     with np.load(work / "m.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -611,7 +642,7 @@ def test_declared_sizes_allocate_nothing_before_they_are_checked(work, tmp_path)
         measured_refusal("predict", "layers.npz", "p.csv", cwd=work,
                          fragments=("n_layers must be at most 1000, got 100000000",))
         measured_refusal("fit", "r.csv", "--layers", 10 ** 8, "--out", "o.npz", cwd=work,
-                         fragments=("n_layers must be at most 1000",))
+                         fragments=("--layers", "100000000 is not in [1, 1000]"))
         measured_refusal("fit", "r.csv", "--ensemble", 10 ** 9, "--checkpoint-dir", "ck",
                          "--out", "o.npz", cwd=work, fragments=("--ensemble",))
     done, peak = cli_process.run_measured("evaluate", "m.npz", "r.csv", "--k", 10 ** 12,
@@ -714,6 +745,28 @@ def test_a_second_signal_does_not_cut_the_first_one_s_cleanup(work, signum, stat
     modelfile.read(work / "ck" / "checkpoint.npz", modelfile.CHECKPOINT)
 
 
+def test_a_full_or_closed_standard_output_is_one_line(work):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cli_process.command("recommend", "m.npz", "--all-users"),
+                              cwd=work, stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=180)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "Error: standard output cannot be written (No space left on device) before "
+        "everything was written"]
+    proc = cli_process.start("predict", "m.npz", "--all", cwd=work)
+    proc.stdout.close()                  # as `| head` does
+    assert proc.wait(timeout=180) == 1 and "Traceback" not in proc.stderr.read()
+
+
+def test_a_bad_numba_setting_is_one_warning_line(work):
+    done = subprocess.run(cli_process.command("--version"), capture_output=True, text=True,
+                          env={**os.environ, "NUMBA_NUM_THREADS": "abc"}, timeout=180)
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        "Warning: Environment variable 'NUMBA_NUM_THREADS' is defined but its associated "
+        "value 'abc' could not be parsed."]
+
+
 def test_a_table_with_movielens_column_names_fits(tmp_path):
     """userId, movieId, rating: the names of MovieLens' ratings.csv, read by
     pd.read_csv; and a columns object whose truth value is an error, as a
@@ -779,6 +832,9 @@ def test_ids_from_the_api_follow_the_rules_of_ids_from_files(files):
         assert got[0].tolist() == as_int[0].tolist() and got[1].tolist() == [""], form
     with pytest.raises(DataError_, match="missing user id"):
         model.predict([None], [item])
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(DataError_, match="row 1: missing user id"):
+        Ratings(pd.array([1, None], dtype="Int64"), [1, 2], [3.0, 4.0], "frame")
 
 
 def test_a_users_file_is_read_as_a_ratings_file_s_ids(tmp_path):
@@ -797,6 +853,13 @@ def test_a_users_file_is_read_as_a_ratings_file_s_ids(tmp_path):
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["user"], r["fallback"]) for r in rows] == [(names[first], False),
                                                           (names[second], False)]
+
+
+def test_a_quoted_number_beside_plain_ones_is_named(tmp_path):
+    (tmp_path / "r.csv").write_text('1,1,4\n"1",2,3\n')
+    with pytest.warns(DataWarning, match="""user id '"1"' is a number not written as a plain"""):
+        r = read_ratings(tmp_path / "r.csv")
+    assert r.users.tolist() == ["1", '"1"']
 
 
 def test_minus_zero_is_not_zero(tmp_path):
