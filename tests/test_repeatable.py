@@ -1,0 +1,73 @@
+"""Runs repeat bit for bit on one machine, thread count and engine: whether
+the kernels were just compiled or loaded from Numba's cache, and whatever
+else the machine runs. Each run is a process of its own (tests/repeat_bits.py)
+printing digests of the loss, every gradient and a short fit.
+
+Why they can: every sum in a kernel has a fixed order and width for a given
+compiled kernel (a prange loop writes disjoint outputs or per-block partial
+sums that are added in block order; the block count follows the thread
+count, not the scheduling), and one production call path compiles one
+specialisation per dtype, whose machine code is what the cache stores.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("repeat_bits.py")
+
+
+def digests(cache_dir, timeout=600):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    done = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """(an empty Numba cache folder filled by a first run that compiles
+    every kernel it calls, that run's digests)."""
+    folder = tmp_path_factory.mktemp("numba-cache")
+    return folder, digests(folder)
+
+
+def test_just_compiled_and_cached_kernels_give_the_same_bits(cache):
+    folder, compiled = cache
+    assert any(folder.rglob("*.nbc"))          # the second run loads what the first wrote
+    assert digests(folder) == compiled
+
+
+def test_a_busy_machine_gives_the_same_bits(cache):
+    folder, quiet = cache
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(os.cpu_count() or 2)]
+    try:
+        busy = digests(folder)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert busy == quiet
+
+
+def test_cached_kernels_call_nothing_from_the_package_s_other_modules():
+    """Numba's cache is invalidated when a kernel's own file changes, not
+    when a module it calls into does: a kernel cached before an edit of such
+    a helper would go on running the old code, and a fresh cache folder the
+    new one. So a module with cached kernels imports nothing of the package."""
+    import ast
+
+    import glocalk_np
+    package = Path(glocalk_np.__file__).parent
+    cached = [p for p in package.rglob("*.py") if "cache=True" in p.read_text()]
+    assert {p.name for p in cached} >= {"cpu.py", "lbfgsb.py"}
+    for path in cached:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and not (node.module or "").startswith("glocalk_np"), \
+                    f"{path.relative_to(package)} imports {'.' * node.level}{node.module}"
