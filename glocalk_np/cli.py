@@ -743,7 +743,7 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, 
                                                        val_frac, seed)
         patience = hyper.pop("patience")
         base = Config.from_preset(preset or dataset, seed=seed, **hyper)
-        budget_s = 60 * (budget if budget is not None else 60 if trials is None else math.inf)
+        budget_s = 60 * budget if budget is not None else None if trials else 3600
 
         def report(t):
             if not quiet:

@@ -70,8 +70,9 @@ def tune(train, val, base=Config(), *, trials=None, budget_s=None, seed=0, patie
         raise ValueError("tune needs a trial count or a time budget")
     if trials is not None and trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
-    if budget_s is not None and not budget_s > 0:      # nan would never end the search
-        raise ValueError(f"budget_s must be a positive number of seconds, got {budget_s!r}")
+    if budget_s is not None and not 0 < budget_s < math.inf:   # nan or inf: no end
+        raise ValueError(f"budget_s must be a positive, finite number of seconds, got "
+                         f"{budget_s!r}")
     rng = np.random.default_rng(seed)
     searched = {name: getattr(base, name) for name in space}
     done, start = [], time.perf_counter()

@@ -676,8 +676,9 @@ def test_a_budget_that_never_ends_is_refused(work):
         measured_refusal("tune", "r.csv", "--budget", budget, "--out", "t.json", cwd=work,
                          timeout=60, fragments=("--budget",))
     ratings = read_ratings(work / "r.csv")
-    with pytest.raises(ValueError, match="budget_s must be a positive number"):
-        tune(ratings, ratings, TINY, budget_s=float("nan"))
+    for budget_s in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="budget_s must be a positive, finite number"):
+            tune(ratings, ratings, TINY, budget_s=budget_s)
 
 
 # ---------------------------------------------------------------- tracebacks and signals
