@@ -72,7 +72,7 @@ def run_dataset(name, args):
     """Every seed of one dataset: runs, their summary and the seed ensemble."""
     problem = common.load(name, args.data_dir, args.ml1m_file)
     train, test = problem.matrix(problem.train), problem.matrix(problem.test)
-    test_set = EvalSet(test)
+    test_set = EvalSet.of_matrix(test)
     scale, fallback = RatingScale.of(train.data), Fallback(train)   # scale: identity on 1-5 data
     print(f"{name}: {train.shape[0]} items x {train.shape[1]} users, {train.nnz:,} train / "
           f"{test.nnz:,} test ratings; {problem.protocol}; preset {problem.preset}", flush=True)

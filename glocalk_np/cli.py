@@ -503,7 +503,7 @@ def train_model(est, train, *, test=None, val=None, select, quiet, index=None,
 
 
 def echo_summary(est):
-    """The chosen epoch, its held-out scores and what was dropped."""
+    """The chosen epoch, its held-out scores and the baseline predictor's."""
     s = est.summary_
     if "members" in s:
         epochs = ", ".join(f"seed {m['seed']}: {m['best_epoch']}" for m in s["members"])
@@ -526,13 +526,26 @@ def echo_summary(est):
                    f"{est.config.patience} epochs)")
     for name in ("val", "test"):
         if name in s:
-            click.echo("  " + scores_text({name: s[name]}, ("rmse", "mae", "ndcg")))
-            if s[name].get("fallback"):
-                click.echo(f"  {name}: {s[name]['fallback']} ratings predicted by a fallback "
-                           "(user or item without training ratings)")
-    for name, n in est.dropped_.items():
-        if n:
-            click.echo(f"  {name}: {n} ratings dropped (user or item unseen in training)")
+            click.echo("  " + "\n    ".join(held_out_lines(name, s[name])))
+    if s.get("baseline"):
+        click.echo(f"  {BASELINE_LABEL}: "
+                   + scores_text(s["baseline"], ("rmse", "mae")))
+
+
+BASELINE_LABEL = "baseline (global mean + user and item offsets)"
+
+
+def held_out_lines(name, scores):
+    """A held-out set's scores over all its ratings and, where fallbacks
+    predicted some, over those the network scored."""
+    lines = [scores_text({name: scores}, ("rmse", "mae", "ndcg"))
+             + f"  (all {scores['n']:,} ratings)"]
+    if scores["fallback"]:
+        lines.append(f"{scores['fallback']:,} predicted by a fallback ({scores['unseen']:,} with "
+                     "a user or item unseen in training); the network's "
+                     f"{scores['network_n']:,}: RMSE {scores['network_rmse']:.4f} "
+                     f"MAE {scores['network_mae']:.4f}")
+    return lines
 
 
 # ---------------------------------------------------------------- commands
@@ -594,7 +607,7 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
 @click.option("--out", type=OutFile(), default="model.npz", show_default=True,
               help="Model file to write.")
 @click.option("--metrics-json", type=OutFile(dash=True),
-              help="Write config, summary, per-epoch history, dropped counts and seconds here "
+              help="Write config, summary, per-epoch history, unseen counts and seconds here "
                    "('-': standard output).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False),
               help="Save a checkpoint after every epoch in this folder.")
@@ -629,7 +642,7 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, conf
     if metrics_json:
         write_json(metrics_json, {"config": est.config.as_dict(), "summary": est.summary_,
                                   "history": [asdict(r) for r in est.history_],
-                                  "dropped": est.dropped_, "seconds": seconds})
+                                  "unseen": est.unseen_, "seconds": seconds})
 
 
 def _fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, config_file, out,
@@ -790,9 +803,11 @@ def evaluate(model, test, sep, k, as_json):
     and NDCG at k of each test user's top-k list over all the items they did
     not rate in training, a test rating of 4 or more (on the 1-5 scale the
     model trains on) counting as relevant, as LensKit and cornac report them.
-    Ratings of users or items unseen in training are dropped and counted;
-    those of users or items in the model without training ratings are
-    predicted by the fallbacks (see predict) and counted.
+    Every rating counts: those of users or items unseen in training, or
+    without training ratings, are predicted by the fallbacks (see predict)
+    and counted, and the network's own ratings are scored apart. The
+    baseline predictor (the training ratings' mean plus user and item
+    offsets) is scored on the same ratings.
     """
     result = GLocalK.load(model).evaluate(read_test(test, sep), k=k)
     if as_json:
@@ -803,9 +818,15 @@ def evaluate(model, test, sep, k, as_json):
               f"ndcg@{k}": f"NDCG@{k} (all unrated items)"}
     for key, label in labels.items():
         click.echo(f"{label:<32} {result[key]:.4f}")
-    click.echo(f"{'scored':<32} {result['n']}")
-    click.echo(f"{'fallback':<32} {result['fallback']} (user or item without training ratings)")
-    click.echo(f"{'dropped':<32} {result['dropped']} (user or item unseen in training)")
+    click.echo(f"{'ratings':<32} {result['n']}")
+    click.echo(f"{'by a fallback':<32} {result['fallback']} (user without training ratings or "
+               "item without a row)")
+    click.echo(f"{'  of them unseen ids':<32} {result['unseen']} (user or item unseen in "
+               "training)")
+    click.echo(f"{'RMSE of the network alone':<32} {result['network_rmse']:.4f} "
+               f"({result['network_n']} ratings)")
+    click.echo(f"{'RMSE of the baseline':<32} {result['baseline']['rmse']:.4f} (global mean + "
+               "user and item offsets)")
 
 
 @cli.command()
@@ -985,15 +1006,15 @@ def demo(quick, out, seed, quiet):
     est = GLocalK(seed=seed, **setup["hyper"])
     train_model(est, train, test=test, val=val, select="val", quiet=quiet)
     echo_summary(est)
-    rows, _, known = est.index_.lookup(test)
-    truth = test.values[known]
     result = est.evaluate(test)
-    table = {"global mean": np.full(truth.size, est.global_mean_),
-             "item mean": est.item_means_[rows[known]]}
-    click.echo("\nmethod        test RMSE  test MAE")
-    for method, pred in table.items():
-        click.echo(f"{method:<12}  {metrics.rmse(pred, truth):9.4f}  {metrics.mae(pred, truth):8.4f}")
-    click.echo(f"{'GLocal-K':<12}  {result['rmse']:9.4f}  {result['mae']:8.4f}")
+    mean = np.full(len(test), est.global_mean_)
+    table = {"global mean": (metrics.rmse(mean, test.values), metrics.mae(mean, test.values)),
+             "baseline": (result["baseline"]["rmse"], result["baseline"]["mae"]),
+             "GLocal-K": (result["rmse"], result["mae"])}
+    click.echo(f"\nmethod        test RMSE  test MAE   (all {len(test)} test ratings; baseline: "
+               "global mean + user and item offsets)")
+    for method, (rmse, mae) in table.items():
+        click.echo(f"{method:<12}  {rmse:9.4f}  {mae:8.4f}")
     user = test.users[0]
     click.echo(f"\ntop 5 items for user {user}:")
     ranked = est.recommend(user, top=5)[0]

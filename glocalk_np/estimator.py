@@ -17,6 +17,7 @@ from . import metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
 from .data import DataError, DataWarning, Index, Ratings, _positions, as_ids, subset
+from .baseline import Baseline
 from .fallback import Fallback
 from .scale import RatingScale
 from .safeio import OutputError, check_target, physical_memory, shorten
@@ -113,9 +114,13 @@ class GLocalK:
         pandas DataFrame, a dict of arrays; Ratings.from_columns for other
         column names), checked as a file is.
 
-        The index (``index``, else the ids of ``train``) fixes the matrix;
-        test and val ratings of users or items outside it are dropped and
-        counted in ``dropped_``. ``select`` picks the fine-tuning epoch whose
+        The index (``index``, else the ids of ``train``) fixes the matrix.
+        Every test and val rating counts: those of users or items outside the
+        index, or without training ratings, are predicted by the fallbacks
+        (fallback.py) and counted ('fallback', 'unseen' in each set's scores;
+        ``unseen_`` per set); 'network_rmse' scores the others alone, and
+        summary_['baseline'] scores the baseline predictor (baseline.py) on
+        the same ratings. ``select`` picks the fine-tuning epoch whose
         parameters are kept: 'val' (lowest validation RMSE; the default when
         ``val`` is given), 'last' (the default otherwise) or 'test' (lowest
         test RMSE, the paper's protocol, optimistic); summary_['protocol']
@@ -144,13 +149,11 @@ class GLocalK:
         if lost:
             raise ValueError(f"{train.source}: {lost} training ratings have a user or item "
                              "outside the given index")
-        evals, dropped = {}, {}
-        for name, ratings in sets.items():
-            if ratings is not None:
-                evals[name], dropped[name] = index.matrix(ratings)
-                if evals[name].nnz == 0:
-                    raise ValueError(f"{ratings.source}: none of the {len(ratings)} {name} "
-                                     "ratings has a user and an item seen in training")
+        evals = {name: EvalSet.of_ratings(ratings, index)
+                 for name, ratings in sets.items() if ratings is not None}
+        for name, entries in evals.items():
+            if not len(entries):
+                raise ValueError(f"{sets[name].source}: no {name} ratings")
         training.check_problem(self.config, R, self.ensemble)
         checkpoints = [None] * self.ensemble
         if checkpoint_dir is not None:
@@ -163,7 +166,7 @@ class GLocalK:
         # every resumed state is read and checked before any training time is spent
         states = [c.load() if resume else None for c in checkpoints]
         self._set_training_data(index, R)
-        self.dropped_ = dropped
+        self.unseen_ = {name: entries.unseen for name, entries in evals.items()}
         self.members_ = [self._fit_member(k, R, evals, select, callback, checkpoint, state)
                          for k, (checkpoint, state) in enumerate(zip(checkpoints, states))]
         first = self.members_[0]
@@ -177,6 +180,9 @@ class GLocalK:
             self.summary_.update(self._score(evals))
             self.summary_["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, **m.metrics}
                                         for m in self.members_]
+        self.summary_["baseline"] = {name: training.baseline_scores(self.baseline_, entries,
+                                                                   self.scale_)
+                                     for name, entries in evals.items()}
         return self
 
     def _fit_member(self, k, R, evals, select, callback, checkpoint, state):
@@ -207,12 +213,12 @@ class GLocalK:
                       {k: dict(v) for k, v in (record.metrics if record else {}).items()})
 
     def _score(self, evals):
-        """RMSE, MAE, NDCG and the number of fallback predictions (fallback.py)
-        of the (ensemble's) predictions on each eval matrix."""
+        """train.held_out_scores of the (ensemble's) predictions on each
+        EvalSet of ``evals``."""
         out = {}
-        for name, M in evals.items():
-            entries = EvalSet(M)
-            pred, kinds = self._fallback.predict(entries.rows, entries.cols, self._network)
+        for name, entries in evals.items():
+            pred, kinds = self._fallback.predict(entries.rows, entries.cols, self._network,
+                                                 entries.rows_known, entries.cols_known)
             out[name] = training.held_out_scores(pred, kinds, entries, self.scale_)
         return out
 
@@ -224,6 +230,7 @@ class GLocalK:
         self.scale_ = RatingScale.of(R.data, self.config.scale)
         self.rating_range_ = (self.scale_.low, self.scale_.high)
         self._fallback = Fallback(R)
+        self.baseline_ = Baseline(R)
         fb = self._fallback
         self.item_counts_, self.user_counts_ = fb.item_counts, fb.user_counts
         self.item_means_, self.global_mean_ = fb.item_means, fb.global_mean
@@ -389,27 +396,31 @@ class GLocalK:
         return self._in_user_units(S)
 
     def evaluate(self, test, k=10, relevant_from=4.0):
-        """Scores of the model on the Ratings ``test``:
+        """Scores of the model on the Ratings ``test``, every rating counted:
         - rmse, mae, and ndcg, the paper's NDCG (docs/model.md §10: each
-          user's test items ranked among themselves), over the ``n`` test
-          ratings scored; ``fallback`` of them were predicted by a fallback
-          (their item or user has no training rating, see predict); ``dropped``
-          ones, with a user or item outside the index, are not scored. These
-          are the numbers fit() reports for a test set.
+          user's test items ranked among themselves), over all ``n`` test
+          ratings; ``fallback`` of them were predicted by a fallback (their
+          user has no training rating or their item none in the index, see
+          predict), ``unseen`` of those have an id outside the index;
+          network_rmse, network_mae over the network_n others. These are the
+          numbers fit() reports for a test set.
+        - ``baseline``: rmse, mae and ndcg of the baseline predictor
+          (baseline.py: global mean plus user and item offsets fitted on the
+          training ratings) on the same ratings.
         - precision@k, recall@k and ndcg@k of the top-k lists (recommend) over
-          every item each test user did not rate in training, a test item
-          counting as relevant when its rating is at least ``relevant_from``
-          on the 1-5 scale the model trains on (scale.py), as LensKit and
-          cornac report top-N accuracy (metrics.top_n)."""
+          every item each test user of the index did not rate in training, a
+          test item of the index counting as relevant when its rating is at
+          least ``relevant_from`` on the 1-5 scale the model trains on
+          (scale.py), as LensKit and cornac report top-N accuracy
+          (metrics.top_n)."""
         self._check_fitted()
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         test = as_ratings(test, "test")
-        M, dropped = self.index_.matrix(test)
-        if M.nnz == 0:
-            raise ValueError(f"{test.source}: none of the {len(test)} ratings has a user "
-                             "and an item seen in training")
-        by_user = M.tocsc()
+        entries = EvalSet.of_ratings(test, self.index_)
+        if not len(entries):
+            raise ValueError(f"{test.source}: no ratings")
+        by_user = self.index_.matrix(test)[0].tocsc()
         users = np.flatnonzero(np.diff(by_user.indptr))
         lists, _ = self._top_items(self.index_.users[users], int(k), include_seen=False)
         relevant = []
@@ -417,7 +428,8 @@ class GLocalK:
             rows = by_user.indices[by_user.indptr[u]:by_user.indptr[u + 1]]
             ratings = by_user.data[by_user.indptr[u]:by_user.indptr[u + 1]]
             relevant.append(rows[self.scale_.to_model(ratings) >= relevant_from])
-        return {**self._score({"test": M})["test"], "n": M.nnz, "dropped": dropped,
+        return {**self._score({"test": entries})["test"],
+                "baseline": training.baseline_scores(self.baseline_, entries, self.scale_),
                 **metrics.top_n([best for best, _ in lists], relevant, int(k))}
 
     # ------------------------------------------------------------ new ratings
@@ -495,7 +507,7 @@ class GLocalK:
                   **pack_matrix("train/", self.train_matrix_)}
         meta = {"config": self.config.as_dict(), "params": list(self.params_),
                 "stage": self.stage_, "best_epoch": self.best_epoch_,
-                "summary": self.summary_, "dropped": self.dropped_,
+                "summary": self.summary_, "unseen": self.unseen_,
                 "history": [asdict(r) for r in self.history_],
                 "members": [{"seed": m.seed, "params": list(m.params), "stage": m.stage,
                              "best_epoch": m.best_epoch} for m in others]}
@@ -519,7 +531,8 @@ class GLocalK:
         first.history = model.history_
         model.params_, model.stage_, model.best_epoch_ = first.params, first.stage, first.best_epoch
         model.summary_ = field(f, "summary", lambda v: isinstance(v, dict), "an object")
-        model.dropped_ = field(f, "dropped", lambda v: isinstance(v, dict) and all(
+        counts = "unseen" if "unseen" in f.meta else "dropped"    # format 2 before 0.2: dropped
+        model.unseen_ = field(f, counts, lambda v: isinstance(v, dict) and all(
             isinstance(n, int) for n in v.values()), "a map of set names to counts")
         model.ensemble = len(model.members_)
         f.check_all_read()
@@ -573,9 +586,10 @@ def _digest(*arrays):
 
 
 def fingerprints(index, R, evals):
-    """sha256 digests of the training data (ids and matrix) and of each eval set."""
+    """sha256 digests of the training data (ids and matrix) and of each
+    EvalSet of ``evals``."""
     out = {"train": _digest(index.users, index.items, R.indptr, R.indices, R.data)}
-    out.update({name: _digest(M.indptr, M.indices, M.data) for name, M in evals.items()})
+    out.update({name: _digest(e.rows, e.cols, e.groups, e.values) for name, e in evals.items()})
     return out
 
 

@@ -149,7 +149,8 @@ def test_plots_pool_runs_of_separate_invocations(reproduce_run):
 
 @pytest.mark.parametrize("script, args", [("speed.py", ["--datasets", "ml-100k"]),
                                           ("reproduce.py", ["--datasets", "ml-100k"]),
-                                          ("rescaled.py", []), ("serving.py", [])])
+                                          ("rescaled.py", []), ("serving.py", []),
+                                          ("fallbacks.py", [])])
 def test_missing_data_exits_2(tmp_path, script, args):
     proc = run_script(script, *args, "--data-dir", str(tmp_path))
     assert proc.returncode == 2

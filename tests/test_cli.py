@@ -78,10 +78,11 @@ def test_fit_prints_epochs_and_summary_and_writes_model_and_metrics(tmp_path, fi
     est = GLocalK.load(model)
     assert est.config.n_hidden == 8 and est.config.kernel_dim == 3
     data = json.loads(report.read_text())
-    assert set(data) == {"config", "summary", "history", "dropped", "seconds"}
+    assert set(data) == {"config", "summary", "history", "unseen", "seconds"}
     assert [(h["stage"], h["epoch"]) for h in data["history"]] == \
         [("pretrain", 1), ("finetune", 1), ("finetune", 2)]
-    assert data["summary"]["select"] == "val" and set(data["dropped"]) == {"test", "val"}
+    assert data["summary"]["select"] == "val" and set(data["unseen"]) == {"test", "val"}
+    assert set(data["summary"]["baseline"]) == {"test", "val"}
     assert "validation" in data["summary"]["protocol"]
     assert data["summary"]["best_epoch"] == est.best_epoch_
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temp files left
@@ -102,7 +103,7 @@ def test_fit_default_selection_and_patience(tmp_path, files, extra, select, pati
     data = json.loads(report.read_text())
     assert data["summary"]["select"] == select and data["config"]["patience"] == patience
     assert ("TEST RMSE" in data["summary"]["protocol"]) == (select == "test")
-    assert ("val" in data["dropped"]) == (select == "val" or patience > 0)
+    assert ("val" in data["unseen"]) == (select == "val" or patience > 0)
 
 
 def test_quiet_leaves_only_the_summary(tmp_path, files):
@@ -142,10 +143,15 @@ def test_explicit_separator(tmp_path, files):
     run("fit", piped, *TINY, "--sep", "|", "--out", tmp_path / "m.npz", "--quiet")
 
 
-def test_explicit_test_file_with_unseen_users_reports_dropped(tmp_path, files):
+def test_explicit_test_file_with_unseen_users_counts_every_rating(tmp_path, files):
     result = run("fit", files["train"], *TINY, "--test", files["test"],
                  "--out", tmp_path / "m.npz", "--quiet")
-    assert "test: 2 ratings dropped (user or item unseen in training)" in result.stdout
+    assert "(all 6 ratings)" in result.stdout
+    assert "2 predicted by a fallback (2 with a user or item unseen in training); the " \
+        "network's 4: RMSE" in result.stdout
+    line = next(l for l in result.stdout.splitlines() if "baseline (" in l)
+    assert line.startswith("  baseline (global mean + user and item offsets): val RMSE ")
+    assert "  test RMSE " in line
 
 
 def test_mat_file_brings_its_own_test_set(tmp_path):
@@ -212,9 +218,14 @@ def test_evaluate_text_and_json(files):
     assert lines["NDCG (paper's: test items only)"] == f"{expected['ndcg']:.4f}"
     assert lines["precision@10"] == f"{expected['precision@10']:.4f}"
     assert lines["NDCG@10 (all unrated items)"] == f"{expected['ndcg@10']:.4f}"
-    assert lines["scored"] == "4" and lines["dropped"].startswith("2 ")
+    assert lines["ratings"] == "6" and lines["by a fallback"].startswith("2 ")
+    assert lines["of them unseen ids"].startswith("2 ")
+    assert lines["RMSE of the network alone"] == f"{expected['network_rmse']:.4f} (4 ratings)"
+    assert lines["RMSE of the baseline"].startswith(f"{expected['baseline']['rmse']:.4f} ")
     data = json.loads(run("evaluate", files["model"], files["test"], "--json").stdout)
-    assert data == pytest.approx(expected) and data["dropped"] == 2
+    assert {k: v for k, v in data.items() if k != "baseline"} == pytest.approx(
+        {k: v for k, v in expected.items() if k != "baseline"})
+    assert data["unseen"] == 2 and data["baseline"] == pytest.approx(expected["baseline"])
     at3 = json.loads(run("evaluate", files["model"], files["test"], "--json", "--k", "3").stdout)
     assert {"precision@3", "recall@3", "ndcg@3"} <= set(at3)
 
@@ -230,7 +241,7 @@ def test_predict_pairs_with_fallbacks(tmp_path, files):
     assert lines[0] == "user,item,prediction,fallback"
     rows = [line.split(",") for line in lines[1:]]
     assert [r[:2] for r in rows] == [["1", "1"], ["999", "1"], ["1", "999"]]
-    assert [r[3] for r in rows] == ["", "item_mean", "global_mean"]
+    assert [r[3] for r in rows] == ["", "item_mean", "user_mean"]
     pred, _ = GLocalK.load(files["model"]).predict(np.array([1, 999, 1]), np.array([1, 1, 999]))
     np.testing.assert_allclose([float(r[2]) for r in rows], pred, atol=1e-6)
     assert run("predict", files["model"], pairs).stdout == out.read_text()   # stdout by default
@@ -338,8 +349,8 @@ def test_demo_quick_prints_the_baseline_table(tmp_path):
     result = run("demo", "--quick", "--quiet", "--out", tmp_path / "demo.npz")
     out = result.stdout
     table = {line[:12].strip(): line[12:].split() for line in out.splitlines()
-             if line.startswith(("global mean", "item mean", "GLocal-K"))}
-    assert set(table) == {"global mean", "item mean", "GLocal-K"}
+             if line.startswith(("global mean", "baseline ", "GLocal-K"))}
+    assert set(table) == {"global mean", "baseline", "GLocal-K"}
     assert all(len(v) == 2 and all(float(x) > 0 for x in v) for v in table.values())
     assert "top 5 items for user" in out and (tmp_path / "demo.npz").exists()
 
@@ -378,11 +389,14 @@ def test_duplicates_warn_on_one_line_and_count(tmp_path):
     assert warnings == [f"Warning: {path}: 2 duplicate (user, item) pairs; kept the last of each"]
 
 
-def test_test_set_of_only_unseen_users_is_an_error(tmp_path, files):
+def test_a_test_set_of_only_unseen_users_is_scored_by_the_fallbacks(tmp_path, files):
     path = tmp_path / "unseen.csv"
     path.write_text("1000,1,4\n1001,2,3\n")
-    msg = fails("evaluate", files["model"], path)
-    assert msg == f"Error: {path}: none of the 2 ratings has a user and an item seen in training"
+    result = run("evaluate", files["model"], path)
+    assert result.stderr == ""
+    lines = {line[:32].strip(): line[32:].strip() for line in result.stdout.splitlines()}
+    assert lines["ratings"] == "2" and lines["by a fallback"].startswith("2 ")
+    assert lines["RMSE of the network alone"] == "nan (0 ratings)"
 
 
 @pytest.mark.parametrize("frac_option", ["--test-frac", "--val-frac"])
@@ -446,7 +460,7 @@ def test_subprocess_fit_evaluate_and_error(tmp_path, files):
     done = glocalk("fit", files["train"], *TINY, "--out", model)
     assert done.returncode == 0 and "finetune   2/2" in done.stdout and model.exists()
     done = glocalk("evaluate", model, files["test"], "--json")
-    assert done.returncode == 0 and json.loads(done.stdout)["dropped"] == 2
+    assert done.returncode == 0 and json.loads(done.stdout)["unseen"] == 2
     bad = tmp_path / "bad.csv"
     bad.write_text("1,1,4\n1,2,-3\n")
     done = glocalk("fit", bad)

@@ -104,7 +104,7 @@ def test_download_then_fit_ml100k_with_the_paper_protocol(tmp_path, monkeypatch,
     est = GLocalK.load(model)
     assert est.index_.n_items == 31 and est.index_.n_users == 25    # index over both files
     data = json.loads(report.read_text())
-    assert data["dropped"] == {"test": 0} and data["summary"]["select"] == "test"
+    assert data["unseen"] == {"test": 0} and data["summary"]["select"] == "test"
 
 
 def test_download_then_fit_ml1m_uses_its_split_and_preset(tmp_path, monkeypatch, server):

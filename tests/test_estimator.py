@@ -99,24 +99,34 @@ def test_fit_builds_items_by_users_matrix_and_statistics(fitted, data):
     assert m.rating_range_ == (train.values.min(), train.values.max())
     assert m.stage_ == "finetune" and m.best_epoch_ == 2 and len(m.history_) == 4
     assert m.summary_ == {"select": "last", "protocol": "last fine-tuning epoch", "best_epoch": 2,
-                          "stopped_early": [], "test": m.history_[-1].metrics["test"]}
+                          "stopped_early": [], "test": m.history_[-1].metrics["test"],
+                          "baseline": {"test": m.evaluate(data[1])["baseline"]}}
+    assert m.summary_["baseline"]["test"]["rmse"] < 2
 
 
-def test_evaluate_reproduces_the_training_report_and_counts_drops(fitted, data):
+def test_evaluate_reproduces_the_training_report_and_counts_every_rating(fitted, data):
     _, test, _ = data
     scores = fitted.evaluate(test)
-    assert {k: scores[k] for k in ("rmse", "mae", "ndcg", "fallback")} == fitted.summary_["test"]
-    unseen = Ratings(np.array([999, 100, 999]), np.array([500, 9999, 9999]),
+    assert {k: v for k, v in scores.items() if k in fitted.summary_["test"]} == \
+        fitted.summary_["test"]
+    assert scores["baseline"] == fitted.summary_["baseline"]["test"]
+    known = test.users[0]
+    unseen = Ratings(np.array([999, known, 999]), np.array([500, 9999, 9999]),
                      np.array([3.0, 4.0, 5.0]), "extra")
     both = Ratings(np.r_[test.users, unseen.users], np.r_[test.items, unseen.items],
                    np.r_[test.values, unseen.values], "test+extra")
     scores = fitted.evaluate(both)
-    before = fitted.dropped_["test"]
-    assert scores["n"] == len(test) - before and scores["dropped"] == 3 + before
+    before = fitted.unseen_["test"]
+    assert scores["n"] == len(test) + 3 and scores["unseen"] == 3 + before
+    assert scores["network_n"] == scores["n"] - scores["fallback"]
     refit = GLocalK(CONFIG).fit(data[0], test=both)
-    assert refit.dropped_ == {"test": scores["dropped"]}
-    with pytest.raises(ValueError, match="none of the 3"):
-        fitted.evaluate(unseen)
+    assert refit.unseen_ == {"test": scores["unseen"]}
+    only = fitted.evaluate(unseen)        # no id known: all by the fallbacks, still scored
+    assert only["n"] == only["fallback"] == 3 and only["network_n"] == 0
+    assert np.isnan(only["network_rmse"])
+    pred, kinds = fitted.predict(unseen.users, unseen.items)      # as predict has them
+    assert kinds.tolist()[1:] == ["user_mean", "global_mean"]
+    assert only["rmse"] == pytest.approx(np.sqrt(np.mean((pred - unseen.values) ** 2)))
 
 
 def test_pretrain_only_model_is_the_pretrained_network(data):
@@ -124,7 +134,7 @@ def test_pretrain_only_model_is_the_pretrained_network(data):
     m = GLocalK(replace(CONFIG, epochs_finetune=0)).fit(train, test=test, select="test")
     assert m.stage_ == "pretrain" and m.best_epoch_ is None and "C" not in m.params_
     assert m.summary_["test"] == m.history_[-1].metrics["test"] == {
-        k: v for k, v in m.evaluate(test).items() if k in ("rmse", "mae", "ndcg", "fallback")}
+        k: v for k, v in m.evaluate(test).items() if k in m.summary_["test"]}
 
 
 # ------------------------------------------------------------ epoch selection
@@ -195,11 +205,15 @@ def test_fallbacks_for_users_and_items_without_training_ratings(data):
     items = np.array([item, item, item, 8888, 654321, 654321, 8888])
     pred, fallback = m.predict(users, items)
     # a user without ratings (7777) or unknown (123456): the damped item mean;
-    # an item without ratings (8888) for a user with some: the network's baseline
-    assert fallback.tolist() == ["", "item_mean", "item_mean", "", "global_mean",
+    # an item without ratings (8888) for a user with some: the network's baseline;
+    # an unknown item (654321) for a user with ratings: the damped user mean
+    assert fallback.tolist() == ["", "item_mean", "item_mean", "", "user_mean",
                                  "global_mean", "global_mean"]
     assert pred[1] == pred[2] == pytest.approx(item_mean)
-    assert pred[4:].tolist() == pytest.approx([train.values.mean()] * 3)
+    own = train.values[train.users == user]
+    user_mean = (own.sum() + DAMPING * train.values.mean()) / (own.size + DAMPING)
+    assert pred[4] == pytest.approx(np.clip(user_mean, *m.rating_range_))
+    assert pred[5:].tolist() == pytest.approx([train.values.mean()] * 2)
     i = np.searchsorted(m.index_.items, [item, 8888])
     u = np.searchsorted(m.index_.users, [user, user])
     np.testing.assert_array_equal(pred[[0, 3]], m._network(i, u).clip(*m.rating_range_))
@@ -260,7 +274,7 @@ def test_save_load_round_trip_predicts_identically(tmp_path, fitted, data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
     loaded = GLocalK.load(path)
     equal_fits(loaded, fitted)
-    assert loaded.config == fitted.config and loaded.dropped_ == fitted.dropped_
+    assert loaded.config == fitted.config and loaded.unseen_ == fitted.unseen_
     assert loaded.rating_range_ == fitted.rating_range_
     np.testing.assert_array_equal(loaded.item_means_, fitted.item_means_)
     assert (loaded.train_matrix_ != fitted.train_matrix_).nnz == 0
@@ -600,7 +614,7 @@ def test_update_with_a_new_items_ratings_moves_its_predictions_toward_the_truth(
     rest, first, second = _split_off_item(data[0])
     m = GLocalK(CONFIG).fit(rest, test=data[1])
     before, kind = m.predict(second.users, second.items)
-    assert set(kind.tolist()) == {"global_mean"}                    # an item it never saw
+    assert set(kind.tolist()) == {"user_mean"}                      # an item it never saw
     params_before = {k: v.copy() for k, v in m.params_.items()}
     counts = m.update(first)
     assert counts == {"added": len(first), "replaced": 0, "new_items": 1, "skipped": 0}

@@ -62,7 +62,8 @@ def test_fit_lowers_loss_and_tracks_best_epochs():
     assert epoch == 1 + int(np.argmin(test_rmse))
     assert selected(state, "val")[0] == epoch  # same set, same pick
     assert selected(state, "last")[0] == 3
-    assert set(fine[0].metrics["test"]) == {"rmse", "mae", "ndcg", "fallback"}
+    assert set(fine[0].metrics["test"]) == {"rmse", "mae", "ndcg", "n", "fallback", "unseen",
+                                            "network_rmse", "network_mae", "network_n"}
     assert "C" in params
 
 
