@@ -31,9 +31,10 @@ import numpy as np
 from . import __version__, datasets, metrics
 from .datasets import DownloadError
 from .engines import DEVICES
-from .data import (PLAIN_INT, DataError, DataWarning, as_ids, parse_decimal, random_split,
-                   read_any, read_ids, read_pairs, read_ratings)
-from .estimator import MAX_ENSEMBLE, GLocalK, checkpoint_name
+from .data import (PLAIN_INT, DataError, DataWarning, as_ids, concatenate, parse_decimal,
+                   random_split, ratings_csv, read_any, read_ids, read_pairs, read_ratings)
+from .estimator import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, MAX_ENSEMBLE, GLocalK,
+                        checkpoint_name)
 from .gradcheck import TOLERANCE, check_gradients
 from .safeio import (OutputError, atomic_output, atomic_outputs, check_distinct, check_input,
                      check_target, parse_json, read_text, shorten)
@@ -50,10 +51,6 @@ STAGE_LABELS = {"pretrain": "pre-training", "finetune": "fine-tuning"}
 # from about this many parameters scipy's L-BFGS-B costs more than the loss
 # and gradient (BENCHMARKS.md), so fit says once that --optimizer numba exists
 OPTIMIZER_HINT_PARAMETERS = 1_000_000
-# fit on a ratings file without a preset: the validation split that picks the
-# epoch honestly, and the early stopping it allows
-DEFAULT_VAL_FRAC = 0.05
-DEFAULT_PATIENCE = 5
 # click >= 8.2 reports a bare group as an error that carries the help text
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 # An error line longer than this is cut (a path or a quoted field of megabytes)
@@ -158,6 +155,10 @@ class _Main(click.Group):
             _error(e.format_message())
         except ValueError as e:
             _error(str(e))
+        except Exception as e:     # a bug: still one line, no traceback; say so
+            _error(f"unexpected {type(e).__name__} (a bug in glocalk-np; please report it "
+                   f"with the command): {e}")
+            return EXIT_FAILURE
         return EXIT_ERROR
 
 
@@ -439,8 +440,22 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self.hint = not quiet and config.optimizer == "scipy"
         self.last = None        # the last completed epoch's record
+        self.label = ""         # which model of an ensemble or refit the lines are about
         self._stage = self.bar = None
         self._bars = contextlib.ExitStack()
+
+    def start(self, config, k, members, phase):
+        """A model starts training: its epoch budgets, and a label on its
+        lines when there is more than one model (an ensemble, a refit)."""
+        self.totals = {stage: config.epochs(stage) for stage in STAGE_LABELS}
+        self.label = " ".join(([f"seed {config.seed}"] if members > 1 else [])
+                              + ([phase] if phase else []))
+        if phase and k == 0 and not self.quiet:
+            self.erase()
+            click.echo(f"{phase}: the training and validation ratings together, "
+                       f"{config.epochs_pretrain} + {config.epochs_finetune} epochs"
+                       + (" for the first model" if members > 1 else ""))
+        self.open("pretrain" if config.epochs_pretrain else "finetune")
 
     def __call__(self, record, state):
         self.last = record
@@ -455,7 +470,8 @@ class Progress:
             if size >= OPTIMIZER_HINT_PARAMETERS:
                 click.echo(f"Note: {size:,} parameters; --optimizer numba takes scipy's "
                            "L-BFGS-B steps at a fraction of its cost", err=True)
-        click.echo(epoch_line(record, self.totals[record.stage]))
+        click.echo((f"{self.label}  " if self.label else "")
+                   + epoch_line(record, self.totals[record.stage]))
         if self.bar is not None:
             self.bar.update(record.epoch - self.bar.pos)
         if record.stage == "pretrain" and record.epoch == self.totals["pretrain"]:
@@ -466,8 +482,9 @@ class Progress:
         self.close()
         self._stage = stage
         if not self.quiet and self.tty and self.totals[stage]:
+            label = " ".join(filter(None, (self.label, STAGE_LABELS[stage])))
             self.bar = self._bars.enter_context(click.progressbar(
-                length=self.totals[stage], label=STAGE_LABELS[stage], file=sys.stderr))
+                length=self.totals[stage], label=label, file=sys.stderr))
 
     def erase(self):
         """Clear the bar's line on a terminal."""
@@ -556,8 +573,8 @@ def cli():
     """GLocal-K matrix completion (Han et al., CIKM 2021)."""
 
 
-def _training_data(ratings, sep, test_path, test_frac, val_frac, seed):
-    """(train, test, val, index, preset) from fit's and tune's arguments; ``preset`` is
+def _training_data(ratings, sep, test_path, test_frac, seed):
+    """(train, test, index, preset) from fit's and tune's arguments; ``preset`` is
     the dataset name when RATINGS names a downloaded benchmark."""
     if test_path and test_frac:
         raise click.UsageError("give --test or --test-frac, not both")
@@ -575,10 +592,38 @@ def _training_data(ratings, sep, test_path, test_frac, val_frac, seed):
         test = read_test(test_path, sep)
     elif test_frac:
         train, test = random_split(train, test_frac, seed)
-    val = None
-    if val_frac:
-        train, val = random_split(train, val_frac, seed + 1)
-    return train, test, val, index, preset
+    return train, test, index, preset
+
+
+SPLIT_FILES = ("train", "val", "test")
+
+
+def split_paths(folder):
+    """The files --save-split writes in ``folder``."""
+    return [os.path.join(folder, f"{name}.csv") for name in SPLIT_FILES]
+
+
+def echo_data(train, val, test):
+    """One line: the ratings, users and items fit was given, and the split."""
+    parts = [r for r in (train, val, test) if r is not None]
+    total = sum(len(r) for r in parts)
+    users = len(np.unique(concatenate(*parts).users))
+    items = len(np.unique(concatenate(*parts).items))
+    sizes = [f"train {len(train):,}"] + [f"{name} {len(r):,} ({len(r) / total:.0%})"
+                                         for name, r in (("validation", val), ("test", test))
+                                         if r is not None]
+    click.echo(f"data: {total:,} ratings by {users:,} users of {items:,} items; "
+               + ", ".join(sizes))
+
+
+def save_split(folder, splits):
+    """The ratings of each split as FILE.csv in ``folder``, written together."""
+    present = {name: r for name, r in zip(SPLIT_FILES, splits) if r is not None}
+    with atomic_outputs([os.path.join(folder, f"{name}.csv") for name in present],
+                        text=True) as files:
+        for f, ratings in zip(files, present.values()):
+            f.write(ratings_csv(ratings))
+    click.echo(f"split saved in {folder}: {', '.join(f'{n}.csv' for n in present)}")
 
 
 FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
@@ -589,9 +634,16 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
 @click.option("--test", "test_path", type=INPUT, help="Test ratings file.")
 @click.option("--test-frac", type=FRACTION, help="Hold out this fraction of RATINGS as test set.")
 @click.option("--val-frac", type=Number(float, 0, 1, max_open=True),
-              help="Carve this fraction out of the training set to pick the epoch honestly "
-                   f"(0: none) [default: {DEFAULT_VAL_FRAC} when RATINGS is a ratings file and "
-                   "no --preset is given, else 0].")
+              help="Hold out this fraction of the training ratings to pick the epochs "
+                   f"honestly (0: none) [default: {DEFAULT_VALIDATION} without --preset, "
+                   "else 0].")
+@click.option("--refit/--no-refit", default=None,
+              help="After the validation set has chosen the epochs, train again on the "
+                   "training and validation ratings together for those epochs [default: on "
+                   "when the validation set picks the epoch and no --preset is given].")
+@click.option("--save-split", "split_dir", type=click.Path(file_okay=False),
+              help="Write the train, validation and test ratings fit used as train.csv, "
+                   "val.csv and test.csv in this folder (made if missing).")
 @click.option("--select", type=click.Choice(SELECTIONS),
               help="Which fine-tuning epoch to keep: best val RMSE, best TEST RMSE (the "
                    "paper's protocol; optimistic) or the last [default: val with a validation "
@@ -607,7 +659,8 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
 @click.option("--out", type=OutFile(), default="model.npz", show_default=True,
               help="Model file to write.")
 @click.option("--metrics-json", type=OutFile(dash=True),
-              help="Write config, summary, per-epoch history, unseen counts and seconds here "
+              help="Write config, summary, per-epoch history (of a refit, and of the fit "
+                   "that chose its epochs), unseen counts and seconds here "
                    "('-': standard output).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False),
               help="Save a checkpoint after every epoch in this folder.")
@@ -617,8 +670,9 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
 @click.option("--ensemble", type=Number(int, 1, MAX_ENSEMBLE), default=1, show_default=True,
               help="Train K models (seeds SEED, SEED+1, ...) and average their predictions.")
 @QUIET
-def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, config_file, out,
-        metrics_json, checkpoint_dir, resume, device, ensemble, quiet, **hyper):
+def fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, preset, seed, sep,
+        config_file, out, metrics_json, checkpoint_dir, resume, device, ensemble, quiet,
+        **hyper):
     """Train GLocal-K on RATINGS and save the model.
 
     RATINGS is a ratings file (user, item, rating[, timestamp]; delimited text
@@ -629,42 +683,50 @@ def fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, conf
     """
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")
-    checkpoints = ([os.path.join(checkpoint_dir, checkpoint_name(k)) for k in range(ensemble)]
+    checkpoints = ([os.path.join(checkpoint_dir, checkpoint_name(k, phase))
+                    for phase in ("", "refit") for k in range(ensemble)]
                    if checkpoint_dir else [])
+    splits = split_paths(split_dir) if split_dir else []
     inputs = [ratings if os.path.exists(ratings) else None, test_path, config_file]
-    check_distinct(inputs, [out, metrics_json, *checkpoints])
-    if checkpoint_dir and os.path.isdir(checkpoint_dir):   # else made (and checked) by fit
-        check_outputs(inputs, checkpoints)
+    check_distinct(inputs, [out, metrics_json, *checkpoints, *splits])
+    for folder, paths in ((checkpoint_dir, checkpoints), (split_dir, splits)):
+        if folder and os.path.isdir(folder):    # else made (and checked) when written
+            check_outputs(inputs, paths)
     with human_text_to_stderr(metrics_json == "-"):
-        est, seconds = _fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep,
-                            config_file, out, checkpoint_dir, resume, device, ensemble, quiet,
-                            hyper)
+        est, seconds = _fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select,
+                            preset, seed, sep, config_file, out, checkpoint_dir, resume, device,
+                            ensemble, quiet, hyper)
     if metrics_json:
-        write_json(metrics_json, {"config": est.config.as_dict(), "summary": est.summary_,
+        chosen = getattr(est, "selection_history_", None)      # a refit: the choosing fit's
+        write_json(metrics_json, {"config": est.config_.as_dict(), "summary": est.summary_,
                                   "history": [asdict(r) for r in est.history_],
+                                  **({"selection_history": [asdict(r) for r in chosen]}
+                                     if chosen else {}),
                                   "unseen": est.unseen_, "seconds": seconds})
 
 
-def _fit(ratings, test_path, test_frac, val_frac, select, preset, seed, sep, config_file, out,
-         checkpoint_dir, resume, device, ensemble, quiet, hyper):
+def _fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, preset, seed, sep,
+         config_file, out, checkpoint_dir, resume, device, ensemble, quiet, hyper):
     """fit's work after its checks: (the fitted estimator, seconds taken)."""
     tic = time.perf_counter()
     settings = read_settings(config_file) if config_file else {}
-    own_file = preset is None and os.path.exists(ratings)
-    if val_frac is None:
-        val_frac = DEFAULT_VAL_FRAC if own_file else 0
-    train, test, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
-                                                      val_frac, seed)
-    held_out = {"test": test, "val": val}
-    if hyper["patience"] is None and "patience" not in settings and own_file and val is not None:
-        hyper["patience"] = DEFAULT_PATIENCE
-    select = select or ("val" if val is not None else "test" if dataset else "last")
-    if select != "last" and held_out[select] is None:
-        raise click.UsageError(f"--select {select} needs a {select} set "
-                               f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
+    train, test, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
     given = {k: v for k, v in hyper.items() if v is not None}
     est = GLocalK(preset=preset or dataset, device=device, ensemble=ensemble,
+                  validation_fraction="auto" if val_frac is None else val_frac,
+                  refit="auto" if refit is None else refit,
                   **{**settings, **given, "seed": seed})   # --seed also drew the splits
+    train, val = est.validation_split(train)
+    # a benchmark named by name: the paper's protocol, where the test set picks the epoch
+    select = select or ("test" if dataset and val is None else None)
+    held_out = {"test": test, "val": val}
+    if select in held_out and held_out[select] is None:
+        raise click.UsageError(f"--select {select} needs a {select} set "
+                               f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
+    echo_data(train, val, test)
+    if split_dir:
+        os.makedirs(split_dir, exist_ok=True)
+        save_split(split_dir, (train, val, test))
     train_model(est, train, test=test, val=val, select=select, quiet=quiet, index=index,
                 checkpoint_dir=checkpoint_dir, resume=resume)
     est.save(out)
@@ -726,7 +788,7 @@ SETTINGS_BYTES_PER_BYTE = 20
               help="Test ratings file: kept out of the search (tune never scores it).")
 @click.option("--test-frac", type=FRACTION, help="Hold out this fraction of RATINGS as test set "
                                                  "(kept out of the search).")
-@click.option("--val-frac", type=FRACTION, default=DEFAULT_VAL_FRAC, show_default=True,
+@click.option("--val-frac", type=FRACTION, default=DEFAULT_VALIDATION, show_default=True,
               help="Fraction of the training ratings every trial is scored on.")
 @click.option("--budget", type=Number(float, 0, min_open=True),
               help="Minutes: start no trial that would end after them [default: 60 without "
@@ -752,8 +814,8 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, 
     from . import tune as search
     check_outputs([ratings if os.path.exists(ratings) else None, test_path], [out])
     with human_text_to_stderr(out == "-"):
-        train, _, val, index, dataset = _training_data(ratings, sep, test_path, test_frac,
-                                                       val_frac, seed)
+        train, _, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
+        train, val = random_split(train, val_frac, seed + 1)
         patience = hyper.pop("patience")
         base = Config.from_preset(preset or dataset, seed=seed, **hyper)
         budget_s = 60 * budget if budget is not None else None if trials else 3600

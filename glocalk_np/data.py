@@ -215,6 +215,17 @@ def _text_ids(source, col, what):
     return _parse_ids(col, lambda i: f"row {i}", what)
 
 
+def concatenate(*ratings):
+    """One Ratings of several, in order (their ids int64 if all are, else
+    text); the first one's source, and a shape where all have one."""
+    users, items = (_union_kind([getattr(r, side) for r in ratings])
+                    for side in ("users", "items"))
+    shapes = [r.shape for r in ratings]
+    shape = tuple(np.max(shapes, axis=0).tolist()) if all(x is not None for x in shapes) else None
+    return Ratings.checked(np.concatenate(users), np.concatenate(items),
+                           np.concatenate([r.values for r in ratings]), ratings[0].source, shape)
+
+
 def subset(ratings, mask):
     """The ratings selected by a boolean mask or an index array, in that
     order (already checked: not checked again)."""
@@ -550,6 +561,22 @@ def _drop_duplicates(r):
     return subset(r, np.sort(n - 1 - first_rev))
 
 
+def ratings_csv(ratings):
+    """``ratings`` as the text of a ratings file that read_ratings reads back
+    to the same ratings: a header, then user, item, rating per line, the
+    first of comma, tab, semicolon and '::' that no id contains as the
+    separator, and each rating as repr writes a float (exact)."""
+    texts = [str(x) for x in ratings.users.tolist() + ratings.items.tolist()]
+    sep = next((c for c in (",", "\t", ";", "::") if not any(c in t for t in texts)), None)
+    if sep is None:
+        raise DataError(f"{ratings.source}: its ids hold every separator a ratings file can "
+                        "use; they cannot be written as one")
+    lines = [sep.join(("user", "item", "rating"))]
+    lines += [sep.join((str(u), str(i), repr(float(v)))) for u, i, v in
+              zip(ratings.users.tolist(), ratings.items.tolist(), ratings.values.tolist())]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- .mat files
 
 _MONTI_VARS = ("M", "Otraining", "Otest")
@@ -773,12 +800,17 @@ def _as_text(ids):
     return ids.astype(str).astype(object) if _is_int(ids) else _held(ids)
 
 
-def _union(arrays):
-    """Sorted unique ids; int ids become str if another array has str ids."""
+def _union_kind(arrays):
+    """The id arrays in one kind: int64 if all are, else text."""
     arrays = [_held(a) for a in arrays]
     if not all(_is_int(a) for a in arrays):
         arrays = [_as_text(a) for a in arrays]
-    return np.unique(np.concatenate(arrays))
+    return arrays
+
+
+def _union(arrays):
+    """Sorted unique ids; int ids become str if another array has str ids."""
+    return np.unique(np.concatenate(_union_kind(arrays)))
 
 
 def _positions(keys, ids):

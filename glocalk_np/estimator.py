@@ -7,36 +7,48 @@ model keeps R, and a model file stores it next to the parameters.
 """
 import hashlib
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numba
 import numpy as np
+import scipy.sparse as sp
 
 from . import metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
-from .data import DataError, DataWarning, Index, Ratings, _positions, as_ids, subset
+from .data import (DataError, DataWarning, Index, Ratings, _positions, as_ids, concatenate,
+                   random_split, subset)
 from .baseline import Baseline
 from .fallback import Fallback
 from .scale import RatingScale
 from .safeio import OutputError, check_target, physical_memory, shorten
-from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, read_best,
-                     read_config, read_history, read_members, unpack_ids, unpack_matrix,
-                     unpack_params)
+from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, pack_pattern,
+                     read_best, read_config, read_history, read_members, unpack_ids,
+                     unpack_matrix, unpack_params, unpack_pattern)
 from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState, epoch_line
 
 
 SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
 # The most members a seed ensemble may have (each is a whole model in memory)
 MAX_ENSEMBLE = 1000
+# Fitting a user's own data (no preset), by default: this share of the
+# training ratings is held out to choose the epochs, each stage ends after
+# this many epochs without a better validation RMSE, and the model is then
+# refit on all the training ratings for the epochs chosen (why: BENCHMARKS.md)
+DEFAULT_VALIDATION = 0.05
+DEFAULT_PATIENCE = 5
+REFIT_PROTOCOL = ("then refit on the training and validation ratings together for the "
+                  "epochs chosen")
 # What set_params may change on a fitted model: everything else describes it
 FIT_INDEPENDENT = ("device", "verbose")
 
 
-def checkpoint_name(k):
-    """The checkpoint file of the k-th member of a seed ensemble."""
-    return "checkpoint.npz" if k == 0 else f"checkpoint-{k}.npz"
+def checkpoint_name(k, phase=""):
+    """The checkpoint file of the k-th member of a seed ensemble, in the
+    first fit or (``phase`` 'refit') the refit."""
+    stem = "-".join(["checkpoint"] + ([phase] if phase else []) + ([str(k)] if k else []))
+    return f"{stem}.npz"
 
 
 
@@ -50,11 +62,34 @@ class GLocalK:
     with seeds seed, seed + 1, ... on the same data and predicts with the mean
     of their outputs (a seed ensemble). ``verbose`` prints a line per epoch
     (stage, epoch, train and held-out RMSE, seconds) as the CLI does.
+
+    The defaults for a user's own data, which the CLI shares: without a
+    ``preset``, fit holds out ``validation_fraction`` ('auto': 5%; 0: none)
+    of the training ratings when it is given no validation set, keeps the
+    fine-tuning epoch with the best validation RMSE, ends a stage after
+    ``patience`` epochs without a better one (None: 5 when there is a
+    validation set and no preset, else none) and, with ``refit`` ('auto': when
+    the validation set chose the epoch, no preset), trains again on the
+    training and validation ratings together for the epoch counts chosen.
+    With a preset, the paper's protocol: none of it unless asked.
     """
 
     def __init__(self, config=None, *, preset=None, device="cpu", ensemble=1, verbose=False,
-                 **hyper):
+                 validation_fraction="auto", refit="auto", **hyper):
         self.config = config if config is not None else Config.from_preset(preset, **hyper)
+        if preset is not None and config is None and preset not in training.PRESETS:
+            raise ValueError(f"preset must be one of {sorted(training.PRESETS)}, got "
+                             f"{shorten(repr(preset))}")
+        if not (validation_fraction == "auto" or (
+                isinstance(validation_fraction, (int, float, np.floating))
+                and not isinstance(validation_fraction, bool) and 0 <= validation_fraction < 1)):
+            raise ValueError("validation_fraction must be 'auto' or a number in [0, 1), got "
+                             f"{shorten(repr(validation_fraction))}")
+        if not (refit == "auto" or isinstance(refit, (bool, np.bool_))):
+            raise ValueError(f"refit must be 'auto', True or False, got {shorten(repr(refit))}")
+        self.preset = preset
+        self.validation_fraction = validation_fraction
+        self.refit = refit if refit == "auto" else bool(refit)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if not isinstance(ensemble, (int, np.integer)) or isinstance(ensemble, bool) \
@@ -69,10 +104,12 @@ class GLocalK:
     def get_params(self, deep=True):
         """The parameters, as scikit-learn names them (so that
         ``sklearn.base.clone`` and parameter searches work): every Config
-        field, ``device`` and ``ensemble``. ``deep`` is accepted and ignored
-        (no parameter is itself an estimator)."""
-        return {**self.config.as_dict(), "device": self.device, "ensemble": self.ensemble,
-                "verbose": self.verbose}
+        field, ``preset``, ``device``, ``ensemble``, ``verbose``,
+        ``validation_fraction`` and ``refit``. ``deep`` is accepted and
+        ignored (no parameter is itself an estimator)."""
+        return {**self.config.as_dict(), "preset": self.preset, "device": self.device,
+                "ensemble": self.ensemble, "verbose": self.verbose,
+                "validation_fraction": self.validation_fraction, "refit": self.refit}
 
     def set_params(self, **params):
         """Change parameters named as get_params names them; returns self.
@@ -95,8 +132,9 @@ class GLocalK:
                                  f"{k}={current[k]!r}; set it on an unfitted copy "
                                  "(sklearn.base.clone(model).set_params(...)) and fit that")
         new = GLocalK(**{**current, **params})       # checks every value before any is set
-        self.config, self.device = new.config, new.device
-        self.ensemble, self.verbose = new.ensemble, new.verbose
+        for name in ("config", "preset", "device", "ensemble", "verbose", "validation_fraction",
+                     "refit"):
+            setattr(self, name, getattr(new, name))
         return self
 
     def __repr__(self):
@@ -112,7 +150,8 @@ class GLocalK:
 
         Each may also be a table with columns user, item and rating (a
         pandas DataFrame, a dict of arrays; Ratings.from_columns for other
-        column names), checked as a file is.
+        column names), checked as a file is. Without ``val``, one is held
+        out of ``train`` as validation_fraction says (validation_split).
 
         The index (``index``, else the ids of ``train``) fixes the matrix.
         Every test and val rating counts: those of users or items outside the
@@ -122,28 +161,114 @@ class GLocalK:
         summary_['baseline'] scores the baseline predictor (baseline.py) on
         the same ratings. ``select`` picks the fine-tuning epoch whose
         parameters are kept: 'val' (lowest validation RMSE; the default when
-        ``val`` is given), 'last' (the default otherwise) or 'test' (lowest
-        test RMSE, the paper's protocol, optimistic); summary_['protocol']
-        says which in words. With ``config.patience`` a stage ends early
-        when the validation RMSE stops improving (summary_['stopped_early']
-        names the stages). ``callback(record, state)``
-        runs after every epoch. With ``checkpoint_dir`` every epoch ends with
-        an atomic write of ``checkpoint.npz`` there (``checkpoint-k.npz`` for
-        the k-th member of a seed ensemble); ``resume=True`` goes on from it
-        when present, with a result identical to an uninterrupted run. The
-        attributes params_, stage_, best_epoch_ and history_ are the first
-        member's; summary_ scores the ensemble and lists its members.
+        there is a validation set), 'last' (the default otherwise) or 'test'
+        (lowest test RMSE, the paper's protocol, optimistic); summary_
+        ['protocol'] says which in words. With patience (see the class) a
+        stage ends early when the validation RMSE stops improving (summary_
+        ['stopped_early'] names the stages, ['epochs_run'] counts them). With
+        refit, each model is then trained again, from its initialisation, on
+        the training and validation ratings together for the epochs chosen
+        (summary_['refit']); its test scores are the refit model's, its val
+        scores the choosing fit's. Every rating given to fit counts as seen:
+        recommend leaves it out. ``callback(record, state)`` runs after every
+        epoch. With ``checkpoint_dir`` every epoch ends with an atomic write
+        of ``checkpoint.npz`` there (``checkpoint-k.npz`` for the k-th member
+        of a seed ensemble; ``checkpoint-refit[-k].npz`` in the refit);
+        ``resume=True`` goes on from them when present, with a result
+        identical to an uninterrupted run. A callback with a method
+        ``start(config, k, members, phase)`` hears of each model before it
+        trains (phase '' or 'refit'). The attributes params_, stage_,
+        best_epoch_ and history_ are the first member's; summary_ scores the
+        ensemble and lists its members.
         """
         train, test, val = (as_ratings(r, name) for r, name in
                             ((train, "training"), (test, "test"), (val, "validation")))
-        sets = {"test": test, "val": val}
+        train, val = self.validation_split(train, val)
+        config, select, refit = self._fit_settings(val, select, test)
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        configs = [replace(config, seed=config.seed + k) for k in range(self.ensemble)]
+        first = self._train(train, {"test": test, "val": val}, index, configs, select, callback,
+                            checkpoint_dir, resume, "")
+        final = first
+        if refit:
+            both = concatenate(train, val)
+            configs = [replace(c, epochs_pretrain=_epochs_run(m.history, "pretrain"),
+                               epochs_finetune=m.best_epoch or 0, patience=0)
+                       for c, m in zip(configs, first.members)]
+            final = self._train(both, {"test": test}, index, configs, "last", callback,
+                                checkpoint_dir, resume, "refit")
+        self.config_ = replace(config, seed=self.config.seed)   # resolved; refit: summary_
+        self._set_fitted(final)
+        self.unseen_ = {name: e.unseen for phase in (first, final)    # val from the first
+                        for name, e in phase.evals.items()}
+        self.seen_ = _seen_pattern(self.index_, self.train_matrix_, train, val, test)
+        chosen = first.members[0]
+        self.summary_ = {"select": select,
+                         "protocol": PROTOCOLS[select] + (f", {REFIT_PROTOCOL}" if refit else ""),
+                         "best_epoch": chosen.best_epoch,
+                         "stopped_early": training.stopped_early(chosen.history, config),
+                         "epochs_run": {stage: _epochs_run(chosen.history, stage)
+                                        for stage in ("pretrain", "finetune")},
+                         **{name: chosen.metrics[name] for name in ("val",)
+                            if name in chosen.metrics},
+                         **{name: v for name, v in final.members[0].metrics.items()
+                            if name != "val"}}
+        if refit:
+            self.summary_["refit"] = {"ratings": len(both),
+                                      "epochs_pretrain": configs[0].epochs_pretrain,
+                                      "epochs_finetune": configs[0].epochs_finetune}
+            self.selection_history_ = chosen.history
+        if self.ensemble > 1:
+            if refit:     # the choosing fits' models are gone: their val scores are per member
+                self.summary_.pop("val", None)
+            self.summary_.update(self._score(final.evals))
+            self.summary_["members"] = [
+                {"seed": m.seed, "best_epoch": c.best_epoch,
+                 **{k: v for k, v in c.metrics.items() if k == "val"},
+                 **{k: v for k, v in m.metrics.items() if k != "val"}}
+                for m, c in zip(final.members, first.members)]
+        self.summary_["baseline"] = {**first.baseline, **final.baseline}
+        return self
+
+    def validation_split(self, train, val=None):
+        """(train, val): ``val`` if given, else the validation_fraction of
+        ``train`` ('auto': 5% without a preset, none with one) held out at
+        random (data.random_split, seed config.seed + 1), else None."""
+        if val is not None:
+            return train, val
+        frac = self.validation_fraction
+        if frac == "auto":
+            frac = DEFAULT_VALIDATION if self.preset is None else 0.0
+        if frac == 0:
+            return train, None
+        return random_split(train, frac, self.config.seed + 1)
+
+    def _fit_settings(self, val, select, test):
+        """(the Config to train with, the selection rule, whether to refit)
+        with the 'auto' settings resolved (see the class)."""
+        own = self.preset is None
+        patience = self.config.patience
+        if patience is None:
+            patience = DEFAULT_PATIENCE if own and val is not None else 0
         select = select or ("val" if val is not None else "last")
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
-        if select in sets and sets[select] is None:
+        if {"test": test, "val": val}.get(select, True) is None:
             raise ValueError(f"select={select!r} needs a {select} set")
-        if resume and checkpoint_dir is None:
-            raise ValueError("resume=True needs a checkpoint_dir")
+        refit = self.refit
+        if refit == "auto":
+            refit = own and select == "val"
+        elif refit and select != "val":
+            raise ValueError("refit=True chooses the epochs on the validation set: it needs "
+                             f"select='val' and a validation set, got select={select!r}")
+        return replace(self.config, patience=patience), select, refit
+
+    def _train(self, train, sets, index, configs, select, callback, checkpoint_dir, resume,
+               phase):
+        """One fit of every member on ``train``: a _Phase (members, eval sets
+        and the baseline's scores on them). ``configs`` are the members';
+        ``phase`` names the checkpoints ('' or 'refit')."""
         index = index if index is not None else Index.from_ratings(train)
         R, lost = index.matrix(train)
         if lost:
@@ -154,42 +279,37 @@ class GLocalK:
         for name, entries in evals.items():
             if not len(entries):
                 raise ValueError(f"{sets[name].source}: no {name} ratings")
-        training.check_problem(self.config, R, self.ensemble)
-        checkpoints = [None] * self.ensemble
+        training.check_problem(configs[0], R, len(configs))
+        checkpoints = [None] * len(configs)
         if checkpoint_dir is not None:
             digests = fingerprints(index, R, evals)
-            checkpoints = [Checkpoint(Path(checkpoint_dir) / checkpoint_name(k),
-                                      replace(self.config, seed=self.config.seed + k),
-                                      digests, R.shape) for k in range(self.ensemble)]
+            checkpoints = [Checkpoint(Path(checkpoint_dir) / checkpoint_name(k, phase), c,
+                                      digests, R.shape) for k, c in enumerate(configs)]
             for checkpoint in checkpoints:
                 checkpoint.check_writable()
         # every resumed state is read and checked before any training time is spent
         states = [c.load() if resume else None for c in checkpoints]
         self._set_training_data(index, R)
-        self.unseen_ = {name: entries.unseen for name, entries in evals.items()}
-        self.members_ = [self._fit_member(k, R, evals, select, callback, checkpoint, state)
-                         for k, (checkpoint, state) in enumerate(zip(checkpoints, states))]
-        first = self.members_[0]
+        members = []
+        for k, (config, checkpoint, state) in enumerate(zip(configs, checkpoints, states)):
+            if hasattr(callback, "start"):       # e.g. the CLI's progress: a new model starts
+                callback.start(config, k, len(configs), phase)
+            members.append(self._fit_member(config, R, evals, select, callback, checkpoint,
+                                            state))
+        baseline = {name: training.baseline_scores(self.baseline_, entries, self.scale_)
+                    for name, entries in evals.items()}
+        return _Phase(members, evals, baseline)
+
+    def _set_fitted(self, phase):
+        """The fitted attributes from the final phase's members."""
+        self.members_ = phase.members
+        first = phase.members[0]
         self.params_, self.stage_ = first.params, first.stage
         self.best_epoch_, self.history_ = first.best_epoch, first.history
-        self.summary_ = {"select": select, "protocol": PROTOCOLS[select],
-                         "best_epoch": self.best_epoch_,
-                         "stopped_early": training.stopped_early(first.history, self.config),
-                         **first.metrics}
-        if self.ensemble > 1:
-            self.summary_.update(self._score(evals))
-            self.summary_["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, **m.metrics}
-                                        for m in self.members_]
-        self.summary_["baseline"] = {name: training.baseline_scores(self.baseline_, entries,
-                                                                   self.scale_)
-                                     for name, entries in evals.items()}
-        return self
 
-    def _fit_member(self, k, R, evals, select, callback, checkpoint, state):
-        """Train the k-th model (seed + k) from ``state`` (None: afresh) and
+    def _fit_member(self, config, R, evals, select, callback, checkpoint, state):
+        """Train the model of ``config`` from ``state`` (None: afresh) and
         keep the epoch ``select`` picks."""
-        config = replace(self.config, seed=self.config.seed + k)
-
         def on_epoch(record, state):
             if self.verbose:
                 print(("" if self.ensemble == 1 else f"seed {config.seed}  ")
@@ -324,7 +444,8 @@ class GLocalK:
         """The ``top`` items with the highest predicted ratings, best first by
         the network's unclipped output (items that all clip to the top rating
         keep their order), ties in item order, leaving out the items the user
-        rated in training unless ``include_seen``. A user without training
+        rated in any ratings given to fit or update (training, validation
+        and test alike) unless ``include_seen``. A user without training
         ratings (or unknown) gets the items ranked by their damped mean
         rating (see predict), flagged.
 
@@ -339,7 +460,8 @@ class GLocalK:
         if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
         ids = as_ids([users] if np.ndim(users) == 0 else users, "recommend", "user")
-        lists, unknown = self._top_items(ids, int(top), include_seen)
+        lists, unknown = self._top_items(ids, int(top),
+                                         None if include_seen else self._given())
         items = self.index_.items
         scores = [metrics.clip(raw, *self.rating_range_) for _, raw in lists]
         if np.ndim(users) == 0:
@@ -362,15 +484,23 @@ class GLocalK:
         """Users per block of scores (m x block float64 in SCORE_BLOCK_BYTES)."""
         return max(1, SCORE_BLOCK_BYTES // (8 * self.train_matrix_.shape[0]))
 
-    def _top_items(self, ids, top, include_seen):
+    def _top_items(self, ids, top, exclude):
         """Per user id: (item positions best first, their unclipped scores),
-        and whether the user had no training ratings."""
-        u, known = _positions(self.index_.users, ids)
-        known &= self.user_counts_[u] > 0
-        seen = self.train_matrix_.tocsc()
+        and whether the user had no training ratings. ``exclude``: an items x
+        users pattern whose items a user's list leaves out, or None."""
+        u, in_index = _positions(self.index_.users, ids)
+        known = in_index & (self.user_counts_[u] > 0)
+        seen = exclude.tocsc() if exclude is not None else None
+
+        def unseen(scores, j):
+            if seen is None or not in_index[j]:
+                return scores
+            scores = scores.copy()
+            scores[seen.indices[seen.indptr[u[j]]:seen.indptr[u[j] + 1]]] = -np.inf
+            return scores
         lists = [None] * ids.size
         for j in np.flatnonzero(~known):
-            lists[j] = _best(self.damped_item_means_, top)
+            lists[j] = _best(unseen(self.damped_item_means_, j), top)
         # Fixed blocks of user positions: a user's scores come from the same
         # GEMM however many users are asked for, so one user's list is
         # bit for bit what a call for all users gives.
@@ -379,11 +509,13 @@ class GLocalK:
             first = b * block
             S = self._user_scores(np.arange(first, min(first + block, self.user_counts_.size)))
             for j in np.flatnonzero(known & (u // block == b)):
-                s = S[:, u[j] - first].copy()
-                if not include_seen:
-                    s[seen.indices[seen.indptr[u[j]]:seen.indptr[u[j] + 1]]] = -np.inf
-                lists[j] = _best(s, top)
+                lists[j] = _best(unseen(S[:, u[j] - first], j), top)
         return lists, ~known
+
+    def _given(self):
+        """The pattern of every rating given to fit (and update): recommend's
+        'seen'."""
+        return (self.train_matrix_ != 0) + self.seen_
 
     def _user_scores(self, cols):
         """The m x len(cols) network outputs in the ratings' units (the mean
@@ -422,7 +554,7 @@ class GLocalK:
             raise ValueError(f"{test.source}: no ratings")
         by_user = self.index_.matrix(test)[0].tocsc()
         users = np.flatnonzero(np.diff(by_user.indptr))
-        lists, _ = self._top_items(self.index_.users[users], int(k), include_seen=False)
+        lists, _ = self._top_items(self.index_.users[users], int(k), self.train_matrix_)
         relevant = []
         for u in users:
             rows = by_user.indices[by_user.indptr[u]:by_user.indptr[u + 1]]
@@ -487,6 +619,9 @@ class GLocalK:
                 C[old_rows] = m.params["C"]
                 m.params["C"] = C
         self.params_ = self.members_[0].params
+        seen = self.seen_.tocoo()
+        self.seen_ = sp.csr_matrix((np.ones(seen.nnz, dtype=bool), (old_rows[seen.row], seen.col)),
+                                   shape=R.shape)
         counts = {"added": int(R.nnz - old.nnz), "replaced": replaced,
                   "new_items": index.n_items - self.index_.n_items,
                   "skipped": int(np.count_nonzero(~user_known))}
@@ -504,8 +639,10 @@ class GLocalK:
                      for k, v in pack_params(f"member{j}/", m.params).items()},
                   **pack_ids("index/users", self.index_.users),
                   **pack_ids("index/items", self.index_.items),
-                  **pack_matrix("train/", self.train_matrix_)}
-        meta = {"config": self.config.as_dict(), "params": list(self.params_),
+                  **pack_matrix("train/", self.train_matrix_),
+                  **pack_pattern("seen/", self.seen_)}
+        meta = {"config": self.config_.as_dict(), "preset": self.preset,
+                "params": list(self.params_),
                 "stage": self.stage_, "best_epoch": self.best_epoch_,
                 "summary": self.summary_, "unseen": self.unseen_,
                 "history": [asdict(r) for r in self.history_],
@@ -521,10 +658,16 @@ class GLocalK:
         kernel can see it."""
         f = modelfile.read(path, modelfile.MODEL)
         config = read_config(f)
-        model = cls(config)
+        preset = f.meta.get("preset")
+        if preset is not None and (not isinstance(preset, str)
+                                   or preset not in training.PRESETS):
+            raise f.error("metadata field 'preset' is not a preset name")
+        model = cls(config, preset=preset)
+        model.config_ = config
         index = Index(unpack_ids(f, "index/users"), unpack_ids(f, "index/items"))
         shape = (index.n_items, index.n_users)
         model._set_training_data(index, unpack_matrix(f, "train/", shape))
+        model.seen_ = unpack_pattern(f, "seen/", shape)
         model.history_ = read_history(f, config)
         model.members_ = read_members(f, config, shape)
         first = model.members_[0]
@@ -537,6 +680,32 @@ class GLocalK:
         model.ensemble = len(model.members_)
         f.check_all_read()
         return model
+
+
+@dataclass
+class _Phase:
+    """One fit of every member: the members, the eval sets they were scored
+    on, and the baseline predictor's scores on those."""
+    members: list
+    evals: dict
+    baseline: dict
+
+
+def _epochs_run(history, stage):
+    return sum(r.stage == stage for r in history)
+
+
+def _seen_pattern(index, R, *ratings):
+    """The items x users pattern (CSR, bool) of the ratings given to fit that
+    the training matrix ``R`` does not hold, where both ids are in the
+    index: recommend leaves them out with R's own."""
+    given = [r for r in ratings if r is not None]
+    M = index.matrix(concatenate(*given))[0] if given else sp.csr_matrix(R.shape)
+    M.data[:] = 1.0
+    extra = (M - M.multiply(R != 0)).tocsr()
+    extra.eliminate_zeros()
+    return sp.csr_matrix((np.ones(extra.nnz, dtype=bool), extra.indices, extra.indptr),
+                         shape=R.shape)
 
 
 def _same(a, b):

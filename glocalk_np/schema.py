@@ -15,6 +15,9 @@ Arrays (prefixes are the entry names' start):
         index/<kind>/offsets (int64, n + 1), which costs what the ids' text
         does; format 1 stored them as fixed-width unicode, still read
     train/indptr, indices, data, shape   the training matrix, CSR
+    seen/indptr, indices             the pattern of the other ratings given to
+                                     fit (validation, test), left out by
+                                     recommend
     best/<selection>/<name>          a checkpoint's best-epoch parameters
 """
 from dataclasses import fields
@@ -210,34 +213,60 @@ def unpack_matrix(contents, prefix, shape):
     """The CSR matrix stored by pack_matrix, checked to be ``shape``
     (n_items, n_users) with every column index in range, each row's indices
     strictly increasing, and ratings finite, > 0 and at most MAX_RATING."""
-    stored, indptr, indices, data = (contents[prefix + k]
-                                     for k in ("shape", "indptr", "indices", "data"))
+    stored, data = contents[prefix + "shape"], contents[prefix + "data"]
     m, n = shape
     if stored.dtype.kind not in "iu" or stored.shape != (2,) or tuple(stored.tolist()) != shape:
         raise contents.error(f"{prefix}shape: {stored.tolist()!s:.60}, the index has "
                              f"{m} items x {n} users")
-    for name, a, kinds in (("indices", indices, "i"), ("data", data, "f")):
-        if a.ndim != 1 or a.dtype.kind not in kinds or a.dtype.itemsize < 4:
-            raise contents.error(f"{prefix}{name}: {a.dtype} of shape {a.shape}, expected "
-                                 f"1-D {'int32/int64' if kinds == 'i' else 'float'}")
+    if data.ndim != 1 or data.dtype.kind != "f" or data.dtype.itemsize < 4:
+        raise contents.error(f"{prefix}data: {data.dtype} of shape {data.shape}, expected "
+                             "1-D float")
+    indptr, indices = _pattern(contents, prefix, shape)
     if indices.size != data.size or indices.size == 0:
         raise contents.error(f"{prefix}: {indices.size} indices and {data.size} ratings")
+    if not (np.isfinite(data).all() and data.min() > 0 and data.max() <= MAX_RATING):
+        raise contents.error(f"{prefix}data: ratings must be finite, > 0 and at most "
+                             f"{MAX_RATING:g}")
+    return sp.csr_matrix((data.astype(np.float64), indices, indptr), shape=shape)
+
+
+def pack_pattern(prefix, P):
+    """A sparsity pattern (CSR) without its values."""
+    return {f"{prefix}indptr": P.indptr.astype(np.int64),
+            f"{prefix}indices": P.indices.astype(np.int64)}
+
+
+def unpack_pattern(contents, prefix, shape):
+    """The bool CSR pattern stored by pack_pattern, checked as unpack_matrix
+    checks a matrix's; an empty one where the file has none (files written
+    before it was kept)."""
+    if not contents.has(prefix + "indptr"):
+        return sp.csr_matrix(shape, dtype=bool)
+    indptr, indices = _pattern(contents, prefix, shape)
+    return sp.csr_matrix((np.ones(indices.size, dtype=bool), indices, indptr), shape=shape)
+
+
+def _pattern(contents, prefix, shape):
+    """(indptr, indices) as int64 of the CSR arrays under ``prefix``, checked:
+    m + 1 offsets rising from 0, every column index in 0..n-1, each row's
+    strictly increasing."""
+    indptr, indices = contents[prefix + "indptr"], contents[prefix + "indices"]
+    m, n = shape
+    if indices.ndim != 1 or indices.dtype.kind != "i" or indices.dtype.itemsize < 4:
+        raise contents.error(f"{prefix}indices: {indices.dtype} of shape {indices.shape}, "
+                             "expected 1-D int32/int64")
     if indptr.dtype.kind != "i" or indptr.shape != (m + 1,) \
             or not _is_offsets(indptr.astype(np.int64), indices.size):
         raise contents.error(f"{prefix}indptr: not {m + 1} offsets rising from 0 to "
                              f"{indices.size}")
-    if indices.min() < 0 or indices.max() >= n:
+    if indices.size and (indices.min() < 0 or indices.max() >= n):
         raise contents.error(f"{prefix}indices: a user position outside 0..{n - 1}")
     rising = np.diff(indices) > 0
     rising[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < indices.size)] - 1] = True
     if not rising.all():
         raise contents.error(f"{prefix}indices: a row's user positions are not "
                              "strictly increasing")
-    if not (np.isfinite(data).all() and data.min() > 0 and data.max() <= MAX_RATING):
-        raise contents.error(f"{prefix}data: ratings must be finite, > 0 and at most "
-                             f"{MAX_RATING:g}")
-    return sp.csr_matrix((data.astype(np.float64), indices.astype(np.int64),
-                          indptr.astype(np.int64)), shape=shape)
+    return indptr.astype(np.int64), indices.astype(np.int64)
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -70,11 +70,14 @@ class Config:
     seed: int = 0
     optimizer: str = "scipy"
     scale: str = "auto"          # scale.py: map the training ratings onto [1, 5], or 'none'
-    patience: int = 0            # > 0: end a stage after this many epochs without a better val RMSE
+    # > 0: end a stage after this many epochs without a better val RMSE; None:
+    # the estimator's choice (5 for a user's own data with a validation set)
+    patience: int | None = None
 
     def __post_init__(self):
         def bad(name, expected):
-            return ValueError(f"{name} must be {expected}, got {shorten(repr(getattr(self, name)))}")
+            got = shorten(repr(getattr(self, name)))
+            return ValueError(f"{name} must be {expected}, got {got}")
         for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
                      "iters_pretrain", "iters_finetune"):
             value = getattr(self, name)
@@ -82,7 +85,8 @@ class Config:
                 raise bad(name, "a positive integer")
         for name in ("epochs_pretrain", "epochs_finetune", "seed", "patience"):
             value = getattr(self, name)
-            if not _is_integer(value) or value < 0:
+            if not (name == "patience" and value is None) and (not _is_integer(value)
+                                                              or value < 0):
                 raise bad(name, "a non-negative integer")
         if self.n_layers > MAX_LAYERS:
             raise bad("n_layers", f"at most {MAX_LAYERS}")
@@ -390,8 +394,8 @@ def stage_over(history, stage, config):
     val = [r.metrics["val"]["rmse"] for r in history if r.stage == stage and "val" in r.metrics]
     if sum(r.stage == stage for r in history) >= config.epochs(stage):
         return True
-    return config.patience > 0 and len(val) > 0 and \
-        len(val) - 1 - int(np.argmin(val)) >= config.patience
+    patience = config.patience or 0       # None (unresolved): no early stopping here
+    return patience > 0 and len(val) > 0 and len(val) - 1 - int(np.argmin(val)) >= patience
 
 
 def stopped_early(history, config):

@@ -92,7 +92,7 @@ def _run(number, settings, base, patience, train, val, index):
     tic = time.perf_counter()
     config = replace(base, **settings, patience=patience)
     try:
-        model = GLocalK(config).fit(train, val=val, select="val", index=index)
+        model = GLocalK(config, refit=False).fit(train, val=val, select="val", index=index)
         rmse = model.summary_["val"]["rmse"]
         if not math.isfinite(rmse):
             raise ValueError(f"validation RMSE {rmse}")

@@ -39,7 +39,7 @@ def fails(*args):
     result = run(*args, code=2)
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert result.stdout == ""
+    assert [line for line in result.stdout.splitlines() if not line.startswith("data: ")] == []
     return lines[0]
 
 
@@ -72,15 +72,23 @@ def test_fit_prints_epochs_and_summary_and_writes_model_and_metrics(tmp_path, fi
     for line in ("pretrain   1/1 ", "finetune   1/2 ", "finetune   2/2 "):
         assert line in out
     assert "train RMSE" in out and "val RMSE" in out and "test RMSE" in out
-    assert "(fine-tuning epoch with the best validation RMSE)" in out
+    assert "(fine-tuning epoch with the best validation RMSE, then refit on the training and " \
+        "validation ratings together for the epochs chosen)" in out
+    assert "data: 480 ratings by 40 users of 30 items; train 307, validation 77 (16%), " \
+        "test 96 (20%)" in out
     assert "NDCG" in out and f"model saved to {model}" in out
     assert "pre-training" not in result.stderr    # progress bars only on a terminal
     est = GLocalK.load(model)
     assert est.config.n_hidden == 8 and est.config.kernel_dim == 3
     data = json.loads(report.read_text())
-    assert set(data) == {"config", "summary", "history", "unseen", "seconds"}
-    assert [(h["stage"], h["epoch"]) for h in data["history"]] == \
+    assert set(data) == {"config", "summary", "history", "selection_history", "unseen",
+                         "seconds"}
+    assert [(h["stage"], h["epoch"]) for h in data["selection_history"]] == \
         [("pretrain", 1), ("finetune", 1), ("finetune", 2)]
+    refit = data["summary"]["refit"]
+    assert refit["ratings"] == 307 + 77 and refit["epochs_pretrain"] == 1
+    assert [(h["stage"], h["epoch"]) for h in data["history"]] == \
+        [("pretrain", 1)] + [("finetune", e + 1) for e in range(refit["epochs_finetune"])]
     assert data["summary"]["select"] == "val" and set(data["unseen"]) == {"test", "val"}
     assert set(data["summary"]["baseline"]) == {"test", "val"}
     assert "validation" in data["summary"]["protocol"]
@@ -88,15 +96,16 @@ def test_fit_prints_epochs_and_summary_and_writes_model_and_metrics(tmp_path, fi
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temp files left
 
 
-@pytest.mark.parametrize("extra, select, patience", [
-    ([], "val", 5),                                   # a ratings file, no preset: 5% val
-    (["--test-frac", "0.2"], "val", 5),               # the test set never picks by default
-    (["--test-frac", "0.2", "--val-frac", "0.2", "--patience", "2"], "val", 2),
-    (["--test-frac", "0.2", "--val-frac", "0"], "last", 0),
-    (["--test-frac", "0.2", "--preset", "ml-100k"], "last", 0),   # a preset: no val, no patience
-    (["--test-frac", "0.2", "--select", "test"], "test", 5),
+@pytest.mark.parametrize("extra, select, patience, refit", [
+    ([], "val", 5, True),                             # a ratings file, no preset: 5% val
+    (["--test-frac", "0.2"], "val", 5, True),         # the test set never picks by default
+    (["--test-frac", "0.2", "--val-frac", "0.2", "--patience", "2"], "val", 2, True),
+    (["--test-frac", "0.2", "--no-refit"], "val", 5, False),
+    (["--test-frac", "0.2", "--val-frac", "0"], "last", 0, False),
+    (["--test-frac", "0.2", "--preset", "ml-100k"], "last", 0, False),   # the paper's way
+    (["--test-frac", "0.2", "--select", "test"], "test", 5, False),
 ])
-def test_fit_default_selection_and_patience(tmp_path, files, extra, select, patience):
+def test_fit_default_selection_and_patience(tmp_path, files, extra, select, patience, refit):
     report = tmp_path / "m.json"
     run("fit", files["train"], *TINY, *extra, "--out", tmp_path / "m.npz",
         "--metrics-json", report, "--quiet")
@@ -104,6 +113,7 @@ def test_fit_default_selection_and_patience(tmp_path, files, extra, select, pati
     assert data["summary"]["select"] == select and data["config"]["patience"] == patience
     assert ("TEST RMSE" in data["summary"]["protocol"]) == (select == "test")
     assert ("val" in data["unseen"]) == (select == "val" or patience > 0)
+    assert ("refit" in data["summary"]) == ("selection_history" in data) == refit
 
 
 def test_quiet_leaves_only_the_summary(tmp_path, files):
@@ -182,7 +192,7 @@ def test_ctrl_c_saves_the_last_epoch_and_resume_finishes(tmp_path, files, monkey
 
     monkeypatch.setattr(training, "minimize_epoch", interrupt_second_epoch)
     ckpt, model = tmp_path / "ckpt", tmp_path / "m.npz"
-    args = ["fit", files["train"], *TINY, "--checkpoint-dir", ckpt, "--out", model]
+    args = ["fit", files["train"], *TINY, "--no-refit", "--checkpoint-dir", ckpt, "--out", model]
     result = run(*args, code=130)
     assert result.stderr.splitlines()[-1] == f"Interrupted: last completed epoch saved in {ckpt}"
     assert (ckpt / "checkpoint.npz").exists() and not model.exists()
@@ -602,3 +612,46 @@ def test_subprocess_python_m_version_and_top_n_for_all_users(tmp_path, files):
     rows = done.stdout.splitlines()
     assert done.returncode == 0 and rows[0] == "user,rank,item,score,fallback"
     assert len(rows) == 1 + 2 * GLocalK.load(files["model"]).index_.n_users
+
+
+def test_save_split_writes_the_ratings_fit_used(tmp_path, files):
+    split = tmp_path / "split"
+    result = run("fit", files["train"], *TINY, "--test-frac", "0.2", "--save-split", split,
+                 "--out", tmp_path / "m.npz", "--quiet")
+    assert "data: 480 ratings by 40 users of 30 items; train 365, validation 19 (4%), test 96 " \
+           "(20%)" in result.stdout
+    parts = {name: read_ratings(split / f"{name}.csv") for name in ("train", "val", "test")}
+    assert [len(parts[n]) for n in ("train", "val", "test")] == [365, 19, 96]
+    everything = read_ratings(files["train"])
+    pairs = lambda r: sorted(zip(r.users.tolist(), r.items.tolist(), r.values.tolist()))
+    assert pairs(everything) == sorted(sum((pairs(r) for r in parts.values()), []))
+    result = run("evaluate", tmp_path / "m.npz", split / "test.csv")       # the README's next step
+    assert "ratings                          96" in result.stdout
+    (tmp_path / "file").write_text("")
+    assert "--save-split" in fails("fit", files["train"], "--save-split", tmp_path / "file")
+
+
+def test_resume_goes_on_into_the_refit(tmp_path, files, monkeypatch):
+    """Interrupted in the refit, the resumed fit reuses the choosing fit's
+    checkpoint and the refit's epochs, and ends as an uninterrupted one."""
+    args = ["fit", files["train"], *TINY, "--checkpoint-dir", tmp_path / "ckpt", "--quiet"]
+    run(*args, "--out", tmp_path / "whole.npz")
+    real, calls = training.minimize_epoch, []
+
+    def interrupt_in_the_refit(*a):
+        calls.append(1)
+        if len(calls) == 5:           # 3 epochs choose (1 + 2), the refit's second epoch
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(training, "minimize_epoch", interrupt_in_the_refit)
+    ckpt = tmp_path / "ckpt2"
+    run("fit", files["train"], *TINY, "--checkpoint-dir", ckpt, "--out", tmp_path / "m.npz",
+        code=130)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-refit.npz", "checkpoint.npz"]
+    calls.clear()
+    run("fit", files["train"], *TINY, "--checkpoint-dir", ckpt, "--resume", "--quiet",
+        "--out", tmp_path / "m.npz")
+    whole, resumed = GLocalK.load(tmp_path / "whole.npz"), GLocalK.load(tmp_path / "m.npz")
+    assert len(calls) == len(whole.history_) - 1          # only the refit's rest ran again
+    for k in whole.params_:
+        np.testing.assert_array_equal(whole.params_[k], resumed.params_[k], err_msg=k)

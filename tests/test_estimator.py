@@ -23,6 +23,12 @@ CONFIG = Config(n_hidden=8, kernel_dim=3, epochs_pretrain=2, epochs_finetune=2,
 SELECT_CONFIG = replace(CONFIG, lambda_2=0.1, lambda_s=0.01, epochs_finetune=4)
 
 
+def plain(config=CONFIG, **kwargs):
+    """A GLocalK that fits as told: no validation split of its own and no
+    refit (the defaults for a user's own data have tests of their own)."""
+    return GLocalK(config, validation_fraction=0, refit=False, **kwargs)
+
+
 def low_rank_ratings(seed=0, n_users=30, n_items=40, density=0.25, str_ids=False):
     """Integer ratings 1..5 from a rank-2 model; ids are not matrix positions."""
     rng = np.random.default_rng(seed)
@@ -50,7 +56,7 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     train, test, _ = data
-    return GLocalK(CONFIG).fit(train, test=test)
+    return plain(CONFIG).fit(train, test=test)
 
 
 def known_pairs(model, ratings):
@@ -99,7 +105,8 @@ def test_fit_builds_items_by_users_matrix_and_statistics(fitted, data):
     assert m.rating_range_ == (train.values.min(), train.values.max())
     assert m.stage_ == "finetune" and m.best_epoch_ == 2 and len(m.history_) == 4
     assert m.summary_ == {"select": "last", "protocol": "last fine-tuning epoch", "best_epoch": 2,
-                          "stopped_early": [], "test": m.history_[-1].metrics["test"],
+                          "stopped_early": [], "epochs_run": {"pretrain": 2, "finetune": 2},
+                          "test": m.history_[-1].metrics["test"],
                           "baseline": {"test": m.evaluate(data[1])["baseline"]}}
     assert m.summary_["baseline"]["test"]["rmse"] < 2
 
@@ -119,7 +126,7 @@ def test_evaluate_reproduces_the_training_report_and_counts_every_rating(fitted,
     before = fitted.unseen_["test"]
     assert scores["n"] == len(test) + 3 and scores["unseen"] == 3 + before
     assert scores["network_n"] == scores["n"] - scores["fallback"]
-    refit = GLocalK(CONFIG).fit(data[0], test=both)
+    refit = plain(CONFIG).fit(data[0], test=both)
     assert refit.unseen_ == {"test": scores["unseen"]}
     only = fitted.evaluate(unseen)        # no id known: all by the fallbacks, still scored
     assert only["n"] == only["fallback"] == 3 and only["network_n"] == 0
@@ -131,7 +138,7 @@ def test_evaluate_reproduces_the_training_report_and_counts_every_rating(fitted,
 
 def test_pretrain_only_model_is_the_pretrained_network(data):
     train, test, _ = data
-    m = GLocalK(replace(CONFIG, epochs_finetune=0)).fit(train, test=test, select="test")
+    m = plain(replace(CONFIG, epochs_finetune=0)).fit(train, test=test, select="test")
     assert m.stage_ == "pretrain" and m.best_epoch_ is None and "C" not in m.params_
     assert m.summary_["test"] == m.history_[-1].metrics["test"] == {
         k: v for k, v in m.evaluate(test).items() if k in m.summary_["test"]}
@@ -142,7 +149,7 @@ def test_pretrain_only_model_is_the_pretrained_network(data):
 @pytest.fixture(scope="module")
 def selections(data):
     train, test, val = data
-    return {s: GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select=s)
+    return {s: plain(SELECT_CONFIG).fit(train, test=test, val=val, select=s)
             for s in ("test", "val", "last")}
 
 
@@ -169,7 +176,7 @@ def test_selection_errors_come_before_training(data, select, given, match):
     train, test, _ = data
     epochs = []
     with pytest.raises(ValueError, match=match):
-        GLocalK(CONFIG).fit(train, select=select, test=test if given else None,
+        plain(CONFIG).fit(train, select=select, test=test if given else None,
                             callback=lambda record, state: epochs.append(record))
     assert epochs == []
 
@@ -179,7 +186,7 @@ def test_selection_errors_come_before_training(data, select, given, match):
 @pytest.mark.parametrize("str_ids", [False, True])
 def test_ids_of_either_kind_survive_save_and_load(tmp_path, str_ids):
     train, test, _ = three_way(low_rank_ratings(seed=1, str_ids=str_ids))
-    m = GLocalK(CONFIG).fit(train, test=test)
+    m = plain(CONFIG).fit(train, test=test)
     m.save(tmp_path / "m.npz")
     loaded = GLocalK.load(tmp_path / "m.npz")
     kind = "O" if str_ids else "i"
@@ -197,7 +204,7 @@ def test_fallbacks_for_users_and_items_without_training_ratings(data):
     train, _, _ = data
     # An index with one more user and item than the training data has ratings for.
     extra = Ratings(np.array([7777]), np.array([8888]), np.array([1.0]), "extra")
-    m = GLocalK(CONFIG).fit(train, index=Index.from_ratings(train, extra))
+    m = plain(CONFIG).fit(train, index=Index.from_ratings(train, extra))
     user, item = train.users[0], train.items[0]
     rated = train.values[train.items == item]
     item_mean = (rated.sum() + DAMPING * train.values.mean()) / (rated.size + DAMPING)
@@ -224,7 +231,7 @@ def test_fallbacks_for_users_and_items_without_training_ratings(data):
 def test_an_index_must_cover_the_training_ratings(data):
     train, test, _ = data
     with pytest.raises(ValueError, match="training ratings have a user or item outside"):
-        GLocalK(CONFIG).fit(train, index=Index.from_ratings(test))
+        plain(CONFIG).fit(train, index=Index.from_ratings(test))
 
 
 def test_predict_all_is_predict_at_every_pair(fitted, data):
@@ -240,9 +247,9 @@ def test_predict_all_is_predict_at_every_pair(fitted, data):
 
 
 def test_recommend_ranks_unseen_items_unless_asked(fitted, data):
-    train = data[0]
+    train, test = data[0], data[1]          # every rating given to fit counts as seen
     user = train.users[0]
-    seen = set(train.items[train.users == user].tolist())
+    seen = set(train.items[train.users == user].tolist() + test.items[test.users == user].tolist())
     items = fitted.index_.items
     scores, _ = fitted.predict(np.full(items.size, user), items)
     ranked = [items[k].item() for k in np.argsort(-scores, kind="stable")]
@@ -274,7 +281,9 @@ def test_save_load_round_trip_predicts_identically(tmp_path, fitted, data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
     loaded = GLocalK.load(path)
     equal_fits(loaded, fitted)
-    assert loaded.config == fitted.config and loaded.unseen_ == fitted.unseen_
+    assert loaded.config == loaded.config_ == fitted.config_ and loaded.unseen_ == fitted.unseen_
+    assert fitted.config_ == replace(fitted.config, patience=0)     # what it trained with
+    assert (loaded.seen_ != fitted.seen_).nnz == 0 and loaded.seen_.nnz > 0
     assert loaded.rating_range_ == fitted.rating_range_
     np.testing.assert_array_equal(loaded.item_means_, fitted.item_means_)
     assert (loaded.train_matrix_ != fitted.train_matrix_).nnz == 0
@@ -390,7 +399,7 @@ def resume(tmp_path, data, selections, done):
     remaining epochs run, and the result is bitwise the uninterrupted one."""
     train, test, val = data
     rest = Interrupt()
-    resumed = GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
+    resumed = plain(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
                                          callback=rest, checkpoint_dir=tmp_path, resume=True)
     assert rest.seen == EPOCHS[done:]
     equal_fits(resumed, selections["test"])
@@ -403,7 +412,7 @@ def test_resumed_fit_is_identical_to_an_uninterrupted_one(tmp_path, data, select
     train, test, val = data
     first = Interrupt(after)
     with pytest.raises(KeyboardInterrupt):
-        GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
+        plain(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
                                    callback=first, checkpoint_dir=tmp_path)
     assert first.seen == EPOCHS[:after]
     resume(tmp_path, data, selections, after)
@@ -423,7 +432,7 @@ def test_ctrl_c_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monk
 
     monkeypatch.setattr(np, "savez", interrupted_fourth)
     with pytest.raises(KeyboardInterrupt):
-        GLocalK(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
+        plain(SELECT_CONFIG).fit(train, test=test, val=val, select="test",
                                    checkpoint_dir=tmp_path)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint_name(0)]
@@ -433,14 +442,14 @@ def test_ctrl_c_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monk
 def test_resume_without_a_checkpoint_says_so_and_starts_afresh(tmp_path, data, fitted):
     train, test, _ = data
     with pytest.warns(DataWarning, match="no checkpoint yet; starting afresh"):
-        m = GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path / "new", resume=True)
+        m = plain(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path / "new", resume=True)
     equal_fits(m, fitted)
     assert (tmp_path / "new" / checkpoint_name(0)).exists()
 
 
 def test_resume_refuses_another_config_or_other_data(tmp_path, data):
     train, test, val = data
-    GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path)
+    plain(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path)
     attempts = [
         (replace(CONFIG, lambda_2=3.0), train, test, "config differs: lambda_2=3.0 "
                                                      "(checkpoint: 20.0)"),
@@ -450,20 +459,20 @@ def test_resume_refuses_another_config_or_other_data(tmp_path, data):
     ]
     for config, train_set, test_set, match in attempts:
         with pytest.raises(ValueError, match=re.escape(match)):
-            GLocalK(config).fit(train_set, test=test_set, checkpoint_dir=tmp_path, resume=True)
+            plain(config).fit(train_set, test=test_set, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
-        GLocalK(CONFIG).fit(train, resume=True)
+        plain(CONFIG).fit(train, resume=True)
     (tmp_path / checkpoint_name(0)).write_bytes(b"garbage")
     with pytest.raises(ModelFileError, match="not an npz archive"):
-        GLocalK(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path, resume=True)
+        plain(CONFIG).fit(train, test=test, checkpoint_dir=tmp_path, resume=True)
 
 
 # ------------------------------------------------------------ seed ensembles
 
 def test_seed_ensemble_averages_its_members_and_survives_save(data, fitted, tmp_path):
     train, test, _ = data
-    ens = GLocalK(CONFIG, ensemble=2).fit(train, test=test)
-    second = GLocalK(replace(CONFIG, seed=CONFIG.seed + 1)).fit(train, test=test)
+    ens = plain(CONFIG, ensemble=2).fit(train, test=test)
+    second = plain(replace(CONFIG, seed=CONFIG.seed + 1)).fit(train, test=test)
     users, items = known_pairs(ens, test)
     raw = lambda m: m._network(*_positions_of(m, users, items))
     np.testing.assert_allclose(raw(ens), (raw(fitted) + raw(second)) / 2, rtol=1e-12)
@@ -478,7 +487,7 @@ def test_seed_ensemble_averages_its_members_and_survives_save(data, fitted, tmp_
 
 def test_ensemble_must_be_a_positive_integer():
     with pytest.raises(ValueError, match=r"ensemble must be an integer in \[1, 1000\], got 0"):
-        GLocalK(CONFIG, ensemble=0)
+        plain(CONFIG, ensemble=0)
 
 
 def _positions_of(model, users, items):
@@ -494,20 +503,20 @@ def test_an_early_stopped_fit_resumes_to_the_same_end(tmp_path, data):
     train, test, val = data
     config = replace(SELECT_CONFIG, epochs_pretrain=6, epochs_finetune=8, patience=1)
     whole = Interrupt()
-    reference = GLocalK(config).fit(train, test=test, val=val, callback=whole)
+    reference = plain(config).fit(train, test=test, val=val, callback=whole)
     assert reference.summary_["stopped_early"]
     for after in (1, len(whole.seen) - 1):
         folder = tmp_path / str(after)
         with pytest.raises(KeyboardInterrupt):
-            GLocalK(config).fit(train, test=test, val=val, callback=Interrupt(after),
+            plain(config).fit(train, test=test, val=val, callback=Interrupt(after),
                                 checkpoint_dir=folder)
         rest = Interrupt()
-        resumed = GLocalK(config).fit(train, test=test, val=val, callback=rest,
+        resumed = plain(config).fit(train, test=test, val=val, callback=rest,
                                       checkpoint_dir=folder, resume=True)
         assert rest.seen == whole.seen[after:]
         equal_fits(resumed, reference)
     again = Interrupt()
-    GLocalK(config).fit(train, test=test, val=val, callback=again, checkpoint_dir=folder,
+    plain(config).fit(train, test=test, val=val, callback=again, checkpoint_dir=folder,
                         resume=True)
     assert again.seen == []
 
@@ -569,17 +578,18 @@ def test_top_items_break_ties_by_item_order():
 
 def test_verbose_prints_a_line_per_epoch(data, capsys):
     train, test, _ = data
-    GLocalK(CONFIG, verbose=True).fit(train, test=test)
+    plain(CONFIG, verbose=True).fit(train, test=test)
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines] == [["pretrain", "1/2"], ["pretrain", "2/2"],
                                                     ["finetune", "1/2"], ["finetune", "2/2"]]
     assert all("train RMSE" in line and "test RMSE" in line for line in lines)
-    GLocalK(CONFIG).fit(train, test=test)
+    plain(CONFIG).fit(train, test=test)
     assert capsys.readouterr().out == ""
 
 
-def test_evaluate_scores_top_n_lists_over_unrated_items(fitted, data):
-    _, test, _ = data
+def test_evaluate_scores_top_n_lists_over_unrated_items(data):
+    train, test, _ = data
+    fitted = plain(CONFIG).fit(train)     # fit never saw test: recommend leaves out train only
     scores = fitted.evaluate(test, k=5)
     recs = fitted.recommend(np.unique(test.users), top=5)
     hits, counted = [], 0
@@ -612,7 +622,7 @@ def _split_off_item(train):
 
 def test_update_with_a_new_items_ratings_moves_its_predictions_toward_the_truth(tmp_path, data):
     rest, first, second = _split_off_item(data[0])
-    m = GLocalK(CONFIG).fit(rest, test=data[1])
+    m = plain(CONFIG).fit(rest, test=data[1])
     before, kind = m.predict(second.users, second.items)
     assert set(kind.tolist()) == {"user_mean"}                      # an item it never saw
     params_before = {k: v.copy() for k, v in m.params_.items()}
@@ -650,3 +660,68 @@ def test_update_replaces_skips_unknown_users_and_refuses_other_ranges(fitted, da
     too_high = Ratings(train.users[:1], train.items[:1], np.array([50.0]), "high")
     with pytest.raises(DataError, match=r"high: row 0: rating 50 is outside the model's training"):
         m.update(too_high)
+
+
+# ------------------------------------------------------------ a user's own data: the defaults
+
+def test_own_data_defaults_hold_out_choose_and_refit(data):
+    """No preset: 5% held out (seed + 1), patience 5, select val, then the
+    same model trained on train + val for the epochs chosen, which is what
+    a fit on train + val with those epochs gives, bit for bit."""
+    train, test, _ = data
+    config = replace(CONFIG, epochs_finetune=4)
+    m = GLocalK(config).fit(train, test=test)
+    rest, val = random_split(train, 0.05, config.seed + 1)
+    pre = sum(r.stage == "pretrain" for r in m.selection_history_)
+    refit = m.summary_["refit"]
+    assert (refit["ratings"], refit["epochs_pretrain"]) == (len(train), pre)
+    assert refit["epochs_finetune"] == m.summary_["best_epoch"] and m.summary_["select"] == "val"
+    assert m.config_.patience == 5 and m.summary_["val"]["n"] == len(val)
+    chosen = plain(config).fit(rest, val=val, test=test, select="val")     # the choosing fit
+    assert chosen.best_epoch_ == refit["epochs_finetune"]
+    both = Ratings(np.r_[rest.users, val.users], np.r_[rest.items, val.items],
+                   np.r_[rest.values, val.values], "both")
+    again = plain(replace(config, epochs_pretrain=pre, epochs_finetune=chosen.best_epoch_,
+                          patience=0)).fit(both, test=test)
+    for k in again.params_:
+        np.testing.assert_array_equal(m.params_[k], again.params_[k], err_msg=k)
+    assert m.summary_["test"] == again.summary_["test"]
+    with_preset = GLocalK(config, preset="ml-100k").fit(train, test=test)
+    assert "refit" not in with_preset.summary_ and with_preset.config_.patience == 0
+    assert with_preset.summary_["select"] == "last" and "val" not in with_preset.unseen_
+
+
+def test_refit_and_validation_settings_are_checked(data):
+    train, test, val = data
+    with pytest.raises(ValueError, match="validation_fraction must be 'auto' or a number"):
+        GLocalK(CONFIG, validation_fraction=1.0)
+    with pytest.raises(ValueError, match="refit must be 'auto', True or False"):
+        GLocalK(CONFIG, refit="yes")
+    with pytest.raises(ValueError, match="refit=True chooses the epochs on the validation set"):
+        GLocalK(CONFIG, refit=True, validation_fraction=0).fit(train, test=test)
+    params = GLocalK(CONFIG, refit=False, validation_fraction=0.1).get_params()
+    assert (params["refit"], params["validation_fraction"], params["preset"]) == (False, 0.1, None)
+
+
+def test_recommend_leaves_out_every_rating_given_to_fit(data):
+    train, test, val = data
+    m = GLocalK(CONFIG, refit=False).fit(train, test=test, val=val)
+    given = {(u, i) for r in (train, test, val) for u, i in zip(r.users.tolist(), r.items.tolist())}
+    recs = m.recommend(m.index_.users, top=m.index_.n_items)
+    listed = set(zip(recs["user"].tolist(), recs["item"].tolist()))
+    assert listed and not listed & given
+    assert len(listed) == m.index_.n_users * m.index_.n_items - len(
+        {p for p in given if p[0] in set(m.index_.users.tolist())
+         and p[1] in set(m.index_.items.tolist())})
+
+
+def test_ties_at_the_top_of_the_scale_keep_the_network_s_order(data):
+    """Predictions that all clip to 5 are ranked by the unclipped scores."""
+    train = data[0]
+    m = plain(CONFIG).fit(train)
+    user = m.index_.users[0]
+    raw = m._user_scores(np.array([0]))[:, 0]
+    m.rating_range_ = (m.rating_range_[0], float(np.sort(raw)[-6]))    # the top 5 clip to it
+    recs, _ = m.recommend(user, top=5, include_seen=True)
+    assert [s for _, s in recs] == [m.rating_range_[1]] * 5
+    assert [i for i, _ in recs] == [m.index_.items[k].item() for k in np.argsort(-raw)[:5]]

@@ -114,7 +114,8 @@ def files(tmp_path_factory):
     (d / "r.csv").write_text("".join(f"{u},{i},{r:g}\n" for u, i, r in
                                      zip(ratings.users, ratings.items, ratings.values)))
     train = read_ratings(d / "r.csv")
-    GLocalK(TINY).fit(train, checkpoint_dir=d / "ckpt").save(d / "m.npz")
+    GLocalK(TINY, validation_fraction=0, refit=False).fit(train, checkpoint_dir=d / "ckpt").save(
+        d / "m.npz")
     (d / "p.csv").write_text(f"{train.users[0]},{train.items[0]}\n")
     return d
 
