@@ -22,6 +22,11 @@ def _line(message):
 
 def main():
     """Console entry point."""
+    if sys.stderr is None:           # started with stderr closed: nowhere to say anything
+        sys.exit(1)
+    if sys.stdout is None:           # started with stdout closed (`>&-`)
+        sys.stderr.write("Error: standard output is closed\n")
+        sys.exit(1)
     held = []
 
     def hold(signum, frame):

@@ -58,8 +58,18 @@ MAX_MESSAGE = 500
 # Rows of predict --all's CSV built at a time (each row costs ~300 bytes as
 # Python objects; the whole of ML-1M's 22M at once took several GB)
 CSV_BLOCK_ROWS = 1 << 18
+# Users recommend serves at a time (their rows are held as Python objects)
+RECOMMEND_BLOCK = 1 << 14
 # What writing to standard output can fail with
 _WRITE_ERRNOS = {errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG}
+
+
+class StdoutFailed(Exception):
+    """Writing to standard output failed (a closed pipe, a full disk)."""
+
+    def __init__(self, error):
+        super().__init__(error.strerror or str(error))
+        self.error = error
 
 
 class Terminated(BaseException):
@@ -69,18 +79,30 @@ class Terminated(BaseException):
 
 def ignore_signals():
     """From now on SIGINT and SIGTERM are ignored: the command is ending, and
-    a second signal must not cut short its cleanup or its last line."""
+    a second signal must not cut short its cleanup or its last line. A
+    handler that does nothing, not SIG_IGN: a signal already pending when the
+    handler changes would make CPython report 'Signal ignored due to race
+    condition' with a traceback."""
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, _ignore)
+
+
+def _ignore(signum, frame):
+    pass
+
+
+_SIGNALLED = []      # the signals the command was ended by
 
 
 def _terminate(signum, frame):
     ignore_signals()
+    _SIGNALLED.append(signum)
     raise Terminated
 
 
 def _interrupt(signum, frame):
     ignore_signals()
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -119,7 +141,23 @@ class _Main(click.Group):
                 else:
                     for signum, handler in previous.items():
                         signal.signal(signum, handler)
+            if own_process and _SIGNALLED:
+                # Ended by a signal, with its line printed and the temporary files gone:
+                # leave at once. The interpreter's shutdown would put SIGINT and SIGTERM
+                # back to their defaults, and a second signal then kills the process.
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(status)
             sys.exit(status)
+
+    def invoke(self, ctx):
+        """click's own: but a closed standard output (EPIPE), which click
+        would end with a silent exit 1, is one line like any other failure."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise StdoutFailed(e) from None
 
     def _run(self, args, prog_name, extra):
         """The exit status of the command."""
@@ -136,7 +174,7 @@ class _Main(click.Group):
         except SystemError as e:
             signal_ = _signal_behind(e)
             if signal_ is None:
-                raise
+                return _unexpected(e)
             interrupted = isinstance(signal_, KeyboardInterrupt)
             click.echo("Interrupted" if interrupted else "Terminated", err=True)
             return EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
@@ -145,6 +183,13 @@ class _Main(click.Group):
             return EXIT_FAILURE
         except (TrainingDiverged, DownloadError) as e:
             _error(str(e))
+            return EXIT_FAILURE
+        except StdoutFailed as e:
+            _stdout_failed(e.error)
+            return EXIT_FAILURE
+        except UnicodeEncodeError as e:
+            _error(f"standard output cannot take the character {e.object[e.start:e.end]!r} "
+                   f"in its encoding {e.encoding}; set PYTHONIOENCODING=utf-8")
             return EXIT_FAILURE
         except OSError as e:
             if _stdout_failed(e):
@@ -155,11 +200,16 @@ class _Main(click.Group):
             _error(e.format_message())
         except ValueError as e:
             _error(str(e))
-        except Exception as e:     # a bug: still one line, no traceback; say so
-            _error(f"unexpected {type(e).__name__} (a bug in glocalk-np; please report it "
-                   f"with the command): {e}")
-            return EXIT_FAILURE
+        except Exception as e:
+            return _unexpected(e)
         return EXIT_ERROR
+
+
+def _unexpected(error):
+    """A bug: still one line and no traceback, saying so; EXIT_FAILURE."""
+    _error(f"unexpected {type(error).__name__} (a bug in glocalk-np; please report it with "
+           f"the command): {error}")
+    return EXIT_FAILURE
 
 
 def _stdout_failed(error):
@@ -223,6 +273,8 @@ class Number(click.ParamType):
                 if not PLAIN_INT.fullmatch(text):
                     self.fail(f"{shorten(repr(value))} is not an integer (ASCII digits)",
                               param, ctx)
+                if len(text) > 30:           # int() refuses 4,300 digits with a long message
+                    self.fail(f"{shorten(text)} ({len(text)} digits) is too large", param, ctx)
                 value = int(text)
             else:
                 try:
@@ -595,6 +647,13 @@ def _training_data(ratings, sep, test_path, test_frac, seed):
     return train, test, index, preset
 
 
+def ratings_inputs(ratings):
+    """The files RATINGS stands for: itself, or a downloaded benchmark's."""
+    if os.path.exists(ratings):
+        return [ratings]
+    return datasets.files(ratings) if ratings in datasets.SOURCES else []
+
+
 SPLIT_FILES = ("train", "val", "test")
 
 
@@ -687,7 +746,7 @@ def fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, prese
                     for phase in ("", "refit") for k in range(ensemble)]
                    if checkpoint_dir else [])
     splits = split_paths(split_dir) if split_dir else []
-    inputs = [ratings if os.path.exists(ratings) else None, test_path, config_file]
+    inputs = [*ratings_inputs(ratings), test_path, config_file]
     check_distinct(inputs, [out, metrics_json, *checkpoints, *splits])
     for folder, paths in ((checkpoint_dir, checkpoints), (split_dir, splits)):
         if folder and os.path.isdir(folder):    # else made (and checked) when written
@@ -790,7 +849,7 @@ SETTINGS_BYTES_PER_BYTE = 20
                                                  "(kept out of the search).")
 @click.option("--val-frac", type=FRACTION, default=DEFAULT_VALIDATION, show_default=True,
               help="Fraction of the training ratings every trial is scored on.")
-@click.option("--budget", type=Number(float, 0, min_open=True),
+@click.option("--budget", type=Number(float, 0, 1e7, min_open=True),
               help="Minutes: start no trial that would end after them [default: 60 without "
                    "--trials].")
 @click.option("--trials", type=Number(int, 1), help="Number of trials.")
@@ -812,7 +871,7 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, 
     `glocalk-np fit RATINGS --config FILE`. Trials that fail are recorded.
     """
     from . import tune as search
-    check_outputs([ratings if os.path.exists(ratings) else None, test_path], [out])
+    check_outputs([*ratings_inputs(ratings), test_path], [out])
     with human_text_to_stderr(out == "-"):
         train, _, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
         train, val = random_split(train, val_frac, seed + 1)
@@ -922,8 +981,10 @@ def predict(model, pairs, all_pairs, out, sep):
     if pairs is not None:
         users, items = read_pairs(pairs, sep)
         pred, fallback = est.predict(users, items)
-        write_csv(out, ("user", "item", "prediction", "fallback"),
-                  (users, items, pred.round(6), fallback))
+        write_csv_blocks(out, ("user", "item", "prediction", "fallback"), (
+            (users[k:k + CSV_BLOCK_ROWS], items[k:k + CSV_BLOCK_ROWS],
+             pred[k:k + CSV_BLOCK_ROWS].round(6), fallback[k:k + CSV_BLOCK_ROWS])
+            for k in range(0, users.size, CSV_BLOCK_ROWS)))
         return
     matrix, rank = est.predict_all(ranks=True)
     users, items = est.index_.users, est.index_.items
@@ -978,31 +1039,38 @@ def recommend(model, user, users_file, all_users, top, include_seen, fmt, out, s
         ids = read_ids(users_file, sep)
     else:
         ids = est.index_.users
-    recs = est.recommend(ids, top, include_seen)
-    unknown = np.unique(recs["user"][recs["fallback"]])
-    if unknown.size:
-        named = f"user {shorten(repr(unknown.tolist()[0]))} has" if unknown.size == 1 else \
-            f"{unknown.size} users have"
-        click.echo(f"Warning: {named} no training ratings: items are ranked by their damped "
-                   "mean training rating", err=True)
     fmt = fmt or ("table" if user is not None else "csv")
     columns = ("user", "rank", "item", "score", "fallback")
-    if fmt == "csv":
-        write_csv(out, columns, [recs[c] if c != "score" else recs[c].round(6)
-                                 for c in columns])
-    elif fmt == "json":
-        with output(out) as f:
-            for row in zip(*(recs[c].tolist() for c in columns)):
-                f.write(json.dumps(jsonable(dict(zip(columns, row)))) + "\n")
-    else:
-        with output(out) as f:
-            f.writelines(line + "\n" for line in _table(
-                recs["rank"], recs["item"], recs["score"], None if user else recs["user"]))
+    unknown = []
+    with output(out) as f:             # a block of users at a time: memory stays bounded
+        writer = csv.writer(f, lineterminator="\n")
+        if fmt == "csv":
+            writer.writerow(columns)
+        for first in range(0, ids.size, RECOMMEND_BLOCK):
+            recs = est.recommend(ids[first:first + RECOMMEND_BLOCK], top, include_seen)
+            unknown.extend(np.unique(recs["user"][recs["fallback"]]).tolist())
+            if fmt == "csv":
+                writer.writerows(zip(*(recs[c].tolist() if c != "score"
+                                       else recs[c].round(6).tolist() for c in columns)))
+            elif fmt == "json":
+                f.writelines(json.dumps(jsonable(dict(zip(columns, row)))) + "\n"
+                             for row in zip(*(recs[c].tolist() for c in columns)))
+            else:
+                f.writelines(line + "\n" for line in _table(
+                    recs["rank"], recs["item"], recs["score"], None if user else recs["user"],
+                    header=first == 0))
+    unknown = list(dict.fromkeys(unknown))
+    if unknown:
+        named = f"user {shorten(repr(unknown[0]))} has" if len(unknown) == 1 else \
+            f"{len(unknown)} users have"
+        click.echo(f"Warning: {named} no training ratings: items are ranked by their damped "
+                   "mean training rating", err=True)
 
 
-def _table(ranks, items, scores, users=None):
+def _table(ranks, items, scores, users=None, header=True):
     """Lines of a recommendation table; a user column when ``users`` is given."""
-    lines = [("user        " if users is not None else "") + "rank  item        predicted"]
+    lines = [("user        " if users is not None else "") + "rank  item        predicted"
+             ][:int(header)]
     for k, (rank, item, score) in enumerate(zip(ranks, items, scores)):
         lead = f"{users[k]!s:<10}  " if users is not None else ""
         lines.append(f"{lead}{rank:>4}  {item!s:<10}  {score:.3f}")

@@ -52,13 +52,10 @@ class Ratings:
         if self.users.shape != (n,) or self.items.shape != (n,):
             raise DataError(f"{self.source}: {self.users.size} users and {self.items.size} "
                             f"items for {n} ratings")
-        bad = np.flatnonzero(~(self.values > 0) | ~(self.values <= MAX_RATING))
-        if bad.size:
-            v = self.values[bad[0]]
-            problem = ("is not a finite number" if not np.isfinite(v) else
-                       f"is above {MAX_RATING:g}" if v > MAX_RATING else
-                       "is not > 0 (0 means a missing rating: shift the scale)")
-            raise DataError(f"{self.source}: row {bad[0]}: rating {v:g} {problem}")
+        bad = first_bad_rating(self.values)
+        if bad is not None:
+            v = self.values[bad]
+            raise DataError(f"{self.source}: row {bad}: rating {v:g} {rating_problem(v)}")
 
     def __len__(self):
         return len(self.values)
@@ -123,7 +120,7 @@ COLUMN_ALIASES = {"user": ("user", "users", "userid", "user_id", "uid"),
                   "rating": ("rating", "ratings", "score", "stars")}
 
 
-def as_ids(ids, source="ids", what="user"):
+def as_ids(ids, source="ids", what="user", warn=True):
     """Ids as the library holds them, by the rules of ids read from a file:
     int64 when every id of the column is an integer (an int, a whole float,
     or text written as a plain integer), else an object array of the ids'
@@ -132,7 +129,9 @@ def as_ids(ids, source="ids", what="user"):
     DataError (naming ``source`` and the row) for a missing id (None, NaN),
     an empty one, one that is neither an integer nor text (1.5, True, a
     date), and a column that mixes numbers with text (1 and '1' would
-    otherwise be merged, or not, by accident)."""
+    otherwise be merged, or not, by accident). ``warn``: the DataWarning on a
+    number written otherwise than as a plain integer (off for ids to look
+    up, whose file has warned already)."""
     raw = ids
     ids = np.asarray(ids)
     if ids.dtype.kind in "US" and not isinstance(raw, np.ndarray):
@@ -146,7 +145,7 @@ def as_ids(ids, source="ids", what="user"):
     if kind == "f":
         return _whole_numbers(source, ids, what)
     if kind in "US":
-        return _text_ids(source, _decoded(source, ids.tolist(), what), what)
+        return _text_ids(source, _decoded(source, ids.tolist(), what), what, warn)
     if kind != "O":
         raise DataError(f"{source}: {what} ids of dtype {ids.dtype} are not ids "
                         "(integers or text)")
@@ -156,7 +155,7 @@ def as_ids(ids, source="ids", what="user"):
         raise DataError(f"{source}: row {missing}: missing {what} id")
     texts = [isinstance(v, (str, bytes)) for v in values]
     if all(texts):
-        return _text_ids(source, _decoded(source, values, what), what)
+        return _text_ids(source, _decoded(source, values, what), what, warn)
     if any(texts):
         i, j = texts.index(True), texts.index(False)
         raise DataError(f"{source}: {what} ids mix text and numbers (row {i}: "
@@ -169,7 +168,8 @@ def as_ids(ids, source="ids", what="user"):
                             "(an integer or text)")
     try:
         return as_ids(np.array(values, dtype=np.float64 if any(
-            isinstance(v, (float, np.floating)) for v in values) else np.int64), source, what)
+            isinstance(v, (float, np.floating)) for v in values) else np.int64), source, what,
+            warn)
     except OverflowError:
         raise DataError(f"{source}: a {what} id is beyond 64-bit integers") from None
 
@@ -206,13 +206,24 @@ def _decoded(source, values, what):
     return out
 
 
-def _text_ids(source, col, what):
+_LINE_OR_NUL = re.compile("[\n\r\0]")
+
+
+def bad_text_id(ids):
+    """The first id of an object array of str that no ratings file could
+    hold as read (empty, blanks around it, a line break or a NUL), or None."""
+    return next((t for t in ids.tolist()
+                 if not t or t.strip() != t or _LINE_OR_NUL.search(t)), None)
+
+
+def _text_ids(source, col, what, warn=True):
     """Ids given as text, read as a file's column is (_parse_ids), rows
     numbered from 0."""
-    bad = next((i for i, t in enumerate(col) if "\0" in t), None)
+    bad = next((i for i, t in enumerate(col) if _LINE_OR_NUL.search(t)), None)
     if bad is not None:
-        raise DataError(f"{source}: row {bad}: {what} id holds a NUL character")
-    return _parse_ids(col, lambda i: f"row {i}", what)
+        raise DataError(f"{source}: row {bad}: {what} id {shorten(repr(col[bad]))} holds a line "
+                        "break or a NUL character, which no ratings file can")
+    return _parse_ids(col, lambda i: f"{source}: row {i}", what, warn)
 
 
 def concatenate(*ratings):
@@ -251,13 +262,15 @@ PLAIN_INT = re.compile(r"0|-?[1-9][0-9]*")
 # Python's float() also takes '4_5' (45), other scripts' digits, 'inf' and
 # 'nan'; none of them is a rating anyone wrote on purpose.
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_NOT_DECIMAL = re.compile(r"[^0-9eE.+\-\s]")   # what no decimal (with blanks) holds
+_NOT_DECIMAL = re.compile(r"[^0-9eE.+\- \t\n\r\f\v]")   # what no decimal (with blanks) holds
+ASCII_BLANKS = " \t\n\r\f\v"       # the blanks around a number (str.strip takes more)
 # first fields that make a lone first line of a pairs file a header
 _ID_COLUMN_NAMES = {"user", "users", "user_id", "userid", "uid", "item", "items", "item_id",
                     "itemid", "iid", "movie", "movie_id", "movieid", "id"}
 # The largest rating glocalk-np trains on: squared float32 residuals of
 # larger ones would leave float32's range; rescale such data.
 MAX_RATING = 1e6
+MIN_RATING = 1e-6
 # Peak bytes of memory per byte of a text file while it is parsed (lines,
 # fields and ids as Python objects): 19x measured on ML-100K's u1.base, 27x
 # on ML-1M's 13-byte lines; shorter lines cost more per byte.
@@ -453,7 +466,7 @@ def _n_fields(count):
 def parse_decimal(text):
     """The float a DECIMAL ``text`` (surrounding blanks allowed) writes;
     ValueError for anything else."""
-    if not isinstance(text, str) or not DECIMAL.fullmatch(text.strip()):
+    if not isinstance(text, str) or not DECIMAL.fullmatch(text.strip(ASCII_BLANKS)):
         raise ValueError(f"{shorten(repr(text))} is not a decimal number")
     return float(text)
 
@@ -466,25 +479,41 @@ def _parse_ratings(col, where):
         if _NOT_DECIMAL.search(" ".join(col)):      # what float() takes and DECIMAL does not
             raise ValueError
     except (ValueError, TypeError):
-        i = next(i for i, s in enumerate(col)
-                 if not isinstance(s, str) or not DECIMAL.fullmatch(s.strip()))
-        tok = col[i].strip() if isinstance(col[i], str) else col[i]
+        i = next((i for i, s in enumerate(col) if not isinstance(s, str)
+                  or not DECIMAL.fullmatch(s.strip(ASCII_BLANKS))), 0)
+        tok = col[i].strip(ASCII_BLANKS) if isinstance(col[i], str) else col[i]
         raise DataError(f"{where(i)}: " + ("empty rating" if tok == "" else
                                            f"rating {shorten(repr(tok))} {_not_decimal(tok)}")
                         ) from None
-    bad = np.flatnonzero(~(values > 0) | ~(values <= MAX_RATING))
-    if bad.size:
-        i = bad[0]
-        tok = shorten(repr(col[i].strip()))
-        if not np.isfinite(values[i]):
-            raise DataError(f"{where(i)}: rating {tok} is not a finite number")
-        if values[i] > MAX_RATING:
-            raise DataError(f"{where(i)}: rating {tok} is above {MAX_RATING:g}, the "
-                            "largest glocalk-np trains on in float32: rescale the ratings")
-        raise DataError(f"{where(i)}: rating {tok} is not > 0; ratings must be > 0 "
-                        "because the model reads 0 as a missing rating: shift the scale "
-                        "(e.g. add 1 to every rating) before training")
+    i = first_bad_rating(values)
+    if i is not None:
+        tok = shorten(repr(col[i].strip(ASCII_BLANKS)))
+        raise DataError(f"{where(i)}: rating {tok} {rating_problem(values[i])}")
     return values
+
+
+def first_bad_rating(values):
+    """The position of the first rating glocalk-np cannot train on (see
+    rating_problem), or None."""
+    bad = ~np.isfinite(values) | ~((values >= MIN_RATING) & (values <= MAX_RATING))
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def rating_problem(v):
+    """Why the rating ``v`` cannot be trained on, for a message: ratings are
+    finite, at most MAX_RATING (float32's squares overflow beyond), > 0 (the
+    model reads 0 as missing) and at least MIN_RATING (smaller ones vanish
+    in float32)."""
+    if not np.isfinite(v):
+        return "is not a finite number"
+    if v > MAX_RATING:
+        return (f"is above {MAX_RATING:g}, the largest glocalk-np trains on in float32: "
+                "rescale the ratings")
+    if v <= 0:
+        return ("is not > 0; ratings must be > 0 because the model reads 0 as a missing "
+                "rating: shift the scale (e.g. add 1 to every rating) before training")
+    return (f"is below {MIN_RATING:g}, the smallest glocalk-np trains on in float32: rescale "
+            "the ratings")
 
 
 def _not_decimal(tok):
@@ -517,7 +546,7 @@ def _rating_values(source, values):
     return _parse_ratings(col, lambda j: f"{source}: row {j}")
 
 
-def _parse_ids(col, where, what):
+def _parse_ids(col, where, what, warn=True):
     """int64 ids when every id of the column is an integer written plainly
     (PLAIN_INT: '-'? and ASCII digits without leading zeros, the form
     str(int) gives); otherwise every id stays the text it is (surrounding
@@ -535,7 +564,12 @@ def _parse_ids(col, where, what):
     empty = next((i for i, t in enumerate(col) if not t), None)
     if empty is not None:
         raise DataError(f"{where(empty)}: empty {what} id")
-    if any(map(PLAIN_INT.fullmatch, col)):
+    if warn and all(map(PLAIN_INT.fullmatch, col)):      # plain, but beyond 64 bits
+        big = next(i for i, t in enumerate(col) if abs(int(t)) > np.iinfo(np.int64).max)
+        warnings.warn(f"{where(big)}: {what} id {shorten(col[big])} is beyond 64-bit "
+                      f"integers, so all {what} ids are read as text", DataWarning,
+                      stacklevel=4)
+    elif warn and any(map(PLAIN_INT.fullmatch, col)):
         odd = next((i for i, t in enumerate(col)
                     if not PLAIN_INT.fullmatch(t) and _is_number(t.strip("\"'"))), None)
         if odd is not None:
@@ -583,7 +617,11 @@ _MONTI_VARS = ("M", "Otraining", "Otest")
 # Bytes of one dense block of a .mat variable read at a time, and the most
 # one HDF5 chunk may decompress to (MATLAB writes chunks of a few columns).
 _MAT_BLOCK_BYTES = 32 << 20
-_MAT_CHUNK_BYTES = 256 << 20
+_MAT_CHUNK_BYTES = 16 << 20
+# The most entries a .mat variable may declare: Monti's format stores every
+# matrix dense (Douban's and Flixster's are 3000 x 3000), so reading one
+# takes time in its declared size, whatever it holds. Larger data: text files.
+MAX_MAT_ENTRIES = 1 << 28
 # Memory a rating costs from here to a trained model (ids, values, the
 # index, the matrices and the engine's arrays), for refusing a file whose
 # ratings would not fit before they are gathered.
@@ -602,7 +640,7 @@ def read_monti_mat(path):
     Nothing dense of M's size is held: the three variables are read in
     blocks of _MAT_BLOCK_BYTES along their chunks and only the selected
     ratings are kept, so memory follows the ratings, not the declared
-    shape; a declared shape larger than this machine's memory, chunks over
+    shape; a declared shape over MAX_MAT_ENTRIES, chunks over
     _MAT_CHUNK_BYTES and more ratings than memory holds are refused before
     they are read. M must be finite and in [0, MAX_RATING], the masks 0 or 1.
     """
@@ -626,10 +664,11 @@ def read_monti_mat(path):
                                 f"{test_mask.shape[::-1]})")
             n_items, n_users = M.shape       # HDF5 holds M transposed
             memory = physical_memory()
-            if memory and 8 * n_items * n_users > memory:
-                raise DataError(f"{src}: M declares {n_users} x {n_items} ratings, "
-                                f"{gib(8 * n_items * n_users)} dense, more than this "
-                                f"machine's {gib(memory)} of memory")
+            if n_items * n_users > MAX_MAT_ENTRIES:
+                raise DataError(f"{src}: M declares {n_users} x {n_items} ratings "
+                                f"({gib(8 * n_items * n_users)} dense), beyond the "
+                                f"{MAX_MAT_ENTRIES:,} entries read from a .mat file; give "
+                                "such data as a ratings text file")
             parts = {"Otraining": [], "Otest": []}
             kept = 0
             for block in _blocks(M):
@@ -644,6 +683,11 @@ def read_monti_mat(path):
                     if not np.isin(selected, (0, 1)).all():
                         raise DataError(f"{src}: {name} holds values other than 0 and 1")
                     rows, cols = np.nonzero(selected * values)
+                    small = first_bad_rating(values[rows, cols])
+                    if small is not None:
+                        i, u = _origin(block, (rows[small], cols[small]))
+                        v = values[rows[small], cols[small]]
+                        raise DataError(f"{src}: M[{u}, {i}] = {v}: rating {rating_problem(v)}")
                     i, u = _origin(block, (rows, cols))
                     parts[name].append((u, i, values[rows, cols]))
                     kept += rows.size
@@ -736,8 +780,10 @@ class Index:
     items: np.ndarray
 
     def __post_init__(self):
-        object.__setattr__(self, "users", as_ids(self.users, "the index", "user"))
-        object.__setattr__(self, "items", as_ids(self.items, "the index", "item"))
+        # ids held as they are: an index's are already ids (its text ids are
+        # sorted as text, which turning '2', '10' into integers would undo)
+        object.__setattr__(self, "users", _held(self.users))
+        object.__setattr__(self, "items", _held(self.items))
 
     @classmethod
     def from_ratings(cls, *ratings):

@@ -117,6 +117,13 @@ def _unpack(url, archive, name, dest):
         raise DownloadError(f"{url}: the zip lacks {name}/{', '.join(missing)}")
 
 
+def files(name, directory=None):
+    """The files ``name``'s protocol reads, where it has been downloaded
+    (else none): what no output may replace."""
+    folder = locate(name, directory)
+    return [folder / f for f in REQUIRED[name]] if folder is not None else []
+
+
 def load(name, directory=None):
     """(train, test, index) of a downloaded dataset, by the paper's protocol.
 

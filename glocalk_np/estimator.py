@@ -183,6 +183,8 @@ class GLocalK:
         """
         train, test, val = (as_ratings(r, name) for r, name in
                             ((train, "training"), (test, "test"), (val, "validation")))
+        if train is None or not len(train):
+            raise DataError(f"{getattr(train, 'source', 'fit')}: no training ratings")
         train, val = self.validation_split(train, val)
         config, select, refit = self._fit_settings(val, select, test)
         if resume and checkpoint_dir is None:
@@ -383,8 +385,10 @@ class GLocalK:
     def _in_user_units(self, out):
         """Network outputs in the ratings' units; ValueError if not finite."""
         if not np.isfinite(out).all():
-            raise ValueError("the network's outputs are not finite: its parameters are too "
-                             "large for float arithmetic (a corrupt or crafted model?)")
+            where = getattr(self, "source_", None)
+            raise ValueError((f"{where}: " if where else "") + "the network's outputs are not "
+                             "finite: its parameters are too large for float arithmetic (a "
+                             "corrupt or crafted model?)")
         return self.scale_.to_user(out)
 
     def predict(self, users, items):
@@ -406,7 +410,8 @@ class GLocalK:
         """predict() before clipping: ranking by it keeps the order of items
         whose predictions all clip to the top rating."""
         self._check_fitted()
-        users, items = as_ids(users, "predict", "user"), as_ids(items, "predict", "item")
+        users, items = (as_ids(ids, "predict", what, warn=False)
+                        for ids, what in ((users, "user"), (items, "item")))
         if users.size != items.size:
             raise ValueError(f"{users.size} users but {items.size} items")
         u, u_known = _positions(self.index_.users, users)
@@ -459,9 +464,14 @@ class GLocalK:
         self._check_fitted()
         if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
             raise ValueError(f"top must be a positive integer, got {top!r}")
-        ids = as_ids([users] if np.ndim(users) == 0 else users, "recommend", "user")
-        lists, unknown = self._top_items(ids, int(top),
+        ids = as_ids([users] if np.ndim(users) == 0 else users, "recommend", "user",
+                     warn=False)
+        # each distinct user once (a list may name one user many times)
+        distinct, inverse = np.unique(ids, return_inverse=True)
+        lists, unknown = self._top_items(distinct, int(top),
                                          None if include_seen else self._given())
+        inverse = inverse.ravel()
+        lists, unknown = [lists[k] for k in inverse], unknown[inverse]
         items = self.index_.items
         scores = [metrics.clip(raw, *self.rating_range_) for _, raw in lists]
         if np.ndim(users) == 0:
@@ -580,6 +590,8 @@ class GLocalK:
         Returns {'added', 'replaced', 'new_items', 'skipped'} counts."""
         self._check_fitted()
         ratings = as_ratings(ratings, "update")
+        if ratings is None or not len(ratings):
+            raise DataError(f"{getattr(ratings, 'source', 'update')}: no ratings to add")
         low, high = self.rating_range_
         outside = np.flatnonzero((ratings.values < low) | (ratings.values > high))
         if outside.size:
@@ -590,21 +602,23 @@ class GLocalK:
         if not user_known.all():
             warnings.warn(f"{ratings.source}: {np.count_nonzero(~user_known)} ratings by users "
                           "the model does not know were skipped (first: "
-                          f"{ratings.users[~user_known].tolist()[0]!r}); new users need a "
+                          f"{shorten(repr(ratings.users[~user_known].tolist()[0]))}); new "
+                          "users need a "
                           "refit", DataWarning)
         # ids in the model's own kind: known ones as stored, new items' as int or text
         i, item_known = _positions(self.index_.items, ratings.items)
         items = self.index_.items[i].copy()
         fresh = ratings.items[~item_known]
         if self.index_.items.dtype.kind == "i" and fresh.dtype.kind != "i":
-            raise DataError(f"{ratings.source}: new item id {fresh.tolist()[0]!r} is not an "
-                            "integer like the model's item ids")
+            raise DataError(f"{ratings.source}: new item id {shorten(repr(fresh.tolist()[0]))} "
+                            "is not an integer like the model's item ids")
         items[~item_known] = fresh if items.dtype.kind == "i" else fresh.astype(str)
-        ratings = subset(Ratings(self.index_.users[u], items, ratings.values, ratings.source),
-                         user_known)
+        # held ids from here on (Ratings.checked): as the model has them
+        ratings = subset(Ratings.checked(self.index_.users[u], items, ratings.values,
+                                         ratings.source), user_known)
         index = Index(self.index_.users, np.union1d(self.index_.items, ratings.items))
         old = self.train_matrix_.tocoo()
-        R, _ = index.matrix(Ratings(
+        R, _ = index.matrix(Ratings.checked(
             np.r_[self.index_.users[old.col], ratings.users],
             np.r_[self.index_.items[old.row], ratings.items],
             np.r_[old.data, ratings.values], ratings.source))
@@ -620,8 +634,8 @@ class GLocalK:
                 m.params["C"] = C
         self.params_ = self.members_[0].params
         seen = self.seen_.tocoo()
-        self.seen_ = sp.csr_matrix((np.ones(seen.nnz, dtype=bool), (old_rows[seen.row], seen.col)),
-                                   shape=R.shape)
+        self.seen_ = sp.csr_matrix((np.ones(seen.nnz, dtype=bool),
+                                    (old_rows[seen.row], seen.col)), shape=R.shape)
         counts = {"added": int(R.nnz - old.nnz), "replaced": replaced,
                   "new_items": index.n_items - self.index_.n_items,
                   "skipped": int(np.count_nonzero(~user_known))}
@@ -663,7 +677,7 @@ class GLocalK:
                                    or preset not in training.PRESETS):
             raise f.error("metadata field 'preset' is not a preset name")
         model = cls(config, preset=preset)
-        model.config_ = config
+        model.config_, model.source_ = config, str(path)
         index = Index(unpack_ids(f, "index/users"), unpack_ids(f, "index/items"))
         shape = (index.n_items, index.n_users)
         model._set_training_data(index, unpack_matrix(f, "train/", shape))

@@ -25,6 +25,8 @@ FORMAT_VERSION = 2
 MAX_ENTRIES = 4096
 # Loading holds each array and, while it is checked, about one copy more.
 LOAD_COPIES = 2
+# Zip flag bits of an encrypted (0x1, 0x40) or patched (0x20) entry
+_UNSUPPORTED_FLAGS = 0x61
 # An entry's name: words joined by '/' (param/W0, index/users/utf8), never
 # a path that climbs ('..') or starts at the root.
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*\.npy")
@@ -152,7 +154,8 @@ def _read_arrays(path):
         raise ModelFileError(f"{path}: cannot read: {e.strerror or e}") from None
     except MemoryError:
         raise ModelFileError(f"{path}: too large to load into this machine's memory") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError,
+            NotImplementedError) as e:
         raise ModelFileError(f"{path}: corrupt or truncated file ({shorten(e, 100)})") from None
 
 
@@ -201,13 +204,17 @@ def _check_entries(path, zf):
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
             raise ModelFileError(f"{path}: entry {shorten(repr(name))} is compressed; "
                                  "glocalk-np stores its arrays as they are")
+        if info.flag_bits & _UNSUPPORTED_FLAGS:
+            raise ModelFileError(f"{path}: entry {shorten(repr(name))} is encrypted or patched; "
+                                 "glocalk-np writes plain entries")
         with zf.open(info) as member:
             version = np.lib.format.read_magic(member)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(member)
             header_size = member.tell()
-        if dtype.hasobject or dtype.kind not in _DTYPE_KINDS or dtype.fields is not None:
+        if dtype.hasobject or dtype.kind not in _DTYPE_KINDS or dtype.fields is not None \
+                or dtype.itemsize == 0:
             raise ModelFileError(f"{path}: entry {shorten(repr(name))} has dtype {dtype}, which "
                                  "glocalk-np never writes")
         nbytes = dtype.itemsize * math.prod(shape)

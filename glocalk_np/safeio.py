@@ -24,6 +24,7 @@ one of a command's inputs or another of its outputs. Every problem is one
 :class:`OutputError` line that names the target, never the temporary file.
 """
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -266,10 +267,11 @@ def atomic_outputs(paths, text=False):
         for tmp in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None and (e.filename is None
-                                                                or e.filename in temps):
+        if isinstance(e, OSError) and (e.filename is None or e.filename in temps):
             path = paths[temps.index(e.filename)] if e.filename in temps else paths[0]
-            raise OSError(e.errno, e.strerror, path) from None
+            # NumPy's writers raise OSError('N requested and M written') without an errno
+            raise OSError(e.errno or errno.EIO, e.strerror or f"cannot write ({e})",
+                          path) from None
         raise
 
 

@@ -25,7 +25,8 @@ from dataclasses import fields
 import numpy as np
 import scipy.sparse as sp
 
-from .data import MAX_RATING
+from .data import bad_text_id, first_bad_rating, rating_problem
+from .safeio import shorten
 from .params import LAYER_KEYS, STAGES, check_shapes, shapes
 from .train import SELECTIONS, Best, Config, EpochRecord, Member
 
@@ -193,6 +194,10 @@ def unpack_ids(contents, name):
         raise contents.error(f"{name}: expected a non-empty list of ids, got shape {ids.shape}")
     if not (ids[1:] > ids[:-1]).all():
         raise contents.error(f"{name}: ids are not sorted and unique")
+    bad = bad_text_id(ids) if ids.dtype == object else None
+    if bad is not None:
+        raise contents.error(f"{name}: id {shorten(repr(bad))} is empty, has blanks around it "
+                             "or holds a line break or NUL: no ratings file has such an id")
     return ids
 
 
@@ -212,7 +217,7 @@ def pack_matrix(prefix, R):
 def unpack_matrix(contents, prefix, shape):
     """The CSR matrix stored by pack_matrix, checked to be ``shape``
     (n_items, n_users) with every column index in range, each row's indices
-    strictly increasing, and ratings finite, > 0 and at most MAX_RATING."""
+    strictly increasing, and ratings glocalk-np trains on (data.rating_problem)."""
     stored, data = contents[prefix + "shape"], contents[prefix + "data"]
     m, n = shape
     if stored.dtype.kind not in "iu" or stored.shape != (2,) or tuple(stored.tolist()) != shape:
@@ -224,9 +229,10 @@ def unpack_matrix(contents, prefix, shape):
     indptr, indices = _pattern(contents, prefix, shape)
     if indices.size != data.size or indices.size == 0:
         raise contents.error(f"{prefix}: {indices.size} indices and {data.size} ratings")
-    if not (np.isfinite(data).all() and data.min() > 0 and data.max() <= MAX_RATING):
-        raise contents.error(f"{prefix}data: ratings must be finite, > 0 and at most "
-                             f"{MAX_RATING:g}")
+    bad = first_bad_rating(data)
+    if bad is not None:
+        raise contents.error(f"{prefix}data: rating {data[bad]:g} "
+                             f"{rating_problem(data[bad]).split(':')[0]}")
     return sp.csr_matrix((data.astype(np.float64), indices, indptr), shape=shape)
 
 

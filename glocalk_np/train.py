@@ -94,7 +94,8 @@ class Config:
             raise bad("gk_size", "odd")
         for name in ("lambda_2", "lambda_s", "dot_scale"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) \
+            if not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or isinstance(value, bool) \
                     or not 0 <= value <= MAX_LAMBDA:
                 raise bad(name, f"a number in [0, {MAX_LAMBDA:g}]")
         for name, allowed in (("dtype", ("float32", "float64")), ("optimizer", OPTIMIZERS),

@@ -147,7 +147,7 @@ def _one_set_to(a, value):
     ({"param/b2": lambda a: a[:3]}, "b2 has shape (3,), expected (40,)"),
     ({"train/indptr": lambda a: _one_set_to(a, 10 ** 6)}, "train/indptr"),
     ({"train/indices": lambda a: _one_set_to(a, 10 ** 6)}, "train/indices: a user position"),
-    ({"train/data": lambda a: _one_set_to(a, np.nan)}, "train/data: ratings must be finite"),
+    ({"train/data": lambda a: _one_set_to(a, np.nan)}, "train/data: rating nan is not a finite"),
     ({"param/W1": lambda a: _one_set_to(a, np.nan)}, "W1 holds NaN"),
     ({"index/users": lambda a: a.astype(np.float64)}, "index/users: ids of dtype float64"),
     ({"index/items": lambda a: a[::-1].copy()}, "not sorted and unique"),
@@ -655,7 +655,7 @@ def test_declared_sizes_allocate_nothing_before_they_are_checked(work, tmp_path)
 def test_a_mat_file_is_read_in_blocks_whatever_it_declares(tmp_path):
     """A 2 KB file declaring three 12000 x 12000 matrices (1.1 GiB each
     dense, never written) is read in bounded memory and refused for what it
-    holds; one declaring more than this machine's memory, at once."""
+    holds; one declaring more than any Monti file could hold, at once."""
     h5py = pytest.importorskip("h5py")
     with h5py.File(tmp_path / "big.mat", "w") as f:
         for name in ("M", "Otraining", "Otest"):
@@ -668,7 +668,7 @@ def test_a_mat_file_is_read_in_blocks_whatever_it_declares(tmp_path):
         for name in ("M", "Otraining", "Otest"):
             f.create_dataset(name, shape=(10 ** 7, 10 ** 7), dtype="f8", chunks=(1000, 2))
     measured_refusal("fit", tmp_path / "huge.mat", "--out", tmp_path / "o.npz",
-                     fragments=("declares 10000000 x 10000000 ratings", "more than this machine"))
+                     fragments=("declares 10000000 x 10000000 ratings", "text file"))
 
 
 def test_a_budget_that_never_ends_is_refused(work):
@@ -722,8 +722,11 @@ def _signalled(cwd, signals, after_line=None, delay=0.0, gaps=()):
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.3, 0.6])
+@pytest.mark.parametrize("delay", [0.3, 0.5, 0.8])
 def test_sigterm_while_numpy_and_numba_load_is_one_line(work, delay):
+    """(The first ~50 ms are the interpreter's own start, before any code of
+    glocalk-np runs: a signal there ends the process as it ends any Python
+    program.)"""
     with unchanged(work):
         status, err = _signalled(work, [signal.SIGTERM], delay=delay)
     assert status == 143 and err.splitlines() == ["Terminated"], (status, err)
@@ -731,7 +734,7 @@ def test_sigterm_while_numpy_and_numba_load_is_one_line(work, delay):
 
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGTERM, 143, "Terminated"),
                                                   (signal.SIGINT, 130, "Interrupted")])
-@pytest.mark.parametrize("gap", [0.001, 0.01, 0.1])
+@pytest.mark.parametrize("gap", [0.0005, 0.01, 0.1])
 def test_a_second_signal_does_not_cut_the_first_one_s_cleanup(work, signum, status, word, gap):
     """The second signal comes while the first one's exception unwinds (the
     checkpoint being written, temporary files being removed, the line being
@@ -767,6 +770,18 @@ def test_a_bad_numba_setting_is_one_warning_line(work):
     assert done.stderr.splitlines() == [
         "Warning: Environment variable 'NUMBA_NUM_THREADS' is defined but its associated "
         "value 'abc' could not be parsed."]
+
+
+@pytest.mark.parametrize("first, then", [(signal.SIGTERM, signal.SIGINT),
+                                         (signal.SIGINT, signal.SIGTERM)])
+def test_sigterm_and_sigint_at_once_are_one_line(work, first, then):
+    """Both pending before either handler ran: CPython runs SIGINT's first,
+    so the status is either; what matters is one line and no traceback (a
+    handler set to SIG_IGN while the other was pending made CPython report
+    'Signal 15 ignored due to race condition')."""
+    got, err = _signalled(work, [first, then], after_line="finetune", gaps=[0.0005])
+    assert got in (130, 143) and "Traceback" not in err and "race" not in err, (got, err)
+    assert len(err.splitlines()) == 1, err
 
 
 def test_a_table_with_movielens_column_names_fits(tmp_path):
@@ -821,7 +836,8 @@ def test_ids_from_the_api_follow_the_rules_of_ids_from_files(files):
                            ([1.5, 2.0], "row 0: user id 1.5 is not an id"),
                            ([True, False], "dtype bool are not ids"),
                            (["a", ""], "row 1: empty user id"),
-                           (["a", "b\x00"], "row 1: user id holds a NUL character")):
+                           (["a", "b\x00"], "row 1: user id 'b.x00' holds a line break or a "
+                                             "NUL character")):
         with pytest.raises(DataError_, match=problem):
             Ratings(users, [1, 2], [3.0, 4.0], "table")
     assert Ratings(["1", " 2 "], [1, 2], [3, 4], "t").users.tolist() == [1, 2]   # as a file's
@@ -916,3 +932,159 @@ def test_every_message_names_its_file_and_stays_short(work):
         done = g("recommend", "m.npz", "--user", "u" * 100_000, cwd=work)   # a warning quotes it
     assert done.returncode == 0
     assert [len(line) <= 600 for line in done.stderr.splitlines()] == [True], done.stderr[:300]
+
+
+# ================================================================ round 2, second probe
+# What a second probe of about 480 cases found after the fixes above.
+
+def test_a_benchmark_s_own_files_are_inputs_too(work, tmp_path):
+    """RATINGS named by a dataset name: its downloaded files are inputs, which
+    no output may replace."""
+    data = tmp_path / "data" / "ml-100k"
+    data.mkdir(parents=True)
+    for name in ("u1.base", "u1.test"):
+        (data / name).write_text((work / "r.csv").read_text().replace(",", "\t"))
+    env = {**os.environ, "GLOCALK_NP_DATA": str(tmp_path / "data")}
+    with unchanged(tmp_path / "data"):
+        for args in (["fit", "ml-100k", *TINY_ARGS, "--out", data / "u1.base"],
+                     ["fit", "ml-100k", *TINY_ARGS, "--out", "m2.npz", "--metrics-json",
+                      data / "u1.test"],
+                     ["tune", "ml-100k", *TINY_ARGS, "--trials", "1", "--out", data / "u1.base"]):
+            done = subprocess.run(cli_process.command(*args), cwd=work, env=env,
+                                  capture_output=True, text=True, timeout=180)
+            refused(done, "this output would replace the input")
+
+
+@pytest.mark.parametrize("tail", ["\x1c", "\x1f", "\u00a0", "\u2028"])
+def test_a_rating_with_a_stray_character_is_one_line(tmp_path, tail):
+    path = tmp_path / "r.csv"
+    path.write_text(f"1,1,4\n2,2,3{tail}\n")
+    measured_refusal("fit", path, "--out", tmp_path / "o.npz",
+                     fragments=(f"r.csv:2: rating {('3' + tail)!r} is not",))
+
+
+def test_ratings_too_small_for_float32_are_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("1,1,1e-321\n2,2,5e-321\n")
+    measured_refusal("fit", path, "--out", tmp_path / "o.npz",
+                     fragments=("r.csv:1: rating '1e-321' is below 1e-06",))
+
+
+@pytest.mark.parametrize("flag", [0x01, 0x20, 0x40])
+def test_an_archive_with_encrypted_or_patched_entries_is_one_line(work, flag):
+    data = bytearray((work / "m.npz").read_bytes())
+    start = data.rfind(b"PK\x05\x06")
+    offset = int.from_bytes(data[start + 16:start + 20], "little")   # central directory
+    data[offset + 8:offset + 10] = (int.from_bytes(data[offset + 8:offset + 10], "little")
+                                    | flag).to_bytes(2, "little")
+    (work / "flagged.npz").write_bytes(bytes(data))
+    with unchanged(work):
+        measured_refusal("predict", "flagged.npz", "p.csv", cwd=work, fragments=("flagged.npz",))
+
+
+def test_an_entry_of_zero_byte_elements_is_refused(work):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<U0", "fortran_order": False,
+                                                  "shape": (300_000_000,)})
+    with zipfile.ZipFile(work / "m.npz") as a, zipfile.ZipFile(work / "zero.npz", "w") as b:
+        for info in a.infolist():
+            b.writestr(info, header.getvalue() if info.filename == "index/users.npy"
+                       else a.read(info))
+    with unchanged(work):
+        measured_refusal("predict", "zero.npz", "p.csv", cwd=work,
+                         fragments=("entry 'index/users' has dtype <U0",))
+
+
+def _with_ids(src, dst, users):
+    """The model ``src`` with its user ids replaced by the text ids ``users``."""
+    from glocalk_np.schema import pack_ids
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("index/users")}
+    arrays.update(pack_ids("index/users", np.array(users, dtype=object)))
+    with open(dst, "wb") as f:
+        np.savez(f, **arrays)
+    return dst
+
+
+def test_stored_text_ids_stay_text_and_odd_ones_are_refused(work):
+    model = GLocalK.load(work / "m.npz")
+    as_text = sorted(str(u) for u in model.index_.users.tolist())      # '1', '10', '11', ...
+    loaded = GLocalK.load(_with_ids(work / "m.npz", work / "text.npz", as_text))
+    assert loaded.index_.users.tolist() == as_text                       # not turned into ints
+    pairs = (work / "p.csv").read_text().split(",")
+    _, kind = loaded.predict([pairs[0]], [int(pairs[1])])
+    assert kind.tolist() == [""]                                         # found, not a fallback
+    padded = sorted([" u10", "u10"] + [f"v{k}" for k in range(len(as_text) - 2)])
+    for ids, what in ((padded, "' u10'"), (["", *as_text[1:]], "''"),
+                      ([*as_text[:-1], "x\ny"], "'x\\ny'")):
+        bad = _with_ids(work / "m.npz", work / "odd.npz", sorted(ids))
+        with unchanged(work):
+            measured_refusal("predict", bad, "p.csv", cwd=work,
+                             fragments=(f"index/users: id {what}", "no ratings file has"))
+
+
+def test_ids_no_ratings_file_could_hold_are_refused_from_the_api(tmp_path):
+    from glocalk_np.data import Ratings
+    for bad in ("a\nb", "a\rb"):
+        with pytest.raises(DataError_, match="holds a line break or a NUL"):
+            Ratings(["u1", bad], [1, 2], [3.0, 4.0], "table")
+
+
+def test_update_of_a_text_id_model_with_a_numeric_new_item(tmp_path):
+    from glocalk_np.data import Ratings
+    ratings = low_rank_ratings(12, 10, 0.7, 2, seed=4)
+    text = Ratings([f"u{u}" for u in ratings.users], [f"i{i}" for i in ratings.items],
+                   ratings.values, "text")
+    GLocalK(TINY, validation_fraction=0).fit(text).save(tmp_path / "m.npz")
+    (tmp_path / "n.csv").write_text(f"u{ratings.users[0]},5,3\n")
+    done = g("update", "m.npz", "n.csv", "--out", "u.npz", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "5" in GLocalK.load(tmp_path / "u.npz").index_.items.tolist()
+
+
+def test_standard_output_closed_or_broken_is_one_line(work):
+    import shlex
+    closed = shlex.join(cli_process.command("predict", "m.npz", "p.csv")) + " >&-"
+    proc = subprocess.run(["bash", "-c", closed], cwd=work, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["Error: standard output is closed"]
+    proc = cli_process.start("predict", "m.npz", "--all", cwd=work)
+    proc.stdout.close()                     # `| head` closing the pipe
+    assert proc.wait(timeout=180) == 1
+    assert proc.stderr.read().splitlines() == [
+        "Error: standard output was closed before everything was written"]
+
+
+def test_an_integer_option_of_thousands_of_digits_names_the_option(work):
+    measured_refusal("fit", "r.csv", "--hidden", "9" * 5000, "--out", "o.npz", cwd=work,
+                     fragments=("--hidden", "5000 digits) is too large"))
+
+
+def test_a_writer_s_error_without_an_errno_names_the_output(work, monkeypatch):
+    def short(f, array, **kwargs):
+        raise OSError("1200 requested and 496 written")
+    monkeypatch.setattr(np, "save", short)
+    with unchanged(work):
+        result = CliRunner().invoke(cli, ["predict", str(work / "m.npz"), "--all", "--out",
+                                          str(work / "a.npy")])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {work / 'a.npy'}: cannot write (1200 requested and 496 written)"]
+
+
+def test_one_mixed_id_column_is_one_warning(work):
+    (work / "mixed.csv").write_text("01,1\n1,2\n")
+    done = g("predict", "m.npz", "mixed.csv", cwd=work)
+    assert done.returncode == 0
+    assert [line for line in done.stderr.splitlines() if line.startswith("Warning")] == [
+        "Warning: mixed.csv:1: user id '01' is a number not written as a plain integer, so "
+        "all user ids are read as text and '01' is another user than any plain integer id"]
+
+
+def test_many_users_to_recommend_for_take_bounded_memory(work):
+    (work / "users.txt").write_text("1\n" * 200_000)
+    done, peak = cli_process.run_measured("recommend", "m.npz", "--users", "users.txt",
+                                          "--top", "5", "--out", "recs.csv", cwd=work)
+    assert done.returncode == 0 and peak < PEAK_MIB, (done.stderr[-500:], peak)
+    assert sum(1 for _ in open(work / "recs.csv")) == 1 + 200_000 * 5
