@@ -34,7 +34,7 @@ from .engines import DEVICES
 from .data import (PLAIN_INT, DataError, DataWarning, as_ids, concatenate, parse_decimal,
                    random_split, ratings_csv, read_any, read_ids, read_pairs, read_ratings)
 from .estimator import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, MAX_ENSEMBLE, GLocalK,
-                        checkpoint_name)
+                        checkpoint_name, stored)
 from .gradcheck import TOLERANCE, check_gradients
 from .safeio import (OutputError, atomic_output, atomic_outputs, check_distinct, check_input,
                      check_target, parse_json, read_text, shorten)
@@ -994,7 +994,7 @@ def predict(model, pairs, all_pairs, out, sep):
             for ids, g in zip((users, items), id_outputs):
                 g.write("".join(f"{i}\n" for i in ids.tolist()).encode("utf-8"))
         return
-    seen = est.train_matrix_.tocsc()
+    seen = stored(est.train_matrix_).tocsc()          # a rating of 0 is seen too
     block = max(1, CSV_BLOCK_ROWS // items.size)     # users per block of rows
 
     def rows():
@@ -1003,7 +1003,7 @@ def predict(model, pairs, all_pairs, out, sep):
             n = cols.stop - cols.start
             yield (np.repeat(users[cols], items.size), np.tile(items, n),
                    matrix[:, cols].T.ravel().round(6), rank[:, cols].T.ravel(),
-                   seen[:, cols].T.toarray().ravel() > 0)
+                   seen[:, cols].T.toarray().ravel())
     write_csv_blocks(out, ("user", "item", "prediction", "rank", "seen"), rows())
 
 

@@ -285,8 +285,9 @@ def read_ratings(path, sep=None):
     ``" "``) for runs of blanks, or None to detect it from the first lines.
     A first line whose fields are all words and whose rating is not a number
     is a header. Blank lines are skipped; the timestamp is ignored. Ratings
-    are decimal numbers (DECIMAL), finite and > 0 (0 means "missing" to the
-    model, docs/model.md §1). Duplicate (user, item) pairs keep their last
+    are decimal numbers (DECIMAL), any finite ones (rating_problem: 0 and
+    negatives too; the network trains on them mapped onto 1-5, scale.py).
+    Duplicate (user, item) pairs keep their last
     rating, with a DataWarning. The file must be a regular file of UTF-8
     text (safeio.read_text: no FIFO, device or binary file is read).
 
@@ -472,8 +473,8 @@ def parse_decimal(text):
 
 
 def _parse_ratings(col, where):
-    """Ratings written as text (DECIMAL), as float64, each finite, > 0 and
-    at most MAX_RATING; ``where(i)`` locates entry i for messages."""
+    """Ratings written as text (DECIMAL), as float64, each one glocalk-np
+    trains on (rating_problem); ``where(i)`` locates entry i for messages."""
     try:
         values = np.fromiter(map(float, col), np.float64, len(col))
         if _NOT_DECIMAL.search(" ".join(col)):      # what float() takes and DECIMAL does not
@@ -495,25 +496,24 @@ def _parse_ratings(col, where):
 def first_bad_rating(values):
     """The position of the first rating glocalk-np cannot train on (see
     rating_problem), or None."""
-    bad = ~np.isfinite(values) | ~((values >= MIN_RATING) & (values <= MAX_RATING))
+    size = np.abs(values)
+    bad = ~np.isfinite(values) | (size > MAX_RATING) | ((size < MIN_RATING) & (values != 0))
     return int(np.argmax(bad)) if bad.any() else None
 
 
 def rating_problem(v):
     """Why the rating ``v`` cannot be trained on, for a message: ratings are
-    finite, at most MAX_RATING (float32's squares overflow beyond), > 0 (the
-    model reads 0 as missing) and at least MIN_RATING (smaller ones vanish
-    in float32)."""
+    any finite numbers, 0 and negatives included (the network trains on them
+    mapped onto 1-5, scale.py), of magnitude at most MAX_RATING (float32's
+    squares overflow beyond) and, but for 0, at least MIN_RATING (smaller
+    ones vanish in float32)."""
     if not np.isfinite(v):
         return "is not a finite number"
-    if v > MAX_RATING:
-        return (f"is above {MAX_RATING:g}, the largest glocalk-np trains on in float32: "
+    if abs(v) > MAX_RATING:
+        return (f"is beyond ±{MAX_RATING:g}, the largest glocalk-np trains on in float32: "
                 "rescale the ratings")
-    if v <= 0:
-        return ("is not > 0; ratings must be > 0 because the model reads 0 as a missing "
-                "rating: shift the scale (e.g. add 1 to every rating) before training")
-    return (f"is below {MIN_RATING:g}, the smallest glocalk-np trains on in float32: rescale "
-            "the ratings")
+    return (f"is within ±{MIN_RATING:g} of 0 but not 0, finer than glocalk-np trains on in "
+            "float32: rescale the ratings")
 
 
 def _not_decimal(tok):
@@ -642,7 +642,9 @@ def read_monti_mat(path):
     ratings are kept, so memory follows the ratings, not the declared
     shape; a declared shape over MAX_MAT_ENTRIES, chunks over
     _MAT_CHUNK_BYTES and more ratings than memory holds are refused before
-    they are read. M must be finite and in [0, MAX_RATING], the masks 0 or 1.
+    they are read. M must be finite and in [0, MAX_RATING] (a 0 in M is no
+    rating: the masks select M's non-zero entries, as the official loader
+    does), the masks 0 or 1.
     """
     src = str(path)
     try:

@@ -185,6 +185,11 @@ class GLocalK:
                             ((train, "training"), (test, "test"), (val, "validation")))
         if train is None or not len(train):
             raise DataError(f"{getattr(train, 'source', 'fit')}: no training ratings")
+        if self.config.scale == "none" and train.values.min() <= 0:
+            raise DataError(f"{train.source}: ratings must be > 0 with scale='none' (the "
+                            "network reads 0 as a missing rating; the smallest is "
+                            f"{train.values.min():g}): use scale='auto', which maps any "
+                            "ratings onto 1-5")
         train, val = self.validation_split(train, val)
         config, select, refit = self._fit_settings(val, select, test)
         if resume and checkpoint_dir is None:
@@ -525,7 +530,7 @@ class GLocalK:
     def _given(self):
         """The pattern of every rating given to fit (and update): recommend's
         'seen'."""
-        return (self.train_matrix_ != 0) + self.seen_
+        return stored(self.train_matrix_) + self.seen_
 
     def _user_scores(self, cols):
         """The m x len(cols) network outputs in the ratings' units (the mean
@@ -714,12 +719,15 @@ def _seen_pattern(index, R, *ratings):
     the training matrix ``R`` does not hold, where both ids are in the
     index: recommend leaves them out with R's own."""
     given = [r for r in ratings if r is not None]
-    M = index.matrix(concatenate(*given))[0] if given else sp.csr_matrix(R.shape)
-    M.data[:] = 1.0
-    extra = (M - M.multiply(R != 0)).tocsr()
-    extra.eliminate_zeros()
-    return sp.csr_matrix((np.ones(extra.nnz, dtype=bool), extra.indices, extra.indptr),
-                         shape=R.shape)
+    M = stored(index.matrix(concatenate(*given))[0]) if given else sp.csr_matrix(R.shape)
+    return (M > stored(R)).tocsr()          # given, and not in R (a rating of 0 is one)
+
+
+def stored(M):
+    """The pattern of a sparse matrix's stored entries (bool CSR): a rating
+    of 0 is stored, and is a rating."""
+    M = sp.csr_matrix(M)
+    return sp.csr_matrix((np.ones(M.nnz, dtype=bool), M.indices, M.indptr), shape=M.shape)
 
 
 def _same(a, b):

@@ -6,7 +6,10 @@ kernel's dot_scale multiplies ratings of that size. Ratings on another scale
 (1-10, 0.5-5, 1-100) are therefore mapped affinely onto [1, 5] before
 training, from the range of the training ratings, and every prediction and
 metric is mapped back. On 1-5 data that uses both ends the map is the
-identity, so the paper presets give the numbers they always did.
+identity, so the paper presets give the numbers they always did. The map
+also lets ratings be any finite numbers, 0 and negatives included (a -10 to
+10 scale): the network, which reads 0 as a missing rating, only ever sees
+them mapped onto 1-5. Without it (scale 'none') ratings must be > 0.
 """
 from dataclasses import dataclass
 
@@ -37,6 +40,11 @@ class RatingScale:
         values = np.asarray(ratings, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         if scale == "none":
+            if low <= 0:
+                raise ValueError(f"scale='none' trains on the ratings as given, where the "
+                                 f"network reads 0 as a missing rating, so they must be > 0 "
+                                 f"(the smallest is {low:g}): use scale='auto', which maps "
+                                 "any ratings onto 1-5")
             return cls(low, high)
         if high == low:
             return cls(low, high, 1.0, (TARGET_LOW + TARGET_HIGH) / 2 - low)

@@ -373,8 +373,8 @@ def test_demo_quick_prints_the_baseline_table(tmp_path):
     ("1,2,3\n2,2,good\n", "train.csv:2: rating 'good' is not a number"),
     ("1,2,3\n2,2,nan\n", "train.csv:2: rating 'nan' is not a finite number"),
     ("1,2,3\n2,2,inf\n", "train.csv:2: rating 'inf' is not a finite number"),
-    ("1,2,3\n2,2,0\n", "train.csv:2: rating '0' is not > 0"),
-    ("1,2,3\n2,2,-1\n", "train.csv:2: rating '-1' is not > 0"),
+    ("1,2,3\n2,2,-2e6\n", "train.csv:2: rating '-2e6' is beyond ±1e+06"),
+    ("1,2,3\n2,2,1e-9\n", "train.csv:2: rating '1e-9' is within ±1e-06 of 0 but not 0"),
 ])
 def test_bad_ratings_file_is_one_line_naming_file_and_line(tmp_path, files, text, problem):
     path = tmp_path / "train.csv"
@@ -472,13 +472,12 @@ def test_subprocess_fit_evaluate_and_error(tmp_path, files):
     done = glocalk("evaluate", model, files["test"], "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["unseen"] == 2
     bad = tmp_path / "bad.csv"
-    bad.write_text("1,1,4\n1,2,-3\n")
+    bad.write_text("1,1,4\n1,2,3e6\n")
     done = glocalk("fit", bad)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.splitlines() == [f"Error: {bad}:2: rating '-3' is not > 0; ratings must "
-                                        "be > 0 because the model reads 0 as a missing rating: "
-                                        "shift the scale (e.g. add 1 to every rating) before "
-                                        "training"]
+    assert done.stderr.splitlines() == [f"Error: {bad}:2: rating '3e6' is beyond ±1e+06, the "
+                                        "largest glocalk-np trains on in float32: rescale the "
+                                        "ratings"]
 
 
 def test_subprocess_usage_error_and_help(tmp_path, files):

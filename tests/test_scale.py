@@ -103,3 +103,39 @@ def test_a_model_file_from_before_the_map_loads_as_trained_on_the_ratings_as_giv
     assert old.config.scale == "none" and old.scale_.identity
     np.testing.assert_array_equal(old.predict(test.users, test.items)[0],
                                   as_given.predict(test.users, test.items)[0])
+
+
+def _joke_ratings(shift=0.0):
+    """A -10..10 scale with zeros among the ratings (37% <= 0 in the
+    joke-rating file of issue 20), ``shift`` added to every rating."""
+    r = low_rank_ratings(seed=5)
+    values = np.array([-10.0, -2.5, 0.0, 5.0, 10.0])[(r.values - 1).astype(int)] + shift
+    return Ratings(r.users, r.items, values, "jokes")
+
+
+def test_zero_and_negative_ratings_train_predict_and_recommend_in_their_own_units():
+    ratings = _joke_ratings()
+    train, test, val = three_way(ratings)
+    m = GLocalK(CONFIG, refit=False).fit(train, test=test, val=val)
+    assert m.rating_range_ == (-10.0, 10.0) and (m.train_matrix_.data == 0).any()
+    pred, _ = m.predict(test.users, test.items)
+    assert pred.min() >= -10 and pred.max() <= 10
+    assert m.summary_["test"]["rmse"] < m.summary_["baseline"]["test"]["rmse"] + 2
+    zero = np.flatnonzero(train.values == 0)[0]          # a rating of 0 is a rating: seen
+    user, item = train.users[zero], train.items[zero]
+    recs = m.recommend([user], top=m.index_.n_items)
+    assert item not in recs["item"].tolist()
+    with pytest.raises(ValueError, match="ratings must be > 0 with scale='none'"):
+        GLocalK(replace(CONFIG, scale="none")).fit(train)
+
+
+def test_ratings_shifted_by_a_constant_give_predictions_shifted_by_it():
+    fits = []
+    for shift in (0.0, 100.0):
+        train, test, _ = three_way(_joke_ratings(shift))
+        fits.append(GLocalK(CONFIG, refit=False).fit(train, test=test))
+    (a, b), (train, test, _) = fits, three_way(_joke_ratings())
+    pa, _ = a.predict(test.users, test.items)
+    pb, _ = b.predict(test.users, test.items)
+    np.testing.assert_allclose(pb - pa, 100.0, rtol=0, atol=1e-9)
+    assert b.summary_["test"]["rmse"] == pytest.approx(a.summary_["test"]["rmse"], abs=1e-9)
