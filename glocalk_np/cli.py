@@ -42,6 +42,7 @@ from .scale import SCALES
 from .synthetic import low_rank_ratings
 from .train import (MAX_LAYERS, OPTIMIZERS, PRESETS, SELECTIONS, Config, TrainingDiverged,
                     epoch_line, scores_text)
+from .tune import METRICS as TUNE_METRICS
 
 EXIT_ERROR = 2            # usage and data errors
 EXIT_FAILURE = 1          # failures at run time
@@ -853,6 +854,9 @@ SETTINGS_BYTES_PER_BYTE = 20
               help="Minutes: start no trial that would end after them [default: 60 without "
                    "--trials].")
 @click.option("--trials", type=Number(int, 1), help="Number of trials.")
+@click.option("--metric", type=click.Choice(TUNE_METRICS), default="rmse", show_default=True,
+              help="What the trials are ranked by on the validation ratings: RMSE, or a "
+                   "top-10 metric of the recommended lists (as evaluate computes it).")
 @HYPER
 @SEED
 @THREADS
@@ -860,8 +864,8 @@ SETTINGS_BYTES_PER_BYTE = 20
 @click.option("--out", type=OutFile(dash=True), default="tune.json", show_default=True,
               help="Where the best settings go (read by `fit --config`), with every trial.")
 @QUIET
-def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, sep, out, quiet,
-         **hyper):
+def tune(ratings, test_path, test_frac, val_frac, budget, trials, metric, preset, seed, sep, out,
+         quiet, **hyper):
     """Search the settings for RATINGS on a validation split.
 
     Random settings of lambda_2, lambda_s, dot_scale, the hidden width and the
@@ -881,30 +885,39 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, preset, seed, 
 
         def report(t):
             if not quiet:
-                click.echo(_trial_line(t))
+                click.echo(_trial_line(t, metric))
 
         ranked = search.tune(train, val, base, trials=trials, budget_s=budget_s, seed=seed,
                              patience=search.PATIENCE if patience is None else patience,
-                             index=index, callback=report)
-        click.echo(f"\n{len(ranked)} trials, ranked by validation RMSE:")
+                             index=index, callback=report, metric=metric)
+        label = "validation RMSE" if metric == "rmse" else f"validation {metric}"
+        click.echo(f"\n{len(ranked)} trials, ranked by {label}:")
         for t in ranked[:10]:
-            click.echo(_trial_line(t))
+            click.echo(_trial_line(t, metric))
         best = ranked[0]
         if best.val_rmse is None:
             raise ValueError("every trial failed; nothing to write")
+        if best.last_epoch_best:
+            click.echo(f"Warning: the best trial's best fine-tuning epoch is the last of its "
+                       f"budget ({best.best_epoch}): a larger --epochs-finetune may do better",
+                       err=True)
     write_json(out, {"config": best.config.as_dict(), "val_rmse": best.val_rmse,
+                     "metric": metric, "score": best.score, "coverage": best.coverage,
                      "trials": [asdict(t) for t in ranked]})
-    click.echo(f"best settings (trial {best.number}, validation RMSE {best.val_rmse:.4f}) "
+    click.echo(f"best settings (trial {best.number}, {label} {best.score:.4f}) "
                f"written to {out}: glocalk-np fit {ratings} --config {out}",
                err=out == "-")
 
 
-def _trial_line(t):
+def _trial_line(t, metric="rmse"):
     s = t.settings
     what = (f"lambda_2 {s['lambda_2']:8.3f}  lambda_s {s['lambda_s']:.4f}  dot_scale "
             f"{s['dot_scale']:6.3f}  hidden {s['n_hidden']:3d}  epochs {s['epochs_pretrain']:2d}/"
             f"{s['epochs_finetune']:2d}")
-    result = (f"val RMSE {t.val_rmse:.4f} (pre {t.epochs_pretrain}, fine best {t.best_epoch})"
+    result = (f"val RMSE {t.val_rmse:.4f}"
+              + (f" {metric} {t.score:.4f}" if metric != "rmse" else "")
+              + f" (pre {t.epochs_pretrain}, fine best {t.best_epoch}"
+              + ("=last" if t.last_epoch_best else "") + f")  top-10 coverage {t.coverage:.0%}"
               if t.val_rmse is not None else f"failed: {t.error}")
     return f"trial {t.number:3d}  {what}  {result}  {t.seconds:.0f}s"
 

@@ -30,6 +30,9 @@ SPACE = {
     "epochs_finetune": ("choice", (20, 40, 60)),
 }
 PATIENCE = 5
+# What a search can rank by: RMSE (lower is better) or a top-N metric of the
+# lists recommend makes, on the validation ratings (higher is better)
+METRICS = ("rmse", "ndcg@10", "precision@10", "recall@10")
 
 
 @dataclass
@@ -43,6 +46,15 @@ class Trial:
     seconds: float
     config: Config            # reproduces the trial's model with fit: its settings, the
     error: str | None = None  # epochs it ran up to its best fine-tuning epoch, its patience
+    score: float | None = None      # the metric the search ranks by (val RMSE by default)
+    coverage: float | None = None   # share of the items in the users' top-10 lists
+
+    @property
+    def last_epoch_best(self):
+        """Whether the best fine-tuning epoch was the last of its budget (a
+        larger budget might have done better)."""
+        return self.best_epoch is not None and \
+            self.best_epoch == self.settings.get("epochs_finetune")
 
 
 def sample(rng, space=SPACE):
@@ -57,8 +69,11 @@ def sample(rng, space=SPACE):
 
 
 def tune(train, val, base=Config(), *, trials=None, budget_s=None, seed=0, patience=PATIENCE,
-         index=None, callback=None, space=SPACE):
-    """Trials ranked by validation RMSE (failed ones last).
+         index=None, callback=None, space=SPACE, metric="rmse"):
+    """Trials ranked by ``metric`` on the validation set (METRICS: the
+    validation RMSE, lowest first, or a top-10 metric of the lists recommend
+    makes, highest first; failed trials last). Each trial also records the
+    share of the catalogue its users' top-10 lists use (``coverage``).
 
     train, val: Ratings. base: the Config whose other fields every trial
     keeps (and the first trial). space: what is searched (SPACE's form).
@@ -73,6 +88,8 @@ def tune(train, val, base=Config(), *, trials=None, budget_s=None, seed=0, patie
     if budget_s is not None and not 0 < budget_s < math.inf:   # nan or inf: no end
         raise ValueError(f"budget_s must be a positive, finite number of seconds, got "
                          f"{budget_s!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     rng = np.random.default_rng(seed)
     searched = {name: getattr(base, name) for name in space}
     done, start = [], time.perf_counter()
@@ -81,13 +98,15 @@ def tune(train, val, base=Config(), *, trials=None, budget_s=None, seed=0, patie
         if done and budget_s is not None and elapsed + elapsed / len(done) > budget_s:
             break
         settings = searched if not done else sample(rng, space)
-        done.append(_run(len(done) + 1, settings, base, patience, train, val, index))
+        done.append(_run(len(done) + 1, settings, base, patience, train, val, index, metric))
         if callback is not None:
             callback(done[-1])
-    return sorted(done, key=lambda t: (t.val_rmse is None, t.val_rmse or 0.0, t.number))
+    sign = 1 if metric == "rmse" else -1
+    return sorted(done, key=lambda t: (t.score is None or not math.isfinite(t.score),
+                                       sign * (t.score or 0.0), t.number))
 
 
-def _run(number, settings, base, patience, train, val, index):
+def _run(number, settings, base, patience, train, val, index, metric):
     """Fit one setting with early stopping; its Trial, failures included."""
     tic = time.perf_counter()
     config = replace(base, **settings, patience=patience)
@@ -96,10 +115,14 @@ def _run(number, settings, base, patience, train, val, index):
         rmse = model.summary_["val"]["rmse"]
         if not math.isfinite(rmse):
             raise ValueError(f"validation RMSE {rmse}")
+        score = rmse if metric == "rmse" else model.evaluate(val, k=10)[metric]
+        lists = model.recommend(model.index_.users, top=10)
+        coverage = len(np.unique(lists["item"])) / model.index_.n_items
     except (ValueError, FloatingPointError, ArithmeticError) as e:
         return Trial(number, settings, None, 0, None, time.perf_counter() - tic, config,
                      " ".join(str(e).split()))
     pre = sum(r.stage == "pretrain" for r in model.history_)
     fine = model.best_epoch_ or 0
     return Trial(number, settings, rmse, pre, model.best_epoch_, time.perf_counter() - tic,
-                 replace(config, epochs_pretrain=pre, epochs_finetune=fine))
+                 replace(config, epochs_pretrain=pre, epochs_finetune=fine), score=score,
+                 coverage=coverage)

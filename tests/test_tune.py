@@ -88,3 +88,27 @@ def test_a_bad_settings_file_is_one_line(tmp_path, content, message):
     settings.write_text(content)
     line = fails("fit", ratings, "--config", settings, "--out", tmp_path / "m.npz")
     assert str(settings) in line and message in line
+
+
+def test_tune_can_rank_by_a_top_n_metric_and_reports_coverage(tmp_path):
+    train, _, val = three_way(low_rank_ratings())
+    ranked = search.tune(train, val, BAD, trials=3, seed=1, patience=2, space=SMALL_SPACE,
+                         metric="ndcg@10")
+    scores = [t.score for t in ranked]
+    assert scores == sorted(scores, reverse=True)       # higher is better
+    for t in ranked:
+        model = GLocalK(t.config, refit=False).fit(train, val=val, select="val")
+        assert t.score == pytest.approx(model.evaluate(val, k=10)["ndcg@10"], rel=1e-9)
+        lists = model.recommend(model.index_.users, top=10)
+        assert t.coverage == len(set(lists["item"].tolist())) / model.index_.n_items
+    with pytest.raises(ValueError, match="metric must be one of"):
+        search.tune(train, val, BAD, trials=1, metric="auc")
+
+
+def test_tune_says_when_the_best_epoch_is_the_last_of_its_budget(tmp_path):
+    path = write_ratings(tmp_path / "r.csv", synthetic_ratings(40, 30, 0.4, 2, seed=1))
+    result = run("tune", path, *TINY, "--trials", "1", "--out", tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    last = data["trials"][0]["best_epoch"] == data["trials"][0]["settings"]["epochs_finetune"]
+    assert ("is the last of its budget" in result.stderr) == last
+    assert data["metric"] == "rmse" and 0 < data["coverage"] <= 1
