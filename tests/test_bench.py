@@ -147,11 +147,13 @@ def test_plots_pool_runs_of_separate_invocations(reproduce_run):
     assert [r["seed"] for r in runs["other"]] == [0]
 
 
-@pytest.mark.parametrize("script, args", [("speed.py", ["--datasets", "ml-100k"]),
-                                          ("reproduce.py", ["--datasets", "ml-100k"]),
-                                          ("rescaled.py", []), ("serving.py", []),
-                                          ("fallbacks.py", [])])
-def test_missing_data_exits_2(tmp_path, script, args):
+@pytest.mark.parametrize("script, args, missing", [
+    ("speed.py", ["--datasets", "ml-100k"], "ml-100k/u1.base"),
+    ("reproduce.py", ["--datasets", "ml-100k"], "ml-100k/u1.base"),
+    ("rescaled.py", [], "ml-100k/u1.base"), ("serving.py", [], "ml-100k/u1.base"),
+    ("fallbacks.py", [], "ml-100k/u1.base"), ("honest.py", [], "ml-100k/u1.base"),
+    ("own_data.py", ["--datasets", "ml-1m"], "ml-1m/ratings_uir.dat")])
+def test_missing_data_exits_2(tmp_path, script, args, missing):
     proc = run_script(script, *args, "--data-dir", str(tmp_path))
     assert proc.returncode == 2
-    assert str(tmp_path / "ml-100k" / "u1.base") in proc.stderr
+    assert str(tmp_path / missing) in proc.stderr
