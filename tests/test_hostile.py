@@ -384,7 +384,8 @@ def test_messages_name_the_problem_up_front(work):
                   "--out", out), "cannot create the checkpoint folder")
         refused(g("fit", r, "--lambda-2", "1e308", "--out", out), "lambda_2 must be a number")
         (work / "big.csv").write_text("1,1,1e308\n1,2,3\n")
-        refused(g("fit", work / "big.csv", "--out", out), "big.csv:1: rating '1e308' is above")
+        refused(g("fit", work / "big.csv", "--out", out),
+                "big.csv:1: rating '1e308' is beyond ±1e+06")
         (work / "header.csv").write_text("user,item\n")
         refused(g("predict", work / "m.npz", work / "header.csv"), "only a header line")
     assert not out.exists()
@@ -967,7 +968,7 @@ def test_ratings_too_small_for_float32_are_refused(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("1,1,1e-321\n2,2,5e-321\n")
     measured_refusal("fit", path, "--out", tmp_path / "o.npz",
-                     fragments=("r.csv:1: rating '1e-321' is below 1e-06",))
+                     fragments=("r.csv:1: rating '1e-321' is within ±1e-06 of 0 but not 0",))
 
 
 @pytest.mark.parametrize("flag", [0x01, 0x20, 0x40])
