@@ -46,3 +46,21 @@ class Baseline:
         b_i = np.where(rows_known, self.item_offsets[np.where(rows_known, rows, 0)], 0.0)
         b_u = np.where(cols_known, self.user_offsets[np.where(cols_known, cols, 0)], 0.0)
         return self.global_mean + b_i + b_u
+
+
+def blend_weight(pred, base, truth):
+    """The weight w in [0, 1] for which base + w (pred - base) fits ``truth``
+    best in squared error: <pred - base, truth - base> / |pred - base|^2,
+    clipped (1: no ratings, or predictions equal to the baseline's).
+
+    Why: on a user's own long-tail data the network's predictions are noisy
+    where it saw few ratings, and pulling them toward the baseline by a
+    weight fitted on the validation ratings lowered the test RMSE on every
+    data set measured (BENCHMARKS.md, issue 20). One number, fitted on
+    ratings the network did not train on, cannot overfit much.
+    """
+    d = np.asarray(pred, dtype=np.float64) - base
+    dd = float(np.dot(d, d))
+    if dd == 0:
+        return 1.0
+    return float(np.clip(np.dot(d, np.asarray(truth, dtype=np.float64) - base) / dd, 0.0, 1.0))

@@ -594,6 +594,9 @@ def echo_summary(est):
         click.echo(f"stopped early: {STAGE_LABELS[stage]} after epoch {ran} of "
                    f"{est.config.epochs(stage)} (no better validation RMSE in "
                    f"{est.config.patience} epochs)")
+    if s.get("blend") is not None:
+        click.echo(f"blend: {s['blend']:.3f} x the network's prediction + "
+                   f"{1 - s['blend']:.3f} x the baseline's (fitted on the validation ratings)")
     for name in ("val", "test"):
         if name in s:
             click.echo("  " + "\n    ".join(held_out_lines(name, s[name])))
@@ -701,6 +704,10 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
               help="After the validation set has chosen the epochs, train again on the "
                    "training and validation ratings together for those epochs [default: on "
                    "when the validation set picks the epoch and no --preset is given].")
+@click.option("--blend/--no-blend", default=None,
+              help="Shrink the network's predictions toward the baseline predictor's by the "
+                   "weight that fits the validation ratings best [default: on with a "
+                   "validation set and no --preset].")
 @click.option("--save-split", "split_dir", type=click.Path(file_okay=False),
               help="Write the train, validation and test ratings fit used as train.csv, "
                    "val.csv and test.csv in this folder (made if missing).")
@@ -726,12 +733,13 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
               help="Save a checkpoint after every epoch in this folder.")
 @click.option("--resume", is_flag=True, help="Go on from the checkpoint in --checkpoint-dir.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-              help="Where the loss and gradient are computed (cuda: pip install 'glocalk-np[cuda]').")
+              help="Where the loss and gradient are computed "
+                   "(cuda: pip install 'glocalk-np[cuda]').")
 @click.option("--ensemble", type=Number(int, 1, MAX_ENSEMBLE), default=1, show_default=True,
               help="Train K models (seeds SEED, SEED+1, ...) and average their predictions.")
 @QUIET
-def fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, preset, seed, sep,
-        config_file, out, metrics_json, checkpoint_dir, resume, device, ensemble, quiet,
+def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select, preset, seed,
+        sep, config_file, out, metrics_json, checkpoint_dir, resume, device, ensemble, quiet,
         **hyper):
     """Train GLocal-K on RATINGS and save the model.
 
@@ -753,9 +761,9 @@ def fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, prese
         if folder and os.path.isdir(folder):    # else made (and checked) when written
             check_outputs(inputs, paths)
     with human_text_to_stderr(metrics_json == "-"):
-        est, seconds = _fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select,
-                            preset, seed, sep, config_file, out, checkpoint_dir, resume, device,
-                            ensemble, quiet, hyper)
+        est, seconds = _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir,
+                            select, preset, seed, sep, config_file, out, checkpoint_dir, resume,
+                            device, ensemble, quiet, hyper)
     if metrics_json:
         chosen = getattr(est, "selection_history_", None)      # a refit: the choosing fit's
         write_json(metrics_json, {"config": est.config_.as_dict(), "summary": est.summary_,
@@ -765,8 +773,8 @@ def fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, prese
                                   "unseen": est.unseen_, "seconds": seconds})
 
 
-def _fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, preset, seed, sep,
-         config_file, out, checkpoint_dir, resume, device, ensemble, quiet, hyper):
+def _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select, preset, seed,
+         sep, config_file, out, checkpoint_dir, resume, device, ensemble, quiet, hyper):
     """fit's work after its checks: (the fitted estimator, seconds taken)."""
     tic = time.perf_counter()
     settings = read_settings(config_file) if config_file else {}
@@ -775,6 +783,7 @@ def _fit(ratings, test_path, test_frac, val_frac, refit, split_dir, select, pres
     est = GLocalK(preset=preset or dataset, device=device, ensemble=ensemble,
                   validation_fraction="auto" if val_frac is None else val_frac,
                   refit="auto" if refit is None else refit,
+                  blend="auto" if blend is None else blend,
                   **{**settings, **given, "seed": seed})   # --seed also drew the splits
     train, val = est.validation_split(train)
     # a benchmark named by name: the paper's protocol, where the test set picks the epoch

@@ -19,13 +19,13 @@ from . import train as training
 from .engines import DEVICES, make_engine
 from .data import (DataError, DataWarning, Index, Ratings, _positions, as_ids, concatenate,
                    random_split, subset)
-from .baseline import Baseline
-from .fallback import Fallback
+from .baseline import Baseline, blend_weight
+from .fallback import NETWORK, Fallback
 from .scale import RatingScale
 from .safeio import OutputError, check_target, physical_memory, shorten
-from .schema import (field, is_fingerprint, pack_ids, pack_matrix, pack_params, pack_pattern,
-                     read_best, read_config, read_history, read_members, unpack_ids,
-                     unpack_matrix, unpack_params, unpack_pattern)
+from .schema import (field, is_fingerprint, is_weight, pack_ids, pack_matrix, pack_params,
+                     pack_pattern, read_best, read_config, read_history, read_members,
+                     unpack_ids, unpack_matrix, unpack_params, unpack_pattern)
 from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState, epoch_line
 
 
@@ -68,14 +68,17 @@ class GLocalK:
     of the training ratings when it is given no validation set, keeps the
     fine-tuning epoch with the best validation RMSE, ends a stage after
     ``patience`` epochs without a better one (None: 5 when there is a
-    validation set and no preset, else none) and, with ``refit`` ('auto': when
-    the validation set chose the epoch, no preset), trains again on the
-    training and validation ratings together for the epoch counts chosen.
-    With a preset, the paper's protocol: none of it unless asked.
+    validation set and no preset, else none), with ``blend`` ('auto': when
+    there is a validation set and no preset) shrinks the network's
+    predictions toward the baseline predictor's by the weight that fits the
+    validation ratings best (blend_), and, with ``refit`` ('auto': when the
+    validation set chose the epoch, no preset), trains again on the training
+    and validation ratings together for the epoch counts chosen. With a
+    preset, the paper's protocol and model: none of it unless asked.
     """
 
     def __init__(self, config=None, *, preset=None, device="cpu", ensemble=1, verbose=False,
-                 validation_fraction="auto", refit="auto", **hyper):
+                 validation_fraction="auto", refit="auto", blend="auto", **hyper):
         self.config = config if config is not None else Config.from_preset(preset, **hyper)
         if preset is not None and config is None and preset not in training.PRESETS:
             raise ValueError(f"preset must be one of {sorted(training.PRESETS)}, got "
@@ -85,11 +88,14 @@ class GLocalK:
                 and not isinstance(validation_fraction, bool) and 0 <= validation_fraction < 1)):
             raise ValueError("validation_fraction must be 'auto' or a number in [0, 1), got "
                              f"{shorten(repr(validation_fraction))}")
-        if not (refit == "auto" or isinstance(refit, (bool, np.bool_))):
-            raise ValueError(f"refit must be 'auto', True or False, got {shorten(repr(refit))}")
+        for name, value in (("refit", refit), ("blend", blend)):
+            if not (value == "auto" or isinstance(value, (bool, np.bool_))):
+                raise ValueError(f"{name} must be 'auto', True or False, got "
+                                 f"{shorten(repr(value))}")
         self.preset = preset
         self.validation_fraction = validation_fraction
         self.refit = refit if refit == "auto" else bool(refit)
+        self.blend = blend if blend == "auto" else bool(blend)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if not isinstance(ensemble, (int, np.integer)) or isinstance(ensemble, bool) \
@@ -105,11 +111,12 @@ class GLocalK:
         """The parameters, as scikit-learn names them (so that
         ``sklearn.base.clone`` and parameter searches work): every Config
         field, ``preset``, ``device``, ``ensemble``, ``verbose``,
-        ``validation_fraction`` and ``refit``. ``deep`` is accepted and
+        ``validation_fraction``, ``refit`` and ``blend``. ``deep`` is accepted and
         ignored (no parameter is itself an estimator)."""
         return {**self.config.as_dict(), "preset": self.preset, "device": self.device,
                 "ensemble": self.ensemble, "verbose": self.verbose,
-                "validation_fraction": self.validation_fraction, "refit": self.refit}
+                "validation_fraction": self.validation_fraction, "refit": self.refit,
+                "blend": self.blend}
 
     def set_params(self, **params):
         """Change parameters named as get_params names them; returns self.
@@ -133,7 +140,7 @@ class GLocalK:
                                  "(sklearn.base.clone(model).set_params(...)) and fit that")
         new = GLocalK(**{**current, **params})       # checks every value before any is set
         for name in ("config", "preset", "device", "ensemble", "verbose", "validation_fraction",
-                     "refit"):
+                     "refit", "blend"):
             setattr(self, name, getattr(new, name))
         return self
 
@@ -191,12 +198,16 @@ class GLocalK:
                             f"{train.values.min():g}): use scale='auto', which maps any "
                             "ratings onto 1-5")
         train, val = self.validation_split(train, val)
-        config, select, refit = self._fit_settings(val, select, test)
+        config, select, refit, blend = self._fit_settings(val, select, test)
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir")
         configs = [replace(config, seed=config.seed + k) for k in range(self.ensemble)]
+        self.blend_ = None
         first = self._train(train, {"test": test, "val": val}, index, configs, select, callback,
                             checkpoint_dir, resume, "")
+        if blend:             # fitted on the choosing fit's validation predictions
+            self._set_fitted(first)
+            self.blend_ = self._blend_weight(first.evals["val"])
         final = first
         if refit:
             both = concatenate(train, val)
@@ -226,10 +237,14 @@ class GLocalK:
                                       "epochs_pretrain": configs[0].epochs_pretrain,
                                       "epochs_finetune": configs[0].epochs_finetune}
             self.selection_history_ = chosen.history
+        if self.ensemble > 1 and refit:   # the choosing fits' models are gone: their val
+            self.summary_.pop("val", None)  # scores are per member
+        if self.ensemble > 1 or blend:      # the model as it predicts
+            self.summary_.update(self._score({k: v for k, v in final.evals.items()
+                                              if k in self.summary_}))
+        if blend:
+            self.summary_["blend"] = self.blend_
         if self.ensemble > 1:
-            if refit:     # the choosing fits' models are gone: their val scores are per member
-                self.summary_.pop("val", None)
-            self.summary_.update(self._score(final.evals))
             self.summary_["members"] = [
                 {"seed": m.seed, "best_epoch": c.best_epoch,
                  **{k: v for k, v in c.metrics.items() if k == "val"},
@@ -252,8 +267,8 @@ class GLocalK:
         return random_split(train, frac, self.config.seed + 1)
 
     def _fit_settings(self, val, select, test):
-        """(the Config to train with, the selection rule, whether to refit)
-        with the 'auto' settings resolved (see the class)."""
+        """(the Config to train with, the selection rule, whether to refit,
+        whether to blend) with the 'auto' settings resolved (see the class)."""
         own = self.preset is None
         patience = self.config.patience
         if patience is None:
@@ -269,7 +284,23 @@ class GLocalK:
         elif refit and select != "val":
             raise ValueError("refit=True chooses the epochs on the validation set: it needs "
                              f"select='val' and a validation set, got select={select!r}")
-        return replace(self.config, patience=patience), select, refit
+        blend = self.blend
+        if blend == "auto":
+            blend = own and val is not None
+        elif blend and val is None:
+            raise ValueError("blend=True fits its weight on the validation set: it needs one "
+                             "(validation_fraction > 0 or val=...)")
+        return replace(self.config, patience=patience), select, refit, blend
+
+    def _blend_weight(self, entries):
+        """baseline.blend_weight of the fitted network's predictions on the
+        EvalSet ``entries`` that it scores."""
+        kinds = self._fallback.kinds(entries.rows, entries.cols, entries.rows_known,
+                                     entries.cols_known)
+        net = kinds == NETWORK
+        rows, cols = entries.rows[net], entries.cols[net]
+        return blend_weight(self._network(rows, cols), self.baseline_.predict(rows, cols),
+                            entries.values[net])
 
     def _train(self, train, sets, index, configs, select, callback, checkpoint_dir, resume,
                phase):
@@ -370,14 +401,24 @@ class GLocalK:
 
     def _network(self, rows, cols):
         """Unclipped network outputs at (item position, user position) pairs,
-        in the ratings' units; the mean over the members of a seed ensemble."""
+        in the ratings' units; the mean over the members of a seed ensemble,
+        blended with the baseline (blend_)."""
         if rows.size == 0:
             return np.empty(0)
         engine = self._model_engine()
         with np.errstate(over="ignore", invalid="ignore"):   # checked by _in_user_units
             out = np.mean([engine.predict(m.stage, m.params, rows, cols).astype(np.float64)
                            for m in self.members_], axis=0)
-        return self._in_user_units(out)
+        return self._blended(self._in_user_units(out), rows, cols)
+
+    def _blended(self, out, rows, cols):
+        """b + w (out - b) for the baseline's predictions b at (item
+        position, user position) pairs, broadcast like ``out``, and w =
+        blend_ (none: ``out``)."""
+        if self.blend_ is None:
+            return out
+        b = self.baseline_.predict(rows, cols)
+        return b + self.blend_ * (out - b)
 
     def _model_engine(self):
         """The engine for the training matrix in model units (scale_), built
@@ -442,7 +483,10 @@ class GLocalK:
         for first in range(0, n, block):
             raw[:, first:first + block] = self._user_scores(np.arange(first, min(first + block, n)))
         raw[:, self.user_counts_ == 0] = self.damped_item_means_[:, None]
-        pred = metrics.clip(raw, *self.rating_range_)
+        known = np.flatnonzero(self.user_counts_ > 0)
+        pred = raw.copy()
+        pred[:, known] = self._blended(raw[:, known], np.arange(m)[:, None], known[None, :])
+        pred = metrics.clip(pred, *self.rating_range_)
         if not ranks:
             return pred
         order = np.lexsort((np.broadcast_to(np.arange(m)[:, None], (m, n)), -raw), axis=0)
@@ -462,8 +506,11 @@ class GLocalK:
         One user id: (list of (item id, predicted rating), warning), the
         warning None unless the user had no training ratings. A list or array
         of ids: a dict of parallel arrays 'user', 'rank' (1-based), 'item',
-        'score' (predicted rating, clipped) and 'fallback' (True where the
-        user's list is the damped-mean one). Cost: one forward pass for all
+        'score' (predicted rating, clipped, as predict gives it) and
+        'fallback' (True where the user's list is the damped-mean one).
+        With a blend (blend_) the order stays the network's own: the
+        baseline's item offsets would favour popular items (docs/model.md
+        §10), so scores need not descend strictly. Cost: one forward pass for all
         items, then per block of users one GEMM with the output layer and a
         partial sort, in SCORE_BLOCK_BYTES of scores at a time."""
         self._check_fitted()
@@ -475,10 +522,14 @@ class GLocalK:
         distinct, inverse = np.unique(ids, return_inverse=True)
         lists, unknown = self._top_items(distinct, int(top),
                                          None if include_seen else self._given())
+        positions, _ = _positions(self.index_.users, distinct)
+        scores = [metrics.clip(raw if fallback else self._blended(raw, idx, positions[k]),
+                               *self.rating_range_)
+                  for k, ((idx, raw), fallback) in enumerate(zip(lists, unknown))]
         inverse = inverse.ravel()
         lists, unknown = [lists[k] for k in inverse], unknown[inverse]
+        scores = [scores[k] for k in inverse]
         items = self.index_.items
-        scores = [metrics.clip(raw, *self.rating_range_) for _, raw in lists]
         if np.ndim(users) == 0:
             warning = (f"user {users!r} has no training ratings: items are ranked by their "
                        "damped mean training rating") if unknown[0] else None
@@ -534,7 +585,7 @@ class GLocalK:
 
     def _user_scores(self, cols):
         """The m x len(cols) network outputs in the ratings' units (the mean
-        over an ensemble's members)."""
+        over an ensemble's members), unblended: what lists are ranked by."""
         if self._factors is None:
             self._factors = [self._model_engine().output_factors(m.stage, m.params)
                              for m in self.members_]
@@ -663,7 +714,7 @@ class GLocalK:
         meta = {"config": self.config_.as_dict(), "preset": self.preset,
                 "params": list(self.params_),
                 "stage": self.stage_, "best_epoch": self.best_epoch_,
-                "summary": self.summary_, "unseen": self.unseen_,
+                "blend": self.blend_, "summary": self.summary_, "unseen": self.unseen_,
                 "history": [asdict(r) for r in self.history_],
                 "members": [{"seed": m.seed, "params": list(m.params), "stage": m.stage,
                              "best_epoch": m.best_epoch} for m in others]}
@@ -693,6 +744,8 @@ class GLocalK:
         first.history = model.history_
         model.params_, model.stage_, model.best_epoch_ = first.params, first.stage, first.best_epoch
         model.summary_ = field(f, "summary", lambda v: isinstance(v, dict), "an object")
+        model.blend_ = field(f, "blend", is_weight, "null or a number in [0, 1]") \
+            if "blend" in f.meta else None                # format 2: no blend
         counts = "unseen" if "unseen" in f.meta else "dropped"    # format 2 before 0.2: dropped
         model.unseen_ = field(f, counts, lambda v: isinstance(v, dict) and all(
             isinstance(n, int) for n in v.values()), "a map of set names to counts")

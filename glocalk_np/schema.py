@@ -296,3 +296,8 @@ def read_best(contents, config, shape):
 
 def is_fingerprint(v):
     return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+
+def is_weight(v):
+    """None or a number in [0, 1] (a blend weight)."""
+    return v is None or (_is_number(v) and 0 <= v <= 1)

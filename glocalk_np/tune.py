@@ -111,7 +111,10 @@ def _run(number, settings, base, patience, train, val, index, metric):
     tic = time.perf_counter()
     config = replace(base, **settings, patience=patience)
     try:
-        model = GLocalK(config, refit=False).fit(train, val=val, select="val", index=index)
+        # the network alone: a blend fitted on these val ratings would pull every
+        # trial toward the baseline's score and hide the differences
+        model = GLocalK(config, refit=False, blend=False).fit(train, val=val, select="val",
+                                                             index=index)
         rmse = model.summary_["val"]["rmse"]
         if not math.isfinite(rmse):
             raise ValueError(f"validation RMSE {rmse}")

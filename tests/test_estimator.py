@@ -1,5 +1,6 @@
 """The estimator: ids in and out, fallbacks, epoch selection, model files,
 atomic writes and bit-identical resumption, on a tiny float64 problem."""
+import json
 import os
 import re
 import stat
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from glocalk_np import modelfile
+from glocalk_np.baseline import blend_weight
 from glocalk_np.cli import Terminated
 from glocalk_np.data import DataError, DataWarning, Index, Ratings, random_split
 from glocalk_np.estimator import GLocalK, checkpoint_name
@@ -24,9 +26,10 @@ SELECT_CONFIG = replace(CONFIG, lambda_2=0.1, lambda_s=0.01, epochs_finetune=4)
 
 
 def plain(config=CONFIG, **kwargs):
-    """A GLocalK that fits as told: no validation split of its own and no
-    refit (the defaults for a user's own data have tests of their own)."""
-    return GLocalK(config, validation_fraction=0, refit=False, **kwargs)
+    """A GLocalK that fits as told: no validation split of its own, no blend
+    and no refit (the defaults for a user's own data have tests of their own)."""
+    return GLocalK(config, **{"validation_fraction": 0, "refit": False, "blend": False,
+                              **kwargs})
 
 
 def low_rank_ratings(seed=0, n_users=30, n_items=40, density=0.25, str_ids=False):
@@ -352,8 +355,9 @@ CORRUPTIONS = {
                                    flip_byte_in(bad, GLocalK.load(good).params_["W1"])),
                 "Bad CRC"),
     "foreign npz": (lambda good, bad: np.savez(bad, weights=np.ones(3)), "without a 'kind'"),
-    "newer version": (lambda good, bad: rewrite(good, bad, format_version=np.int64(3)),
-                      "format version 3 is newer"),
+    "newer version": (lambda good, bad: rewrite(
+        good, bad, format_version=np.int64(modelfile.FORMAT_VERSION + 1)),
+        f"format version {modelfile.FORMAT_VERSION + 1} is newer"),
     "missing entry": (lambda good, bad: rewrite(good, bad, drop=("param/W0",)),
                       "missing entry 'param/W0'"),
     "bad metadata": (lambda good, bad: rewrite(good, bad, meta=np.array("{not json")),
@@ -677,17 +681,21 @@ def test_own_data_defaults_hold_out_choose_and_refit(data):
     assert (refit["ratings"], refit["epochs_pretrain"]) == (len(train), pre)
     assert refit["epochs_finetune"] == m.summary_["best_epoch"] and m.summary_["select"] == "val"
     assert m.config_.patience == 5 and m.summary_["val"]["n"] == len(val)
-    chosen = plain(config).fit(rest, val=val, test=test, select="val")     # the choosing fit
+    chosen = plain(config, blend=True).fit(rest, val=val, test=test, select="val")
     assert chosen.best_epoch_ == refit["epochs_finetune"]
+    assert m.blend_ == m.summary_["blend"] == chosen.blend_ and 0 <= m.blend_ <= 1
     both = Ratings(np.r_[rest.users, val.users], np.r_[rest.items, val.items],
                    np.r_[rest.values, val.values], "both")
     again = plain(replace(config, epochs_pretrain=pre, epochs_finetune=chosen.best_epoch_,
                           patience=0)).fit(both, test=test)
     for k in again.params_:
         np.testing.assert_array_equal(m.params_[k], again.params_[k], err_msg=k)
-    assert m.summary_["test"] == again.summary_["test"]
+    again.blend_ = chosen.blend_                  # the refit predicts with the chosen blend
+    assert m.summary_["test"] == {k: v for k, v in again.evaluate(test).items()
+                                  if k in m.summary_["test"]}
     with_preset = GLocalK(config, preset="ml-100k").fit(train, test=test)
     assert "refit" not in with_preset.summary_ and with_preset.config_.patience == 0
+    assert with_preset.blend_ is None and "blend" not in with_preset.summary_
     assert with_preset.summary_["select"] == "last" and "val" not in with_preset.unseen_
 
 
@@ -699,8 +707,13 @@ def test_refit_and_validation_settings_are_checked(data):
         GLocalK(CONFIG, refit="yes")
     with pytest.raises(ValueError, match="refit=True chooses the epochs on the validation set"):
         GLocalK(CONFIG, refit=True, validation_fraction=0).fit(train, test=test)
-    params = GLocalK(CONFIG, refit=False, validation_fraction=0.1).get_params()
-    assert (params["refit"], params["validation_fraction"], params["preset"]) == (False, 0.1, None)
+    with pytest.raises(ValueError, match="blend must be 'auto', True or False, got 0.5"):
+        GLocalK(CONFIG, blend=0.5)
+    with pytest.raises(ValueError, match="blend=True fits its weight on the validation set"):
+        GLocalK(CONFIG, blend=True, refit=False, validation_fraction=0).fit(train, test=test)
+    params = GLocalK(CONFIG, refit=False, validation_fraction=0.1, blend=False).get_params()
+    assert (params["refit"], params["validation_fraction"], params["preset"], params["blend"]) \
+        == (False, 0.1, None, False)
 
 
 def test_recommend_leaves_out_every_rating_given_to_fit(data):
@@ -725,3 +738,73 @@ def test_ties_at_the_top_of_the_scale_keep_the_network_s_order(data):
     recs, _ = m.recommend(user, top=5, include_seen=True)
     assert [s for _, s in recs] == [m.rating_range_[1]] * 5
     assert [i for i, _ in recs] == [m.index_.items[k].item() for k in np.argsort(-raw)[:5]]
+
+
+# ------------------------------------------------------------ the blend with the baseline
+
+def test_blend_weight_is_the_least_squares_weight_clipped_to_0_1():
+    rng = np.random.default_rng(0)
+    base, pred = rng.normal(size=50), rng.normal(size=50)
+    truth = base + 0.3 * (pred - base) + 0.1 * rng.normal(size=50)
+    w = blend_weight(pred, base, truth)
+    sse = lambda v: np.sum((base + v * (pred - base) - truth) ** 2)
+    assert 0.2 < w < 0.4 and sse(w) <= min(sse(w - 1e-3), sse(w + 1e-3))
+    assert blend_weight(pred, base, base - (pred - base)) == 0.0      # anti-correlated: 0
+    assert blend_weight(pred, base, base + 3 * (pred - base)) == 1.0  # beyond: 1
+    assert blend_weight(base, base, truth) == 1.0                     # nothing to weigh
+
+
+def test_blend_predicts_the_baseline_plus_w_times_the_network_s_difference(tmp_path, data):
+    """Own data with a validation set: blend_ is fitted on the validation
+    ratings, and predict, recommend's scores, predict_all and a saved and
+    loaded model all give b + w (network - b); recommend ranks by the
+    network alone."""
+    train, test, val = data
+    m = GLocalK(CONFIG, refit=False).fit(train, test=test, val=val)
+    w = m.blend_
+    assert m.summary_["blend"] == w and 0 < w < 1
+    users, items = known_pairs(m, test)
+    i, u = np.searchsorted(m.index_.items, items), np.searchsorted(m.index_.users, users)
+    blended, _ = m._predict_unclipped(users, items)
+    m.blend_ = None
+    raw, _ = m._predict_unclipped(users, items)
+    on_val = m.predict(val.users, val.items)[0]
+    m.blend_ = w
+    b = m.baseline_.predict(i, u)
+    np.testing.assert_allclose(blended, b + w * (raw - b), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(m.predict_all()[i, u], m.predict(users, items)[0], atol=1e-9)
+    recs = m.recommend(users[:5], top=5)
+    np.testing.assert_allclose(recs["score"], m._predict_unclipped(recs["user"], recs["item"])[0],
+                               atol=1e-9)
+    m.blend_ = None                        # the lists keep the network's own order
+    np.testing.assert_array_equal(recs["item"], m.recommend(users[:5], top=5)["item"])
+    m.blend_ = w
+    # the weight fits the validation ratings better than its neighbours
+    rows = np.searchsorted(m.index_.items, val.items)
+    cols = np.searchsorted(m.index_.users, val.users)
+    bv = m.baseline_.predict(rows, cols)
+    sse = lambda v: np.sum((bv + v * (on_val - bv) - val.values) ** 2)
+    assert sse(w) <= min(sse(w - 0.01), sse(w + 0.01))
+    m.save(tmp_path / "m.npz")
+    loaded = GLocalK.load(tmp_path / "m.npz")
+    assert loaded.blend_ == w
+    np.testing.assert_array_equal(loaded.predict(users, items)[0], m.predict(users, items)[0])
+
+
+@pytest.mark.parametrize("blend, expected", [(1.5, "'blend' is not null or a number in [0, 1]"),
+                                             ("0.5", "'blend' is not null or a number in [0, 1]"),
+                                             (None, None), ("absent", None)])
+def test_a_model_file_s_blend_weight_is_checked(tmp_path, fitted, blend, expected):
+    """A blend outside [0, 1] is refused; null, or no field (format 2
+    files), is no blend."""
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    fitted.save(good)
+    with np.load(good) as z:
+        meta = json.loads(str(z["meta"]))
+    meta.pop("blend") if blend == "absent" else meta.update(blend=blend)
+    rewrite(good, bad, meta=np.array(json.dumps(meta)))
+    if expected is None:
+        assert GLocalK.load(bad).blend_ is None
+    else:
+        with pytest.raises(ModelFileError, match=re.escape(expected)):
+            GLocalK.load(bad)

@@ -97,7 +97,7 @@ def test_tune_can_rank_by_a_top_n_metric_and_reports_coverage(tmp_path):
     scores = [t.score for t in ranked]
     assert scores == sorted(scores, reverse=True)       # higher is better
     for t in ranked:
-        model = GLocalK(t.config, refit=False).fit(train, val=val, select="val")
+        model = GLocalK(t.config, refit=False, blend=False).fit(train, val=val, select="val")
         assert t.score == pytest.approx(model.evaluate(val, k=10)["ndcg@10"], rel=1e-9)
         lists = model.recommend(model.index_.users, top=10)
         assert t.coverage == len(set(lists["item"].tolist())) / model.index_.n_items
