@@ -20,11 +20,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dense_reference import dense_forward, dense_loss_grad
-from glocalk_np.engines import cuda_unavailable, make_engine, settings
+from dense_reference import (_ae_forward, _as64, _global_kernel, dense_forward, dense_loss_grad,
+                             xcorr2d_same)
+from glocalk_np import lbfgsb
+from glocalk_np.engines import Engine, cuda_unavailable, make_engine, settings
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.lbfgsb import gradient_into
-from glocalk_np.params import STAGES, check_for_matrix, flatten, optimised, unflatten
+from glocalk_np.params import STAGES, check_for_matrix, flatten, optimised
+from glocalk_np.sparse import Pattern
 from glocalk_np.train import Config
 from problems import PROBLEMS, smooth_problem
 
@@ -40,8 +43,8 @@ SIM_PROBLEMS = PROBLEMS[:2]
 ENGINES = ["cpu/float64", "cpu/float32", "dense/float64", "cuda-sim/float64", "cuda-sim/float32"]
 
 
-class DenseEngine:
-    """tests/dense_reference.py behind the engine protocol."""
+class DenseEngine(Engine):
+    """tests/dense_reference.py behind the engine contract."""
 
     def __init__(self, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float64):
         self.R = sp.csr_matrix(train).toarray()
@@ -53,17 +56,37 @@ class DenseEngine:
         check_for_matrix(params, stage, *self.shape)
         return dense_loss_grad(stage, params, self.R, **self.hp)
 
-    def objective(self, stage, template):
-        def fun(x):
-            loss, grads = self(stage, unflatten(x, template))
-            return loss, flatten(grads)
-        return fun
-
     def objective_into(self, stage, template):
         return gradient_into(self.objective(stage, template))
 
     def predict(self, stage, params, rows, cols):
+        check_for_matrix(params, stage, *self.shape)
         return dense_forward(stage, params, self.R, dot_scale=self.hp["dot_scale"])[rows, cols]
+
+    def output_factors(self, stage, params):
+        check_for_matrix(params, stage, *self.shape)
+        return self._last_pass(stage, params)[:3]
+
+    def conv_preactivation(self, params):
+        check_for_matrix(params, "finetune", *self.shape)
+        pre = self._last_pass("finetune", params)[3]
+        S = Pattern.from_csr(self.R).neighbourhood(int(round(np.sqrt(params["C"].shape[1]))))
+        return pre[np.repeat(np.arange(S.shape[0]), np.diff(S.indptr)), S.indices]
+
+    def _last_pass(self, stage, params):
+        """The output layer's input H, weight transposed and bias in the pass
+        that gives the output, and the convolution before its ReLU (None in
+        pre-training)."""
+        p = _as64(params)
+        out, caches = _ae_forward(p, self.R)
+        pre = None
+        if stage == "finetune":
+            _, G = _global_kernel(p, out, self.hp["dot_scale"])
+            pre = xcorr2d_same(self.R, G)
+            _, caches = _ae_forward(p, np.maximum(pre, 0.0))
+        H, K, _, _ = caches[-1]
+        last = len(caches) - 1
+        return H, (p[f"W{last}"] * K).T, p[f"b{last}"], pre
 
 
 def _rel(a, b):
@@ -86,6 +109,26 @@ def _refusals(engine, params, stage):
         except ValueError as e:
             out[key] = (f"{key} must be" if key == "C" else f"{key} has shape") in str(e)
     return out
+
+
+def _output_factors(engine, stage, params, R, hp):
+    """[all float64 host arrays, error of H WoutT^T + b against the dense outputs]."""
+    factors = engine.output_factors(stage, params)
+    H, WoutT, b = factors
+    return [all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in factors),
+            _rel(H @ WoutT.T + b, dense_forward(stage, params, R, dot_scale=hp["dot_scale"]))]
+
+
+def _workspace(engine, stage, template, iterations=2, maxcor=3):
+    """[a Workspace of the size asked, error of the loss after ``iterations``
+    L-BFGS-B steps in it against the same steps in host memory]."""
+    x = flatten(template)
+    ws = engine.workspace(x.size, maxcor)
+    fg = engine.objective_into(stage, template)
+    there = lbfgsb.minimize(fg, x, maxiter=iterations, maxcor=maxcor, workspace=ws)
+    here = lbfgsb.minimize(fg, x, maxiter=iterations, maxcor=maxcor)
+    return [isinstance(ws, lbfgsb.Workspace) and (ws.n, ws.m) == (x.size, maxcor),
+            abs(there.fun - here.fun) / abs(here.fun)]
 
 
 def measure(make, dtype, problems):
@@ -118,8 +161,13 @@ def measure(make, dtype, problems):
                  "objective_into": [float(loss_into) == float(o_loss),
                                     bool(np.array_equal(g_into, o_grad))],
                  "refusals": _refusals(engine, params, stage),
+                 "output_factors": _output_factors(engine, stage, params, R, hp),
+                 "workspace": _workspace(engine, stage, template),
                  "settings": engine.settings == settings(Config(dtype=np.dtype(dtype).name, **hp)),
                  "shape": list(engine.shape) == [m, n]}
+            if stage == "finetune":
+                r["conv_preactivation"] = _rel(engine.conv_preactivation(params),
+                                               DenseEngine(R, **hp).conv_preactivation(params))
             if np.dtype(dtype) == np.float64:
                 errors = []
                 for _ in range(DIRECTIONS):
@@ -189,6 +237,45 @@ def test_misshaped_arrays_are_refused_by_name(engine_report):
     name, dtype, report = engine_report
     for case, r in report.items():
         assert all(r["refusals"].values()), (case, r["refusals"])
+
+
+def test_output_factors_give_every_output(engine_report):
+    name, dtype, report = engine_report
+    for case, r in report.items():
+        as_arrays, error = r["output_factors"]
+        assert as_arrays and error < TOLERANCE[dtype], (case, r["output_factors"])
+
+
+def test_the_engine_s_workspace_runs_the_optimiser(engine_report):
+    name, dtype, report = engine_report
+    for case, r in report.items():
+        is_workspace, error = r["workspace"]
+        assert is_workspace and error < TOLERANCE[dtype], (case, r["workspace"])
+
+
+def test_conv_preactivation_is_the_convolution_before_its_relu(engine_report):
+    name, dtype, report = engine_report
+    for case, r in report.items():
+        if case.endswith("finetune"):
+            assert r["conv_preactivation"] < TOLERANCE[dtype], (case, r["conv_preactivation"])
+
+
+def test_every_engine_implements_the_whole_contract(cuda_sim_report):
+    """Engine names every method the library calls, and each engine has all."""
+    assert set(Engine.__abstractmethods__) == {"__call__", "objective_into", "predict",
+                                               "output_factors", "conv_preactivation"}
+    for cls in (CpuEngine, DenseEngine):
+        assert issubclass(cls, Engine) and not cls.__abstractmethods__, cls
+    assert cuda_sim_report["missing"] == []
+
+
+@pytest.mark.parametrize("missing", ["__call__", "objective_into", "predict", "output_factors",
+                                     "conv_preactivation"])
+def test_an_engine_lacking_a_method_cannot_be_built(missing):
+    methods = {name: lambda self, *args: None
+               for name in Engine.__abstractmethods__ if name != missing}
+    with pytest.raises(TypeError, match=missing):
+        type("Partial", (Engine,), methods)()
 
 
 def test_settings_and_shape(engine_report):
@@ -290,6 +377,8 @@ def main():
               for dtype in ("float64", "float32")}
     R = sp.csr_matrix(smooth_problem(SIM_PROBLEMS[0])[0])
     report["engine"] = type(make_engine(R, Config(), device="cuda")).__name__
+    report["missing"] = sorted(CudaEngine.__abstractmethods__) if issubclass(
+        CudaEngine, Engine) else ["not an Engine"]
     report["fit"] = _fit_both()
     print(json.dumps(report))
 

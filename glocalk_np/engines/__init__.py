@@ -6,30 +6,15 @@ optional extra (pip install 'glocalk-np[cuda]') and an NVIDIA GPU, or Numba's
 CUDA simulator (NUMBA_ENABLE_CUDASIM=1, for tests). numba.cuda is imported
 only when 'cuda' is asked for, so the package never needs it otherwise.
 
-What every engine provides (the trainer, the estimator, gradcheck and the
-benchmarks use nothing else):
-- ``settings``: the dict settings(config) it was built with, and ``shape``,
-  the training matrix's (n_items, n_users);
-- ``engine(stage, params) -> (loss, gradients)``: ``params`` a dict of
-  arrays (params.py's layout), the gradients a dict of the arrays that
-  params.optimised(stage, params) names, in compute dtype;
-- ``engine.objective(stage, template) -> fun``, where ``fun(x)`` takes the
-  flat float64 vector laid out like ``template`` and returns (loss, flat
-  float64 gradient): what scipy.optimize.minimize calls;
-- ``engine.objective_into(stage, template) -> fg``, where ``fg(x, g)``
-  writes that gradient into the float64 array ``g`` and returns the loss:
-  what lbfgsb.minimize calls, with x and g host arrays or, for the vectors
-  of ``engine.workspace(n, maxcor)`` (where the engine keeps lbfgsb's
-  vectors: host memory, or the GPU's), that workspace's arrays;
-- ``engine.predict(stage, params, rows, cols)``: the network's outputs at
-  (item position, user position) pairs;
-- ``engine.output_factors(stage, params) -> (H, WoutT, b)``: float64 host
-  arrays with output (i, j) = H[i] . WoutT[j] + b[j], for every pair at once.
-Bad shapes raise ValueError naming the array (params.check_for_matrix).
+What every engine provides, and all that the library calls on one, is the
+abstract base class Engine in base.py.
 """
 import numpy as np
 
+from .base import Engine
 from .cpu import CpuEngine
+
+__all__ = ["DEVICES", "Engine", "cuda_unavailable", "make_engine", "settings"]
 
 DEVICES = ("cpu", "cuda")
 

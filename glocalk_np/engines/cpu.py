@@ -26,11 +26,11 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from .. import lbfgsb
 from ..kernels import cpu
 from ..network import Network
-from ..params import check_for_matrix, flatten, optimised, unflatten
+from ..params import check_for_matrix, optimised, unflatten
 from ..sparse import Pattern
+from .base import Engine
 
 
 def _blocks(rows):
@@ -202,9 +202,9 @@ class CpuOps:
         return self._neighbourhoods[gk]
 
 
-class CpuEngine:
+class CpuEngine(Engine):
     """(loss, gradient) of either stage for one training matrix, and
-    predictions (the protocol in engines/__init__.py).
+    predictions (the contract in engines/base.py).
 
     Set-up that depends only on the matrix (its index arrays, and the
     convolution's neighbourhood pattern on first use) is done once here, so
@@ -239,14 +239,6 @@ class CpuEngine:
         G = {k: (np.zeros_like if k.startswith("b") else np.empty_like)(v) for k, v in P.items()}
         return self.network.loss_and_grad(stage, P, G).value, G
 
-    def objective(self, stage, template):
-        """The function scipy minimises: flat float64 x, laid out like
-        ``template``, to (loss, flat float64 gradient)."""
-        def fun(x):
-            loss, grads = self(stage, unflatten(x, template))
-            return loss, flatten(grads)
-        return fun
-
     def objective_into(self, stage, template):
         """fg(x, g) -> loss, the function lbfgsb.minimize calls: ``x`` the flat
         float64 vector laid out like ``template``, the float64 gradient written
@@ -272,11 +264,6 @@ class CpuEngine:
                 cpu.copy_cast(flat_g, g)
             return loss
         return fg
-
-    @staticmethod
-    def workspace(n, maxcor):
-        """lbfgsb's vectors for n parameters, in host memory."""
-        return lbfgsb.Workspace(n, maxcor)
 
     def predict(self, stage, params, rows, cols):
         """Predictions of the stage's network output at (item, user) pairs."""

@@ -27,6 +27,7 @@ from ..kernels import cuda as kc
 from .. import lbfgsb
 from ..lbfgsb import gradient_into
 from ..network import Network
+from .base import Engine
 from ..params import check_for_matrix, flatten, optimised, unflatten
 from .cpu import CpuEngine
 
@@ -335,9 +336,9 @@ class _Plan:
             pos += np.size(a)
 
 
-class CudaEngine:
+class CudaEngine(Engine):
     """(loss, gradient) of either stage for one training matrix, and
-    predictions, on the GPU (the protocol in engines/__init__.py).
+    predictions, on the GPU (the contract in engines/base.py).
 
     The host-side set-up (validation, the rating pattern, the convolution's
     neighbourhood) is the CPU engine's, kept as ``self.host``."""
@@ -401,12 +402,23 @@ class CudaEngine:
 
     def predict(self, stage, params, rows, cols):
         """Predictions of the stage's network output at (item, user) pairs."""
+        return self.network.predict(stage, self._on_device(stage, params),
+                                    np.asarray(rows, dtype=np.int64),
+                                    np.asarray(cols, dtype=np.int64)).copy_to_host()
+
+    def conv_preactivation(self, params):
+        """The convolution before its ReLU on the neighbourhood pattern,
+        computed on the GPU, copied to the host."""
+        P = self._on_device("finetune", params)
+        return self.network.forward("finetune", P).conv.pre.copy_to_host()
+
+    def _on_device(self, stage, params):
+        """The device arrays (in compute dtype) of ``stage``'s parameters."""
         template = self._template(stage, params)
         plan = self._plan(stage, template)
         plan.x.copy_to_device(flatten(template))
         self.ops.cast(plan.x, plan.p)
-        return self.network.predict(stage, plan.P, np.asarray(rows, dtype=np.int64),
-                                    np.asarray(cols, dtype=np.int64)).copy_to_host()
+        return plan.P
 
     def _template(self, stage, params):
         """The optimised arrays of ``stage`` in params' order, checked."""

@@ -1,0 +1,72 @@
+"""The engine contract: what every engine provides, and nothing else is
+called on one (by the trainer, the estimator, gradcheck and the benchmarks).
+
+An engine computes GLocal-K's loss, gradient and predictions for one training
+matrix, the sparse items x users matrix R it was built with. ``params`` is
+always a dict of arrays in params.py's layout, checked by the engine
+(params.check_for_matrix: a misshaped array is a ValueError naming it);
+``stage`` is 'pretrain' or 'finetune'. tests/test_engines.py holds every
+engine (CPU float32/float64, CUDA, the dense reference) to each method.
+
+A new engine subclasses Engine and implements the abstract methods; the
+two concrete ones serve any engine whose vectors live in host memory. The
+model itself is written once, in network.py, over an engine's operations
+(network.OPERATIONS): an engine that provides those gets its loss and
+gradient from network.Network.
+"""
+from abc import ABC, abstractmethod
+
+from .. import lbfgsb
+from ..params import flatten, unflatten
+
+
+class Engine(ABC):
+    """Attributes: ``settings``, the dict engines.settings(config) it was
+    built with (penalties, dot_scale, compute dtype), and ``shape``, the
+    training matrix's (n_items, n_users)."""
+
+    settings: dict
+    shape: tuple
+
+    @abstractmethod
+    def __call__(self, stage, params):
+        """(loss, gradients): the loss a float, the gradients a dict of
+        host arrays in compute dtype keyed like params.optimised(stage,
+        params)."""
+
+    @abstractmethod
+    def objective_into(self, stage, template):
+        """fg(x, g) -> loss, what lbfgsb.minimize calls: ``x`` the flat
+        float64 vector laid out like ``template`` (params.flatten's order),
+        the float64 gradient written into ``g``. x and g are host arrays, or
+        the vectors of this engine's ``workspace``."""
+
+    @abstractmethod
+    def predict(self, stage, params, rows, cols):
+        """The network's outputs at (item position, user position) pairs, a
+        host array in compute dtype."""
+
+    @abstractmethod
+    def output_factors(self, stage, params):
+        """(H, WoutT, b), float64 host arrays with the output at (item i,
+        user j) equal to H[i] . WoutT[j] + b[j]: every pair at once (top-N
+        lists are one GEMM per block of users)."""
+
+    @abstractmethod
+    def conv_preactivation(self, params):
+        """The fine-tuning convolution before its ReLU, on the neighbourhood
+        pattern of the ratings (its entries in Pattern.neighbourhood's
+        order), as a host array: what gradcheck screens for kinks."""
+
+    def objective(self, stage, template):
+        """fun(x) -> (loss, flat float64 gradient), what
+        scipy.optimize.minimize calls, ``x`` laid out like ``template``."""
+        def fun(x):
+            loss, grads = self(stage, unflatten(x, template))
+            return float(loss), flatten(grads)
+        return fun
+
+    def workspace(self, n, maxcor):
+        """lbfgsb's vectors for n parameters where this engine wants them
+        (host memory here; the GPU's for the CUDA engine)."""
+        return lbfgsb.Workspace(n, maxcor)
