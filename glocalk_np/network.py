@@ -13,18 +13,26 @@ number of kernel layers (hidden layers + the output layer). ``P`` holds the
 parameters in compute dtype, ``G`` the gradient arrays to fill: the bias
 arrays arrive zeroed and are added into, every other one is overwritten.
 
-The evaluation falls into the phases (Network's methods) a distributed
-engine over blocks of item rows needs: work per rows (every product with
-the hidden activations runs item row by item row), and GLOBAL steps that
-combine all items: the weights every block needs, the item means mu (G
-needs every item's), the convolution (it reads neighbouring item rows), dG
-(a sum over all ratings) and the weight gradients (sums over all items).
+Shares. An engine over several processes splits the users: each share holds
+its users' columns of R (``ops.R``, ``ops.values``: all of them on one
+process), their rows of W0 and U0, and their columns of the output layer
+(its W and V, and b). The hidden layers, C, the hidden activations (m x h)
+and everything computed from them are replicated: every share computes them
+alike from the same reduced inputs. So an exchange moves m x h floats (the
+activations grow with the items), where splitting the items would move
+every parameter (they grow with the users). Every sum across shares is a
+call ``ops.reduce(name, a)`` below, one per entry of REDUCTIONS; on one
+process each is a no-op. Means over users (the item means, mean_backward)
+divide by all n users. The convolution reads the gk // 2 users on either
+side of a share's columns: a share keeps that halo of R from set-up on.
 """
 from dataclasses import dataclass
 
 from .params import STAGES, layer_count
 
 OPERATIONS = {
+    "leader": "an attribute: True on the one share that adds the replicated layers' "
+              "regulariser to the loss (always on one process)",
     "empty": "empty(name, shape) -> a work array of the compute dtype, contents undefined "
              "(an engine may keep it between evaluations under its name; None: never)",
     "zeros": "zeros(name, shape) -> a work array of the compute dtype holding zeros",
@@ -42,16 +50,32 @@ OPERATIONS = {
     "output_layer": "resid = (H WoutT^T + b - R) at R's entries; dH = resid @ WoutT; "
                     "loss += 1/2 sum resid^2",
     "user_sums": "out += the sum of x over each user's entries of X",
-    "item_means": "-> (w_mean, mu): w_mean = Weff_out averaged over users, "
-                  "mu = H w_mean + mean(b_out)",
+    "weight_means": "-> (w_mean, b_mean): Weff_out and b_out averaged over the users, "
+                    "b_mean an array of one",
+    "item_means": "-> mu = H w_mean + b_mean",
     "convolve": "-> conv: the ReLU'd 'SAME' cross-correlation of R with "
                 "G = dot_scale reshape(C^T mu); conv.X, conv.x: the second pass's input",
     "conv_backward": "-> dG (gk^2) from dloss/dconv.x, through the ReLU",
     "global_kernel_grad": "dC = dot_scale mu dG^T; dmu = dot_scale C dG",
-    "mean_backward": "back through mu: dWoutT += H^T dmu / n (every row), "
+    "mean_backward": "back through mu: dWoutT += H^T dmu / n (every row; n all users), "
                      "db_out += sum(dmu) / n, dH = dmu w_mean^T",
     "layer_grad": "dW, dU, dV from dloss/dWeff and the regulariser",
     "pair_outputs": "out = (H WoutT^T + b) at (rows, cols)",
+    "reduce": "reduce(name, a) -> a (an array, or the loss accumulator) summed over the "
+              "shares, in place (REDUCTIONS[name]); on one process a no-op returning a",
+}
+
+REDUCTIONS = {
+    "loss": "the loss: each share's squared errors and the regulariser of its parameter "
+            "rows, the replicated layers' regulariser counted on one share only",
+    "input": "the first layer's product X Weff0 (m x h) of a pass: each share has its "
+             "users' columns of X and rows of Weff0",
+    "dH": "dloss/dH of the output layer, resid WoutT (m x h): a sum over users",
+    "w_mean": "the output layer's weights averaged over users (h), for the item means",
+    "b_mean": "the output layer's biases averaged over users (1), for the item means",
+    "dG": "dloss/dG (gk^2), a sum over the ratings",
+    "dV0": "the first layer's dV (h x d), a sum over its n input rows (users)",
+    "dU_out": "the output layer's dU (h x d), a sum over its n output columns (users)",
 }
 
 
@@ -79,10 +103,8 @@ class Backward:
 class Network:
     """The GLocal-K network of an engine's ``ops`` (see the module docstring).
 
-    One evaluation is a sequence of phases. Those marked "per rows" compute
-    item rows from the same rows only, so an engine may run them block by
-    block; the GLOBAL ones combine all items (a block-wise engine reduces or
-    exchanges between blocks there)."""
+    One evaluation is a sequence of phases; each says what in it is a share's
+    own (its users) and where the shares' sums (REDUCTIONS) come in."""
 
     def __init__(self, ops):
         self.ops = ops
@@ -110,40 +132,45 @@ class Network:
         else:
             self.finetune_backward(P, G, fwd, back)
         self.layer_grads(P, G, fwd, back)
-        return loss
+        return self.ops.reduce("loss", loss)
 
     # ----- the phases -------------------------------------------------------
     def weights(self, P, loss):
-        """GLOBAL (every block needs all of them): each layer's local kernel
-        and effective weight, and the output layer's transposed, with the
-        regulariser into ``loss``. Cost: the layers' n_in * n_out * d."""
+        """Each layer's local kernel and effective weight, and the output
+        layer's transposed, with the regulariser into ``loss``: a share's
+        rows of the first and last layers, the hidden ones whole. Cost: the
+        layers' n_in * n_out * d."""
         ops, L = self.ops, layer_count(P)
         K, Weff = [], []
         for l in range(L):
             W = P[f"W{l}"]
             K.append(ops.empty(f"K{l}", W.shape))
             Weff.append(ops.empty(f"Weff{l}", W.shape))
-            ops.local_kernel(W, P[f"U{l}"], P[f"V{l}"], K[l], Weff[l], loss)
+            counted = l in (0, L - 1) or ops.leader   # a replicated layer's penalty: once
+            ops.local_kernel(W, P[f"U{l}"], P[f"V{l}"], K[l], Weff[l], loss if counted else None)
         WoutT = ops.empty("WoutT", Weff[-1].shape[::-1])
         ops.transpose(Weff[-1], WoutT)
         return Forward(K, Weff, WoutT, None)
 
     def global_kernel(self, P, fwd):
-        """GLOBAL: the item means mu of the first pass (G needs every item's),
-        the global kernel and the ReLU'd convolution (each output row reads
-        the gk // 2 item rows on either side). Per rows otherwise."""
+        """The item means mu of the first pass (through the users' average
+        output weights: reductions w_mean and b_mean), the global kernel and
+        the ReLU'd convolution of a share's columns (reading the halo)."""
         ops, L = self.ops, len(fwd.Weff)
         fwd.first = fwd.hidden
-        fwd.w_mean, fwd.mu = ops.item_means(fwd.first[-1], fwd.Weff[-1], fwd.WoutT, P[f"b{L - 1}"])
+        w_mean, b_mean = ops.weight_means(fwd.Weff[-1], fwd.WoutT, P[f"b{L - 1}"])
+        fwd.w_mean = ops.reduce("w_mean", w_mean)
+        fwd.mu = ops.item_means(fwd.first[-1], fwd.w_mean, ops.reduce("b_mean", b_mean))
         fwd.conv = ops.convolve(fwd.mu, P["C"])
 
     def output_layer(self, P, G, fwd, loss):
-        """Per rows: the output layer at the ratings, its loss and dH; the
-        output layer's weight and bias gradients are sums over items."""
+        """The output layer at a share's ratings: its loss, dH (reduction
+        dH), and its weight and bias gradients (a share's own users)."""
         ops, L = self.ops, len(fwd.Weff)
         H = fwd.hidden[-1]
         resid, dH = ops.empty("resid", (ops.R.nnz,)), ops.empty("dH.out", H.shape)
         ops.output_layer(H, fwd.WoutT, P[f"b{L - 1}"], resid, dH, loss)
+        dH = ops.reduce("dH", dH)
         # The output layer's W_eff and its transpose are dead once its products
         # are done (the backward pass needs neither): their gradients take their
         # buffers, two n x h arrays less (280 MB at ML-10M's shape).
@@ -155,13 +182,13 @@ class Network:
         return back
 
     def finetune_backward(self, P, G, fwd, back):
-        """Back through the second pass (per rows), the convolution and the
-        global kernel (dG: GLOBAL, a sum over all ratings), and through the
-        item means into the first pass (per rows)."""
+        """Back through the second pass, the convolution and the global
+        kernel (reduction dG), and through the item means into the first
+        pass (its dH is replicated: dmu times the reduced w_mean)."""
         ops, L = self.ops, len(fwd.Weff)
         dx = self._encode_backward(fwd.conv.X, fwd.conv.x, fwd.hidden, back.dH, fwd.Weff,
                                    back.dWeff, G, want_dx=True)
-        dG = ops.conv_backward(fwd.conv, dx)
+        dG = ops.reduce("dG", ops.conv_backward(fwd.conv, dx))
         dmu = ops.empty("dmu", fwd.mu.shape)
         ops.global_kernel_grad(fwd.mu, P["C"], dG, G["C"], dmu)
         dH1 = ops.empty("dH.first", fwd.first[-1].shape)
@@ -169,13 +196,16 @@ class Network:
         self._encode_backward(ops.R, ops.values, fwd.first, dH1, fwd.Weff, back.dWeff, G)
 
     def layer_grads(self, P, G, fwd, back):
-        """GLOBAL (once dWeff is summed over all items): every layer's dW, dU
-        and dV, the regulariser included."""
-        ops = self.ops
+        """Every layer's dW, dU and dV, the regulariser included: a share's
+        rows of the first and last layers; the replicated kernel vectors
+        that meet the users sum over them (reductions dV0, dU_out)."""
+        ops, L = self.ops, len(fwd.Weff)
         ops.transpose(back.dWoutT, back.dWeff[-1])
-        for l in range(len(fwd.Weff)):
+        for l in range(L):
             ops.layer_grad(back.dWeff[l], P[f"W{l}"], P[f"U{l}"], P[f"V{l}"], fwd.K[l],
                            G[f"W{l}"], G[f"U{l}"], G[f"V{l}"])
+        ops.reduce("dV0", G["V0"])
+        ops.reduce("dU_out", G[f"U{L - 1}"])
 
     def predict(self, stage, P, rows, cols):
         """The network's outputs at (item position, user position) pairs."""
@@ -192,6 +222,7 @@ class Network:
         hidden = [ops.empty(f"{name}.H{l}", (X.shape[0], W.shape[1]))
                   for l, W in enumerate(Weff[:-1])]
         ops.spmm(X, x, Weff[0], hidden[0])
+        hidden[0] = ops.reduce("input", hidden[0])
         ops.bias_sigmoid(hidden[0], P["b0"])
         for l in range(1, len(hidden)):
             ops.gemm(hidden[l - 1], Weff[l], hidden[l])

@@ -65,6 +65,8 @@ class _Conv:
 class CpuOps:
     """network.OPERATIONS on the host (see there for each one's contract)."""
 
+    leader = True     # one host holds every user: it counts every term and sums nothing
+
     def __init__(self, R, values, lambda_2, lambda_s, dot_scale):
         self.R, self.values = R, values
         self.dtype = values.dtype
@@ -140,9 +142,11 @@ class CpuOps:
         cpu.column_sums(X.indptr, X.indices, x, partial)
         out += partial.sum(axis=0)
 
-    def item_means(self, H, Weff_out, WoutT, b):
-        w_mean = Weff_out.mean(axis=1)
-        return w_mean, H @ w_mean + b.mean()
+    def weight_means(self, Weff_out, WoutT, b):
+        return Weff_out.mean(axis=1), np.array([b.mean()])
+
+    def item_means(self, H, w_mean, b_mean):
+        return H @ w_mean + b_mean[0]
 
     def convolve(self, mu, C):
         gk = int(round(np.sqrt(C.shape[1])))   # odd, checked with the parameters
@@ -180,6 +184,11 @@ class CpuOps:
     def pair_outputs(self, rows, cols, H, WoutT, b, out):
         cpu.pair_dot(rows, cols, H, WoutT, out)
         out += b[cols]
+
+    @staticmethod
+    def reduce(name, a):
+        """One process holds every user: nothing to sum."""
+        return a
 
     def _csc(self, X, x):
         """The values x of X (CSR order) in X's CSC order: known for R's

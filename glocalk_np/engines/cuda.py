@@ -58,6 +58,8 @@ def _flat(a):
 class CudaOps:
     """network.OPERATIONS on the GPU (see there for each one's contract)."""
 
+    leader = True     # one GPU holds every user: it counts every term and sums nothing
+
     def __init__(self, host):
         self.host, self.dtype = host, host.dtype
         self.lambda_2, self.lambda_s = host.ops.lambda_2, host.ops.lambda_s
@@ -142,15 +144,18 @@ class CudaOps:
     def user_sums(self, X, x, out):
         self._elementwise(kc.segment_sums, X.shape[1], X.csc_indptr, self._csc(X, x), out)
 
-    def item_means(self, H, Weff_out, WoutT, b):
-        n = WoutT.shape[0]
-        w_mean, b_mean = self.zeros("w_mean", (H.shape[1], 1)), self.zeros("b_mean", (1,))
+    def weight_means(self, Weff_out, WoutT, b):
+        n, h = WoutT.shape
+        w_mean, b_mean = self.zeros("w_mean", (h, 1)), self.zeros("b_mean", (1,))
         self._column_sums(WoutT, 1.0 / n, _flat(w_mean))
         self._column_sums(b.reshape(n, 1), 1.0 / n, b_mean)
+        return w_mean, b_mean
+
+    def item_means(self, H, w_mean, b_mean):
         mu = self.empty("mu", (H.shape[0], 1))
         self.gemm(H, w_mean, mu)
         self._elementwise(kc.add_rows, mu.size, mu, b_mean)
-        return w_mean, mu
+        return mu
 
     def convolve(self, mu, C):
         cells = C.shape[1]
@@ -203,6 +208,11 @@ class CudaOps:
         self._elementwise(kc.add_bias, out.size, out, cols, b)
 
     # ----- launchers --------------------------------------------------------
+    @staticmethod
+    def reduce(name, a):
+        """One GPU holds every user: nothing to sum."""
+        return a
+
     def fill(self, a, value=0):
         flat = _flat(a)
         kc.fill[kc.blocks(flat.size), kc.TPB](flat, self._t(value))
