@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from glocalk_np.engines import cuda_unavailable
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.params import STAGES, flatten, init_global_kernel, init_layers, optimised
-from glocalk_np.train import PRESETS
+from glocalk_np.config import PRESETS
 
 # float64: max relative error against the CPU engine. float32: the loss and the
 # predictions against CPU float32, and the gradient against CPU float64, where
@@ -203,14 +203,6 @@ def agreement(data):
     return out
 
 
-def flat_objective(engine, stage, template):
-    """The engine's flat objective, or the trainer's wrapper for an engine without one."""
-    if hasattr(engine, "objective"):
-        return engine.objective(stage, template)
-    from glocalk_np.train import objective
-    return objective(engine, stage, template)
-
-
 def median_time(fun, x, repeats, sync=None):
     times = []
     for _ in range(repeats):
@@ -238,7 +230,7 @@ def timing(make_train, preset):
         x = flatten(template)
         r = {"n_params": int(x.size)}
         tic = time.perf_counter()
-        fun = flat_objective(gpu, stage, template)
+        fun = gpu.objective(stage, template)
         for _ in range(WARMUP):
             fun(x)
         r["gpu_first_calls_s"] = time.perf_counter() - tic   # JIT compilation and buffers
@@ -248,7 +240,7 @@ def timing(make_train, preset):
             lambda v: (plan.x.copy_to_device(v), plan.out.copy_to_host()), x, TIMED, cuda.synchronize)
         if stage == "finetune":
             r["conv_pattern_nnz"] = int(plan.S.nnz)
-        cpu_fun = flat_objective(cpu, stage, template)
+        cpu_fun = cpu.objective(stage, template)
         cpu_fun(x)
         r["cpu_s"] = median_time(cpu_fun, x, CPU_TIMED)
         r["speedup"] = r["cpu_s"] / r["gpu_s"]

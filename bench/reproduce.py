@@ -25,7 +25,9 @@ from glocalk_np import metrics
 from glocalk_np.data import random_split
 from glocalk_np.fallback import Fallback
 from glocalk_np.scale import RatingScale
-from glocalk_np.train import OPTIMIZERS, Config, EvalSet, fit, make_engine
+from glocalk_np.config import OPTIMIZERS, Config
+from glocalk_np.engines import make_engine
+from glocalk_np.train import EvalSet, fit
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "flixster", "ml-1m"]
 QUICK = dict(epochs_pretrain=1, epochs_finetune=2, iters_pretrain=2, iters_finetune=2)

@@ -18,7 +18,7 @@ import numpy as np
 import common
 from glocalk_np.data import Ratings, subset
 from glocalk_np.estimator import GLocalK
-from glocalk_np.train import Config
+from glocalk_np.config import Config
 
 
 def rescaled_problem(data_dir, factor, empty_frac, seed):

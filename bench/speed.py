@@ -39,7 +39,9 @@ import common
 from dense_baseline import DenseGLocalK
 from glocalk_np.kernels import cpu
 from glocalk_np.params import STAGES, init_global_kernel, init_layers, optimised
-from glocalk_np.train import Config, make_engine, minimize_epoch
+from glocalk_np.config import Config
+from glocalk_np.engines import make_engine
+from glocalk_np.train import minimize_epoch
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "ml-1m", "synth-ml-1m", "synth-ml-10m"]
 # ML-10M is timed for pre-training only (--stages overrides): its fine-tuning

@@ -33,15 +33,16 @@ from .datasets import DownloadError
 from .engines import DEVICES
 from .data import (PLAIN_INT, DataError, DataWarning, as_ids, concatenate, parse_decimal,
                    random_split, ratings_csv, read_any, read_ids, read_pairs, read_ratings)
-from .estimator import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, MAX_ENSEMBLE, GLocalK,
-                        checkpoint_name, stored)
+from .estimator import MAX_ENSEMBLE, GLocalK, checkpoint_name, stored
 from .gradcheck import TOLERANCE, check_gradients
 from .safeio import (OutputError, atomic_output, atomic_outputs, check_distinct, check_input,
                      check_target, parse_json, read_text, shorten)
 from .scale import SCALES
 from .synthetic import low_rank_ratings
-from .train import (MAX_LAYERS, OPTIMIZERS, PRESETS, SELECTIONS, Config, TrainingDiverged,
-                    epoch_line, scores_text)
+from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, MAX_LAYERS, OPTIMIZERS, PRESETS,
+                     SELECTIONS, Config)
+from .records import epoch_line, scores_text
+from .train import TrainingDiverged
 from .tune import METRICS as TUNE_METRICS
 
 EXIT_ERROR = 2            # usage and data errors
@@ -897,7 +898,7 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, metric, preset
                 click.echo(_trial_line(t, metric))
 
         ranked = search.tune(train, val, base, trials=trials, budget_s=budget_s, seed=seed,
-                             patience=search.PATIENCE if patience is None else patience,
+                             patience=DEFAULT_PATIENCE if patience is None else patience,
                              index=index, callback=report, metric=metric)
         label = "validation RMSE" if metric == "rmse" else f"validation {metric}"
         click.echo(f"\n{len(ranked)} trials, ranked by {label}:")

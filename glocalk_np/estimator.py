@@ -26,18 +26,15 @@ from .safeio import OutputError, check_target, physical_memory, shorten
 from .schema import (field, is_fingerprint, is_weight, pack_ids, pack_matrix, pack_params,
                      pack_pattern, read_best, read_config, read_history, read_members,
                      unpack_ids, unpack_matrix, unpack_params, unpack_pattern)
-from .train import PROTOCOLS, SELECTIONS, Config, EvalSet, Member, TrainState, epoch_line
+from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, PRESETS, PROTOCOLS, SELECTIONS,
+                     Config, check_problem)
+from .records import Member, TrainState, epoch_line
+from .train import EvalSet
 
 
 SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
 # The most members a seed ensemble may have (each is a whole model in memory)
 MAX_ENSEMBLE = 1000
-# Fitting a user's own data (no preset), by default: this share of the
-# training ratings is held out to choose the epochs, each stage ends after
-# this many epochs without a better validation RMSE, and the model is then
-# refit on all the training ratings for the epochs chosen (why: BENCHMARKS.md)
-DEFAULT_VALIDATION = 0.05
-DEFAULT_PATIENCE = 5
 REFIT_PROTOCOL = ("then refit on the training and validation ratings together for the "
                   "epochs chosen")
 # What set_params may change on a fitted model: everything else describes it
@@ -80,8 +77,8 @@ class GLocalK:
     def __init__(self, config=None, *, preset=None, device="cpu", ensemble=1, verbose=False,
                  validation_fraction="auto", refit="auto", blend="auto", **hyper):
         self.config = config if config is not None else Config.from_preset(preset, **hyper)
-        if preset is not None and config is None and preset not in training.PRESETS:
-            raise ValueError(f"preset must be one of {sorted(training.PRESETS)}, got "
+        if preset is not None and config is None and preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got "
                              f"{shorten(repr(preset))}")
         if not (validation_fraction == "auto" or (
                 isinstance(validation_fraction, (int, float, np.floating))
@@ -317,7 +314,7 @@ class GLocalK:
         for name, entries in evals.items():
             if not len(entries):
                 raise ValueError(f"{sets[name].source}: no {name} ratings")
-        training.check_problem(configs[0], R, len(configs))
+        check_problem(configs[0], R, len(configs))
         checkpoints = [None] * len(configs)
         if checkpoint_dir is not None:
             digests = fingerprints(index, R, evals)
@@ -730,7 +727,7 @@ class GLocalK:
         config = read_config(f)
         preset = f.meta.get("preset")
         if preset is not None and (not isinstance(preset, str)
-                                   or preset not in training.PRESETS):
+                                   or preset not in PRESETS):
             raise f.error("metadata field 'preset' is not a preset name")
         model = cls(config, preset=preset)
         model.config_, model.source_ = config, str(path)

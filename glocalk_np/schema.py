@@ -28,7 +28,8 @@ import scipy.sparse as sp
 from .data import bad_text_id, first_bad_rating, rating_problem
 from .safeio import shorten
 from .params import LAYER_KEYS, STAGES, check_shapes, shapes
-from .train import SELECTIONS, Best, Config, EpochRecord, Member
+from .config import SELECTIONS, Config
+from .records import Best, EpochRecord, Member
 
 
 # ---------------------------------------------------------------- metadata

@@ -2,7 +2,7 @@
 
 The training matrix's pattern never changes during a fit, so its entry
 coordinates and its CSC order (for products with the transpose) are built
-once. The global convolution's output lives on the 3 x 3 neighbourhood of the
+once. The global convolution's output lives on the gk x gk neighbourhood of the
 observed entries (``neighbourhood``); of that, only the entries the ReLU
 keeps are fed to the network (``positive``).
 """
@@ -52,24 +52,6 @@ class Pattern:
     @property
     def nnz(self):
         return self.indices.size
-
-    def matmul(self, data, B):
-        """X @ B for the matrix X with values ``data``. Cost: nnz * h."""
-        out = np.empty((self.shape[0], B.shape[1]), dtype=B.dtype)
-        cpu.spmm(self.indptr, self.indices, data, B, out, False)
-        return out
-
-    def rmatmul(self, data, B):
-        """X^T @ B (n x h), walking X in CSC order. Cost: nnz * h."""
-        out = np.empty((self.shape[1], B.shape[1]), dtype=B.dtype)
-        cpu.spmm(self.csc_indptr, self.csc_rows, data[self.csc_perm], B, out, False)
-        return out
-
-    def sample(self, A, B):
-        """(A @ B^T) at the stored entries only (SDDMM). Cost: nnz * h."""
-        out = np.empty(self.nnz, dtype=A.dtype)
-        cpu.sddmm(self.indptr, self.indices, A, B, out)
-        return out
 
     def positive(self, values, empty=None, blocks=8):
         """The entries where ``values`` (in CSR order) are > 0: their pattern X,

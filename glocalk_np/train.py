@@ -1,4 +1,6 @@
-"""Training: hyper-parameters, presets and the L-BFGS-B schedule (docs/model.md §9-10).
+"""Training: the L-BFGS-B schedule of both stages, held-out scores after
+every epoch and the selection of the epoch (docs/model.md §9-10); the
+hyper-parameters and presets are in config.py, the records in records.py.
 
 The optimiser sees one flat float64 vector and a function returning
 (loss, flat gradient), nothing else. One epoch is one call of
@@ -9,7 +11,6 @@ steps with the engine writing its gradient straight into the optimiser's
 vector and the vectors allocated once per stage.
 """
 import time
-from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,204 +20,16 @@ from . import lbfgsb, metrics
 from .engines import make_engine, settings
 from .data import _positions
 from .fallback import NETWORK, Fallback
+from .config import SELECTIONS, Config, check_problem
 from .params import STAGES, flatten, init_global_kernel, init_layers, optimised, unflatten
-from .safeio import gib, physical_memory, shorten
-from .scale import SCALES, RatingScale
+from .records import Best, EpochRecord, TrainState
+from .scale import RatingScale
 
-# docs/model.md §9; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
-PRESETS = {
-    "ml-100k": dict(lambda_2=20.0, lambda_s=0.006, iters_pretrain=5, iters_finetune=5,
-                    epochs_pretrain=30, epochs_finetune=60, dot_scale=1.0),
-    "ml-1m": dict(lambda_2=70.0, lambda_s=0.018, iters_pretrain=50, iters_finetune=10,
-                  epochs_pretrain=20, epochs_finetune=30, dot_scale=0.5),
-    "douban": dict(lambda_2=10.0, lambda_s=0.022, iters_pretrain=5, iters_finetune=5,
-                   epochs_pretrain=20, epochs_finetune=60, dot_scale=2.0),
-}
-SELECTIONS = ("test", "val", "last")
-# What each selection rule means, for summaries and metrics files.
-PROTOCOLS = {"val": "fine-tuning epoch with the best validation RMSE",
-             "test": "fine-tuning epoch with the best TEST RMSE (the paper's protocol: the "
-                     "test set picks the epoch, so its test scores are optimistic)",
-             "last": "last fine-tuning epoch"}
-OPTIMIZERS = ("scipy", "numba")
-MAXCOR = 10
-# Penalties and scales beyond this leave float32's range at TF1's initial
-# weights; the presets use at most 70.
-MAX_LAMBDA = 1e6
-# Far more hidden layers than anyone trains; the bound keeps a list of
-# n_layers arrays (a crafted model file's 10^8) from being built at all.
-MAX_LAYERS = 1000
-# Memory a fit needs per parameter at least: the float64 vector and gradient,
-# scipy's 2 x maxcor history and its copies per call, the compute-dtype W,
-# K, W_eff and their gradients (an ML-10M-shaped epoch measured ~300).
-BYTES_PER_PARAMETER = 200
-
-
-@dataclass(frozen=True)
-class Config:
-    """GLocal-K's hyper-parameters; the defaults are the ML-100K preset."""
-    n_hidden: int = 500
-    n_layers: int = 2
-    kernel_dim: int = 5
-    gk_size: int = 3
-    lambda_2: float = 20.0
-    lambda_s: float = 0.006
-    dot_scale: float = 1.0
-    epochs_pretrain: int = 30
-    epochs_finetune: int = 60
-    iters_pretrain: int = 5
-    iters_finetune: int = 5
-    dtype: str = "float32"
-    seed: int = 0
-    optimizer: str = "scipy"
-    scale: str = "auto"          # scale.py: map the training ratings onto [1, 5], or 'none'
-    # > 0: end a stage after this many epochs without a better val RMSE; None:
-    # the estimator's choice (5 for a user's own data with a validation set)
-    patience: int | None = None
-
-    def __post_init__(self):
-        def bad(name, expected):
-            got = shorten(repr(getattr(self, name)))
-            return ValueError(f"{name} must be {expected}, got {got}")
-        for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
-                     "iters_pretrain", "iters_finetune"):
-            value = getattr(self, name)
-            if not _is_integer(value) or value < 1:
-                raise bad(name, "a positive integer")
-        for name in ("epochs_pretrain", "epochs_finetune", "seed", "patience"):
-            value = getattr(self, name)
-            if not (name == "patience" and value is None) and (not _is_integer(value)
-                                                              or value < 0):
-                raise bad(name, "a non-negative integer")
-        if self.n_layers > MAX_LAYERS:
-            raise bad("n_layers", f"at most {MAX_LAYERS}")
-        if self.gk_size % 2 == 0:
-            raise bad("gk_size", "odd")
-        for name in ("lambda_2", "lambda_s", "dot_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or isinstance(value, bool) \
-                    or not 0 <= value <= MAX_LAMBDA:
-                raise bad(name, f"a number in [0, {MAX_LAMBDA:g}]")
-        for name, allowed in (("dtype", ("float32", "float64")), ("optimizer", OPTIMIZERS),
-                              ("scale", SCALES)):
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"one of {allowed}")
-
-    @classmethod
-    def from_preset(cls, preset=None, **overrides):
-        """The official hyper-parameters of ``preset`` (docs/model.md §9); explicit
-        keyword arguments override them; None values are ignored."""
-        values = {}
-        if preset is not None:
-            if preset not in PRESETS:
-                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got "
-                                 f"{shorten(repr(preset))}")
-            values.update(PRESETS[preset])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError("unknown hyper-parameter(s): "
-                             + shorten(", ".join(map(str, unknown))))
-        return cls(**values)
-
-    def as_dict(self):
-        return asdict(self)
-
-    def epochs(self, stage):
-        """The epoch budget of ``stage`` ('pretrain' or 'finetune')."""
-        return self.epochs_pretrain if stage == "pretrain" else self.epochs_finetune
-
-
-def _is_integer(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def parameter_count(n_items, n_users, config, gk_size=None):
-    """The number of parameters of ``config``'s network on an n_items x
-    n_users matrix (params.shapes' arrays, C with ``gk_size``), in closed
-    form: nothing of size n_layers is built."""
-    n, h, d, L = n_users, config.n_hidden, config.kernel_dim, config.n_layers
-
-    def layer(n_in, n_out):          # W, U, V, b
-        return n_in * n_out + (n_in + n_out) * d + n_out
-    return (layer(n, h) + (L - 1) * layer(h, h) + layer(h, n)
-            + (n_items * gk_size ** 2 if gk_size else 0))
-
-
-def check_problem(config, train, members=1):
-    """ValueError, before any training time is spent, when ``config``'s
-    network cannot be trained on the items x users matrix ``train`` in this
-    machine's memory (e.g. a hidden width of 10^9, or a global kernel whose
-    convolution map of nnz x gk^2 entries would not fit), with ``members``
-    such networks kept (a seed ensemble: each keeps its parameters and its
-    best epoch's, 16 bytes per parameter)."""
-    m, n = train.shape
-    n_params = parameter_count(m, n, config, config.gk_size)
-    cells = config.gk_size ** 2
-    need = (n_params * (BYTES_PER_PARAMETER + 16 * (members - 1))
-            + sp.csr_matrix(train).nnz * cells * 16)
-    have = physical_memory()
-    if have is not None and need > have:
-        raise ValueError(f"n_hidden={config.n_hidden}, n_layers={config.n_layers}, "
-                         f"kernel_dim={config.kernel_dim}, gk_size={config.gk_size}"
-                         + (f", {members} ensemble members" if members > 1 else "")
-                         + f" on {m} items x {n} users: training would need about "
-                         f"{gib(need)} ({n_params:,} parameters), more than this "
-                         f"machine's {gib(have)} of memory")
+MAXCOR = 10          # L-BFGS-B's memory, as the official code sets it
 
 
 class TrainingDiverged(ValueError):
     """The loss or the parameters left the finite numbers."""
-
-
-@dataclass
-class EpochRecord:
-    """What the trainer reports after each epoch."""
-    stage: str
-    epoch: int                  # 1-based within the stage
-    train_rmse: float
-    seconds: float
-    evaluations: int            # (loss, gradient) calls in this epoch
-    metrics: dict = field(default_factory=dict)  # {'test': {'rmse', 'mae', 'ndcg'}, 'val': ...}
-
-
-@dataclass
-class Best:
-    """What a selection rule picks: a fine-tuning epoch, its RMSE on the
-    rule's set (None for 'last') and the parameters after it."""
-    epoch: int
-    rmse: float | None
-    params: dict
-
-
-@dataclass
-class TrainState:
-    """Everything needed to go on from the end of an epoch: a checkpoint."""
-    params: dict
-    history: list = field(default_factory=list)
-    best: dict = field(default_factory=dict)   # selection rule -> Best
-
-    @property
-    def done(self):
-        """(pre-training epochs, fine-tuning epochs) completed."""
-        pre = sum(r.stage == "pretrain" for r in self.history)
-        return pre, len(self.history) - pre
-
-
-@dataclass
-class Member:
-    """One trained model of a (seed) ensemble: the parameters of the epoch
-    its selection rule picked (``best_epoch``; None and stage 'pretrain'
-    when no fine-tuning ran), its per-epoch history and that epoch's
-    held-out metrics."""
-    seed: int
-    params: dict
-    stage: str
-    best_epoch: int | None
-    history: list = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)
 
 
 class EvalSet:
@@ -319,13 +132,15 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     engine: the (loss, gradient) engine, e.g. engines.make_engine(
     RatingScale.of(train.data, config.scale).matrix_to_model(train), config,
     device='cuda'), to share one among fits; the CPU engine by default. It
-    must have been built for the mapped ``train`` with ``config``'s settings.
+    must have been built for the mapped ``train`` with ``config``'s settings,
+    and its caller checked the problem's size (config.check_problem).
     Returns the final TrainState; ``state.best[sel]`` holds the fine-tuning epoch
     and parameters picked by each available selection ('test': best test RMSE,
     the paper's protocol; 'val': best validation RMSE; 'last').
     """
     train = sp.csr_matrix(train)
-    check_problem(config, train)
+    if engine is None:      # a caller with an engine checked the problem it built it for
+        check_problem(config, train)
     if config.patience and "val" not in (evals or {}):
         raise ValueError(f"patience={config.patience} (early stopping) needs a validation set")
     scale = RatingScale.of(train.data, config.scale)
@@ -374,18 +189,6 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
             if over:
                 break
     return state
-
-
-def scores_text(by_set, keys=("rmse", "mae")):
-    """'val RMSE .. MAE ..  test RMSE .. MAE ..' for the held-out sets present."""
-    return "  ".join(f"{name} " + " ".join(f"{k.upper()} {by_set[name][k]:.4f}" for k in keys)
-                     for name in ("val", "test") if name in by_set)
-
-
-def epoch_line(record, total):
-    """One epoch's progress line: stage, epoch of ``total``, RMSEs, seconds."""
-    return (f"{record.stage:<8} {record.epoch:>3}/{total:<3}  train RMSE "
-            f"{record.train_rmse:.4f}  {scores_text(record.metrics)}  {record.seconds:.1f}s")
 
 
 def stage_over(history, stage, config):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .estimator import GLocalK
-from .train import Config
+from .config import DEFAULT_PATIENCE, Config
 
 # name -> ('log', low, high): log-uniform; ('choice', values): uniform
 SPACE = {
@@ -29,7 +29,6 @@ SPACE = {
     "epochs_pretrain": ("choice", (10, 20, 30, 40)),
     "epochs_finetune": ("choice", (20, 40, 60)),
 }
-PATIENCE = 5
 # What a search can rank by: RMSE (lower is better) or a top-N metric of the
 # lists recommend makes, on the validation ratings (higher is better)
 METRICS = ("rmse", "ndcg@10", "precision@10", "recall@10")
@@ -68,8 +67,8 @@ def sample(rng, space=SPACE):
     return out
 
 
-def tune(train, val, base=Config(), *, trials=None, budget_s=None, seed=0, patience=PATIENCE,
-         index=None, callback=None, space=SPACE, metric="rmse"):
+def tune(train, val, base=Config(), *, trials=None, budget_s=None, seed=0,
+         patience=DEFAULT_PATIENCE, index=None, callback=None, space=SPACE, metric="rmse"):
     """Trials ranked by ``metric`` on the validation set (METRICS: the
     validation RMSE, lowest first, or a top-10 metric of the lists recommend
     makes, highest first; failed trials last). Each trial also records the

@@ -22,7 +22,8 @@ def digest(*arrays):
 def main():
     from glocalk_np.engines.cpu import CpuEngine
     from glocalk_np.params import init_global_kernel, init_layers
-    from glocalk_np.train import Config, fit
+    from glocalk_np.config import Config
+    from glocalk_np.train import fit
     rng = np.random.default_rng(7)
     m, n, h = 300, 400, 64
     R = sp.random(m, n, density=0.06, format="csr", random_state=7,

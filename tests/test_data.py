@@ -437,7 +437,7 @@ def test_ratings_built_by_hand_are_checked_too():
 def test_pandas_dataframe_fits_and_evaluates():
     pd = pytest.importorskip("pandas")
     from glocalk_np import GLocalK
-    from glocalk_np.train import Config
+    from glocalk_np.config import Config
     rng = np.random.default_rng(0)
     users, items = np.divmod(rng.permutation(300), 15)          # every pair once, shuffled
     df = pd.DataFrame({"user": users, "item": items, "rating": rng.integers(1, 6, 300) * 1.0})

@@ -28,7 +28,7 @@ from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.lbfgsb import gradient_into
 from glocalk_np.params import STAGES, check_for_matrix, flatten, optimised
 from glocalk_np.sparse import Pattern
-from glocalk_np.train import Config
+from glocalk_np.config import Config
 from problems import PROBLEMS, smooth_problem
 
 # float64 engines agree with the reference to round-off (measured: 7e-16 CPU,

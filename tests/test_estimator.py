@@ -1,6 +1,8 @@
 """The estimator: ids in and out, fallbacks, epoch selection, model files,
 atomic writes and bit-identical resumption, on a tiny float64 problem."""
 import json
+import subprocess
+import sys
 import os
 import re
 import stat
@@ -16,7 +18,7 @@ from glocalk_np.data import DataError, DataWarning, Index, Ratings, random_split
 from glocalk_np.estimator import GLocalK, checkpoint_name
 from glocalk_np.fallback import DAMPING
 from glocalk_np.modelfile import ModelFileError
-from glocalk_np.train import Config
+from glocalk_np.config import Config
 
 CONFIG = Config(n_hidden=8, kernel_dim=3, epochs_pretrain=2, epochs_finetune=2,
                 iters_pretrain=3, iters_finetune=3, dtype="float64")
@@ -808,3 +810,13 @@ def test_a_model_file_s_blend_weight_is_checked(tmp_path, fitted, blend, expecte
     else:
         with pytest.raises(ModelFileError, match=re.escape(expected)):
             GLocalK.load(bad)
+
+
+def test_reading_a_model_file_needs_neither_the_trainer_nor_numba():
+    """The file format (schema.py, modelfile.py) stands apart from training."""
+    code = ("import sys, glocalk_np.schema, glocalk_np.modelfile; "
+            "print([m for m in ('glocalk_np.train', 'glocalk_np.engines', 'numba') "
+            "if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

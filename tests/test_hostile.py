@@ -27,7 +27,8 @@ from glocalk_np.cli import cli
 from glocalk_np.data import DataError as DataError_, DataWarning, read_ratings
 from glocalk_np.estimator import GLocalK
 from glocalk_np.synthetic import low_rank_ratings
-from glocalk_np.train import Config, physical_memory
+from glocalk_np.config import Config
+from glocalk_np.safeio import physical_memory
 import cli_process
 from model_fuzz import mutate
 

@@ -12,7 +12,8 @@ from glocalk_np import lbfgsb
 from glocalk_np.lbfgsb import gradient_into
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.params import flatten, optimised
-from glocalk_np.train import Config, fit
+from glocalk_np.config import Config
+from glocalk_np.train import fit
 from problems import PROBLEMS, smooth_problem
 
 AGREEMENT = 1e-10

@@ -9,7 +9,7 @@ import pytest
 from glocalk_np.data import Ratings
 from glocalk_np.estimator import GLocalK
 from glocalk_np.scale import RatingScale
-from glocalk_np.train import Config
+from glocalk_np.config import Config
 from test_estimator import CONFIG, low_rank_ratings, three_way
 
 

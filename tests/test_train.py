@@ -7,7 +7,8 @@ import scipy.sparse as sp
 from scipy.optimize import OptimizeResult
 
 import glocalk_np.train as train
-from glocalk_np.train import PRESETS, Config, fit, selected
+from glocalk_np.config import PRESETS, Config
+from glocalk_np.train import fit, selected
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

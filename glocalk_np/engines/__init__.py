@@ -20,7 +20,7 @@ DEVICES = ("cpu", "cuda")
 
 
 def settings(config):
-    """What an engine is built with, from a train.Config: the loss's
+    """What an engine is built with, from a config.Config: the loss's
     penalties and scale, and the compute dtype."""
     return dict(lambda_2=float(config.lambda_2), lambda_s=float(config.lambda_s),
                 dot_scale=float(config.dot_scale), dtype=np.dtype(config.dtype))
@@ -28,7 +28,7 @@ def settings(config):
 
 def make_engine(train, config, device="cpu"):
     """The engine for the sparse items x users matrix ``train`` with the
-    hyper-parameters of ``config`` (a train.Config) on ``device``."""
+    hyper-parameters of ``config`` (a config.Config) on ``device``."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     kwargs = settings(config)

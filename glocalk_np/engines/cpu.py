@@ -178,7 +178,7 @@ class CpuOps:
         partial = np.empty((_blocks(W.shape[0]), d + 1, W.shape[1]))
         cpu.local_kernel_grad(dWeff, W, K, U, np.ascontiguousarray(V.T), t(self.lambda_2),
                               t(self.lambda_s), dW, dU, partial)
-        sums = partial.sum(axis=0)          # rows 0..d-1: dD^T U transposed; row d: dD's column sums
+        sums = partial.sum(axis=0)    # rows 0..d-1: dD^T U transposed; row d: dD's column sums
         np.multiply(2, V * sums[d][:, None] - sums[:d].T, out=dV)
 
     def pair_outputs(self, rows, cols, H, WoutT, b, out):
@@ -301,10 +301,3 @@ class CpuEngine(Engine):
         return {k: np.ascontiguousarray(v, dtype=self.dtype)
                 for k, v in optimised(stage, params).items()}
 
-
-def loss_and_grad(stage, params, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
-    """(loss, gradient dict) of ``stage`` ('pretrain' or 'finetune') at
-    ``params`` for the sparse m x n training matrix ``train`` (items x users).
-    For repeated calls build a CpuEngine once instead."""
-    f = CpuEngine(train, lambda_2=lambda_2, lambda_s=lambda_s, dot_scale=dot_scale, dtype=dtype)
-    return f(stage, params)

@@ -2,8 +2,9 @@
 
 Notation for the cost model: m items (rows), n users (columns), h hidden
 width, d kernel dimension, nnz stored entries of the sparse matrix at hand.
-Every kernel writes into a caller-owned output array and is generic over
-float32/float64 (one compiled specialisation per dtype, cached on disk).
+Every kernel but conv_neighbours (set-up, which returns its map) writes
+into output arrays the caller owns, and each is generic over float32/float64
+(one compiled specialisation per dtype, cached on disk).
 
 ``fastmath`` is on only where it lets LLVM reassociate a sum for SIMD (dot
 products and axpys of finite values); nothing here relies on NaN/inf
@@ -11,8 +12,11 @@ semantics, and the data layer rejects non-finite ratings. The order of those
 sums is the compiled kernel's, fixed for a given CPU and specialisation, so a
 run repeats bit for bit (tests/test_repeatable.py); sums written in a fixed
 order instead made an ML-1M evaluation 1.45-1.5x slower (BENCHMARKS.md).
-The floating-point kernels run with subnormals flushed to zero (below), as
-TensorFlow's CPU kernels do.
+The kernels whose products can underflow (the sparse products, pair_dot,
+the local kernel and its gradient, the convolution and its gradient, the
+output layer and the sigmoids) flush subnormals to zero in each iteration
+of their parallel loop (below), as TensorFlow's CPU kernels do; the copies,
+gathers and plain sums do not.
 
 Everything the kernels call is in this file: Numba's on-disk cache notices
 edits to a kernel's own file only, so a helper in another module could
@@ -33,8 +37,8 @@ FAST = {"reassoc", "contract", "nsz", "arcp"}
 # Once the sigmoids saturate, products of small gradients and weights fall
 # below float32's smallest normal number; x86 handles such subnormal operands
 # and results in microcode, which made the sparse products 10-60x slower in
-# the middle of a fit. Each kernel sets FTZ and DAZ in the calling thread's
-# MXCSR for its own work and restores the old value, so nothing outside the
+# the middle of a fit. Those kernels set FTZ and DAZ in the running thread's
+# MXCSR for each iteration's work and restore the old value, so nothing outside the
 # kernels (NumPy, the user's code) sees the change. On other processors both
 # calls do nothing.
 
