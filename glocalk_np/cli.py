@@ -40,7 +40,7 @@ from .safeio import (OutputError, atomic_output, atomic_outputs, check_distinct,
 from .scale import SCALES
 from .synthetic import low_rank_ratings
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, MAX_LAYERS, OPTIMIZERS, PRESETS,
-                     SELECTIONS, Config)
+                     SELECTIONS, Config, default_selection)
 from .records import epoch_line, scores_text
 from .train import TrainingDiverged
 from .tune import METRICS as TUNE_METRICS
@@ -787,8 +787,7 @@ def _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, selec
                   blend="auto" if blend is None else blend,
                   **{**settings, **given, "seed": seed})   # --seed also drew the splits
     train, val = est.validation_split(train)
-    # a benchmark named by name: the paper's protocol, where the test set picks the epoch
-    select = select or ("test" if dataset and val is None else None)
+    select = select or default_selection(val, test, benchmark=dataset is not None)
     held_out = {"test": test, "val": val}
     if select in held_out and held_out[select] is None:
         raise click.UsageError(f"--select {select} needs a {select} set "

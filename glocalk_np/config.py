@@ -28,6 +28,16 @@ SELECTIONS = ("test", "val", "last")
 # (why: BENCHMARKS.md)
 DEFAULT_VALIDATION = 0.05
 DEFAULT_PATIENCE = 5
+
+
+def default_selection(val, test, benchmark=False):
+    """The selection rule when none is asked for: the validation set's when
+    there is one; on a benchmark named by name (the CLI's ``fit ml-100k``)
+    with a test set, the paper's protocol, where the test set picks the
+    epoch; else the last epoch."""
+    if val is not None:
+        return "val"
+    return "test" if benchmark and test is not None else "last"
 # What each selection rule means, for summaries and metrics files.
 PROTOCOLS = {"val": "fine-tuning epoch with the best validation RMSE",
              "test": "fine-tuning epoch with the best TEST RMSE (the paper's protocol: the "

@@ -7,7 +7,7 @@ model keeps R, and a model file stores it next to the parameters.
 """
 import hashlib
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numba
@@ -27,7 +27,7 @@ from .schema import (field, is_fingerprint, is_weight, pack_ids, pack_matrix, pa
                      pack_pattern, read_best, read_config, read_history, read_members,
                      unpack_ids, unpack_matrix, unpack_params, unpack_pattern)
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, PRESETS, PROTOCOLS, SELECTIONS,
-                     Config, check_problem)
+                     Config, check_problem, default_selection)
 from .records import Member, TrainState, epoch_line
 from .train import EvalSet
 
@@ -37,6 +37,7 @@ SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at
 MAX_ENSEMBLE = 1000
 REFIT_PROTOCOL = ("then refit on the training and validation ratings together for the "
                   "epochs chosen")
+CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 # What set_params may change on a fitted model: everything else describes it
 FIT_INDEPENDENT = ("device", "verbose")
 
@@ -48,12 +49,13 @@ def checkpoint_name(k, phase=""):
     return f"{stem}.npz"
 
 
-
 class GLocalK:
     """The GLocal-K recommender (Han et al., CIKM 2021).
 
-    ``config`` is used as given; without it, ``Config.from_preset(preset,
-    **hyper)`` builds one (ValueError naming a bad parameter and its value).
+    The hyper-parameters are Config's fields, each a parameter here: those
+    given (not None) override ``config`` if one is given, else the preset's
+    values (``preset``: 'ml-100k', 'ml-1m', 'douban'), else Config's
+    defaults (ValueError naming a bad parameter and its value).
     ``device`` ('cpu' or 'cuda') chooses the engine that trains and predicts;
     a loaded model predicts on the CPU. ``ensemble`` = k > 1 trains k models
     with seeds seed, seed + 1, ... on the same data and predicts with the mean
@@ -74,12 +76,21 @@ class GLocalK:
     preset, the paper's protocol and model: none of it unless asked.
     """
 
-    def __init__(self, config=None, *, preset=None, device="cpu", ensemble=1, verbose=False,
-                 validation_fraction="auto", refit="auto", blend="auto", **hyper):
-        self.config = config if config is not None else Config.from_preset(preset, **hyper)
-        if preset is not None and config is None and preset not in PRESETS:
+    def __init__(self, config=None, *, preset=None, n_hidden=None, n_layers=None,
+                 kernel_dim=None, gk_size=None, lambda_2=None, lambda_s=None, dot_scale=None,
+                 epochs_pretrain=None, epochs_finetune=None, iters_pretrain=None,
+                 iters_finetune=None, dtype=None, seed=None, optimizer=None, scale=None,
+                 patience=None, device="cpu", ensemble=1, verbose=False,
+                 validation_fraction="auto", refit="auto", blend="auto"):
+        # Each Config field is a parameter of its own (scikit-learn's rule):
+        # None leaves it to ``config``, else to the preset, else to Config.
+        given = {name: value for name, value in locals().items()
+                 if name in CONFIG_FIELDS and value is not None}
+        if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got "
                              f"{shorten(repr(preset))}")
+        self.config = (Config.from_preset(preset, **given) if config is None
+                       else replace(config, **given) if given else config)
         if not (validation_fraction == "auto" or (
                 isinstance(validation_fraction, (int, float, np.floating))
                 and not isinstance(validation_fraction, bool) and 0 <= validation_fraction < 1)):
@@ -270,7 +281,7 @@ class GLocalK:
         patience = self.config.patience
         if patience is None:
             patience = DEFAULT_PATIENCE if own and val is not None else 0
-        select = select or ("val" if val is not None else "last")
+        select = select or default_selection(val, test)
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
         if {"test": test, "val": val}.get(select, True) is None:

@@ -820,3 +820,17 @@ def test_reading_a_model_file_needs_neither_the_trainer_nor_numba():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_every_hyper_parameter_is_an_explicit_parameter():
+    """scikit-learn's rule: __init__ names each parameter get_params returns
+    (no **kwargs), and a field given beside a Config overrides it."""
+    import inspect
+    signature = inspect.signature(GLocalK.__init__).parameters
+    assert all(p.kind != p.VAR_KEYWORD for p in signature.values())
+    assert set(GLocalK().get_params()) <= set(signature)
+    m = GLocalK(CONFIG, n_hidden=3, seed=7)
+    assert (m.config.n_hidden, m.config.seed, m.config.kernel_dim) == (3, 7, CONFIG.kernel_dim)
+    assert GLocalK(preset="ml-1m", lambda_2=1.0).config.lambda_s == 0.018
+    with pytest.raises(TypeError):
+        GLocalK(hidden=3)
