@@ -38,7 +38,8 @@ def main():
     with warnings.catch_warnings(record=True) as caught:   # e.g. Numba's on a bad NUMBA_*
         warnings.simplefilter("always")
         try:
-            from .cli import cli, ignore_signals
+            from .cli import cli
+            from .console.process import ignore_signals
         except Exception as e:     # e.g. a broken NumPy or Numba install
             sys.stderr.write(f"Error: cannot start: {_line(e)}\n")
             sys.exit(1)

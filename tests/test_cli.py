@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from glocalk_np import gradcheck
 from glocalk_np import train as training
-from glocalk_np.cli import Terminated, cli
+from glocalk_np.cli import cli
+from glocalk_np.console.process import Terminated
 from glocalk_np.data import read_pairs, read_ratings
 from glocalk_np.estimator import GLocalK
 from glocalk_np.gradcheck import random_problem

@@ -13,7 +13,7 @@ import pytest
 
 from glocalk_np import modelfile
 from glocalk_np.baseline import blend_weight
-from glocalk_np.cli import Terminated
+from glocalk_np.console.process import Terminated
 from glocalk_np.data import DataError, DataWarning, Index, Ratings, random_split
 from glocalk_np.estimator import GLocalK, checkpoint_name
 from glocalk_np.fallback import DAMPING
