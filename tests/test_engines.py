@@ -1,4 +1,4 @@
-"""The contract every engine is held to (glocalk_np/engines/__init__.py), one
+"""The contract every engine is held to (glocalk_np/engines/base.py), one
 suite for all of them: the CPU engine in float64 and float32, the CUDA
 engine under Numba's CUDA simulator in both, and the dense reference
 (tests/dense_reference.py) wrapped as an engine.

@@ -69,6 +69,7 @@ class CpuOps:
 
     def __init__(self, R, values, lambda_2, lambda_s, dot_scale):
         self.R, self.values = R, values
+        self.conv_R, self.conv_values = R, values     # what the convolution reads: all of R
         self.dtype = values.dtype
         self.lambda_2, self.lambda_s, self.dot_scale = lambda_2, lambda_s, dot_scale
         self._in_csc = [(values, values[R.csc_perm])]   # values whose CSC order is known
@@ -153,14 +154,20 @@ class CpuOps:
         G = (self.dot_scale * (mu @ C)).reshape(gk, gk)
         S, nbr = self.neighbourhood(gk)
         pre = self.empty("conv.pre", (S.nnz,))
-        cpu.conv_forward(self.R.indptr, self.values, nbr, S.indptr, G, pre)
-        X, x, x_csc, pos = S.positive(pre, self.empty, _blocks(S.shape[0]))
+        cpu.conv_forward(self.conv_R.indptr, self.conv_values, nbr, S.indptr, G, pre)
+        X, x, x_csc, pos = self.second_input(S, pre)
         self._in_csc[1:] = [(x, x_csc)]
         return _Conv(pre, X, x, x_csc, pos, nbr)
 
+    def second_input(self, S, pre):
+        """The second pass's input: the entries of the convolution (on S,
+        values ``pre``) that its ReLU keeps, as Pattern.positive gives them."""
+        return S.positive(pre, self.empty, _blocks(S.shape[0]))
+
     def conv_backward(self, conv, dx):
-        partial = np.empty((self.R.shape[0], conv.nbr.shape[1]))
-        cpu.conv_kernel_grad(self.R.indptr, self.values, conv.nbr, conv.pos, dx, partial)
+        partial = np.empty((self.conv_R.shape[0], conv.nbr.shape[1]))
+        cpu.conv_kernel_grad(self.conv_R.indptr, self.conv_values, conv.nbr, conv.pos, dx,
+                             partial)
         return partial.sum(axis=0).astype(self.dtype)
 
     def global_kernel_grad(self, mu, C, dG, dC, dmu):
@@ -204,9 +211,9 @@ class CpuOps:
         """Output pattern of the gk x gk convolution and, per rating and kernel
         cell, the output position it feeds (built once per kernel size)."""
         if gk not in self._neighbourhoods:
-            S = self.R.neighbourhood(gk)
-            nbr = cpu.conv_neighbours(self.R.indptr, self.R.indices, self.R.shape[1],
-                                      S.indptr, S.indices, gk)
+            R = self.conv_R
+            S = R.neighbourhood(gk)
+            nbr = cpu.conv_neighbours(R.indptr, R.indices, R.shape[1], S.indptr, S.indices, gk)
             self._neighbourhoods[gk] = (S, nbr)
         return self._neighbourhoods[gk]
 

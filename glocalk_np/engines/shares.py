@@ -1,0 +1,101 @@
+"""One share of the users (network.py's "Shares"): the CPU operations on a
+block of users' columns of R, their part of the parameters, and how the
+parameters and gradients of the whole split into shares and come back.
+
+A share of users lo..hi-1 holds those columns of R, numbered from 0, for
+every product with the ratings, and for the convolution the same rows with
+the gk // 2 users on either side (the halo: data, copied once). Its
+convolution is computed on the halo's neighbourhood pattern, and only the
+entries in its own columns feed its second pass, so each output entry
+belongs to exactly one share. An engine over shares supplies ``reduce``
+(the sum of an array over the shares, the same result on each) and makes
+one share the leader.
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from ..params import layer_count
+from ..sparse import Pattern
+from .cpu import CpuOps, _blocks
+
+
+def user_axes(params):
+    """{name: axis} of the parameter arrays with one slice per user: the
+    first layer's W and U rows, the output layer's W columns, V rows and
+    biases. The rest is replicated on every share."""
+    last = layer_count(params) - 1
+    return {"W0": 0, "U0": 0, f"W{last}": 1, f"V{last}": 0, f"b{last}": 0}
+
+
+def share_params(params, lo, hi):
+    """The arrays a share of users lo..hi-1 holds (views where possible)."""
+    axes = user_axes(params)
+    return {k: (np.take(v, np.arange(lo, hi), axis=axes[k]) if k in axes else v)
+            for k, v in params.items()}
+
+
+def gather_grads(parts, bounds, template):
+    """One gradient dict like ``template`` from each share's: user slices
+    put in place, replicated arrays from share 0 (every share holds them
+    alike). ``bounds``: the shares' (lo, hi)."""
+    axes = user_axes(template)
+    out = {}
+    for k, v in parts[0].items():
+        if k not in axes:
+            out[k] = v
+            continue
+        whole = np.empty(np.shape(template[k]), dtype=v.dtype)
+        for part, (lo, hi) in zip(parts, bounds):
+            index = [slice(None)] * whole.ndim
+            index[axes[k]] = slice(lo, hi)
+            whole[tuple(index)] = part[k]
+        out[k] = whole
+    return out
+
+
+def even_bounds(n_users, shares):
+    """(lo, hi) of ``shares`` blocks of users as even as they come."""
+    edges = np.linspace(0, n_users, shares + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+class ShareOps(CpuOps):
+    """network.OPERATIONS for the users lo..hi-1 of the items x users
+    matrix ``R`` (CSR, ratings > 0, in compute dtype), with a halo of
+    ``halo`` users for the convolution; ``reduce(name, a)`` sums over the
+    shares. Means over users divide by all n users."""
+
+    def __init__(self, R, lo, hi, halo, reduce, leader, dtype, lambda_2, lambda_s, dot_scale):
+        R = sp.csr_matrix(R)
+        n = R.shape[1]
+        left, right = max(0, lo - halo), min(n, hi + halo)
+        own, ring = R[:, lo:hi].tocsr(), R[:, left:right].tocsr()
+        for X in (own, ring):
+            X.sort_indices()
+        super().__init__(Pattern.from_csr(own), own.data.astype(dtype), lambda_2, lambda_s,
+                         dot_scale)
+        self.conv_R, self.conv_values = Pattern.from_csr(ring), ring.data.astype(dtype)
+        self.offset, self.n_users = lo - left, n
+        self.leader, self._reduce = leader, reduce
+
+    def reduce(self, name, a):
+        return self._reduce(name, a)
+
+    def weight_means(self, Weff_out, WoutT, b):
+        return Weff_out.sum(axis=1) / self.n_users, np.array([b.sum() / self.n_users])
+
+    def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
+        dWoutT += (H.T @ dmu) / self.n_users
+        db_out += dmu.sum() / self.n_users
+        np.outer(dmu, w_mean, out=dH)
+
+    def second_input(self, S, pre):
+        """The kept entries in this share's own columns, numbered from 0:
+        the halo's are another share's."""
+        lo, n = self.offset, self.R.shape[1]
+        cols = S.indices
+        fed = np.where((cols >= lo) & (cols < lo + n), pre, 0)
+        X, x, x_csc, pos = S.positive(fed, self.empty, _blocks(S.shape[0]))
+        X = Pattern(X.indptr, X.indices - lo, X.rows, X.csc_indptr[lo:lo + n + 1],
+                    X.csc_rows, X.csc_perm, (S.shape[0], n))
+        return X, x, x_csc, pos
