@@ -18,8 +18,10 @@ is in console/: process.py (exit statuses, signals, one-line errors),
 params.py (argument types and shared options) and output.py (outputs,
 progress, summaries).
 """
+import contextlib
 import csv
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -28,7 +30,7 @@ import click
 import numpy as np
 
 from . import __version__, datasets, metrics
-from .engines import DEVICES
+from .engines import DEVICES, EngineFailure
 from .data import (DataError, as_ids, concatenate, random_split, ratings_csv, read_any, read_ids,
                    read_pairs, read_ratings)
 from .estimator import MAX_ENSEMBLE, GLocalK, checkpoint_name, stored
@@ -165,14 +167,19 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
               help="Save a checkpoint after every epoch in this folder.")
 @click.option("--resume", is_flag=True, help="Go on from the checkpoint in --checkpoint-dir.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-              help="Where the loss and gradient are computed "
-                   "(cuda: pip install 'glocalk-np[cuda]').")
+              help="Where the loss and gradient are computed (cuda: pip install "
+                   "'glocalk-np[cuda]'; dask: pip install 'glocalk-np[dask]', on the cluster "
+                   "of --scheduler or --local-workers).")
+@click.option("--scheduler", help="With --device dask: the address of a running Dask "
+                                  "scheduler (tcp://HOST:8786).")
+@click.option("--local-workers", type=Number(int, 1),
+              help="With --device dask: a cluster of N worker processes on this machine.")
 @click.option("--ensemble", type=Number(int, 1, MAX_ENSEMBLE), default=1, show_default=True,
               help="Train K models (seeds SEED, SEED+1, ...) and average their predictions.")
 @QUIET
 def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select, preset, seed,
-        sep, config_file, out, metrics_json, checkpoint_dir, resume, device, ensemble, quiet,
-        **hyper):
+        sep, config_file, out, metrics_json, checkpoint_dir, resume, device, scheduler,
+        local_workers, ensemble, quiet, **hyper):
     """Train GLocal-K on RATINGS and save the model.
 
     RATINGS is a ratings file (user, item, rating[, timestamp]; delimited text
@@ -183,6 +190,9 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
     """
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")
+    if (device == "dask") != bool(scheduler or local_workers) or (scheduler and local_workers):
+        raise click.UsageError("--device dask takes one of --scheduler and --local-workers, "
+                               "and they serve only it")
     checkpoints = ([os.path.join(checkpoint_dir, checkpoint_name(k, phase))
                     for phase in ("", "refit") for k in range(ensemble)]
                    if checkpoint_dir else [])
@@ -192,7 +202,9 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
     for folder, paths in ((checkpoint_dir, checkpoints), (split_dir, splits)):
         if folder and os.path.isdir(folder):    # else made (and checked) when written
             check_outputs(inputs, paths)
-    with human_text_to_stderr(metrics_json == "-"):
+    cluster = dask_client(scheduler, local_workers) if device == "dask" else \
+        contextlib.nullcontext()
+    with human_text_to_stderr(metrics_json == "-"), cluster:
         est, seconds = _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir,
                             select, preset, seed, sep, config_file, out, checkpoint_dir, resume,
                             device, ensemble, quiet, hyper)
@@ -203,6 +215,31 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
                                   **({"selection_history": [asdict(r) for r in chosen]}
                                      if chosen else {}),
                                   "unseen": est.unseen_, "seconds": seconds})
+
+
+@contextlib.contextmanager
+def dask_client(scheduler, local_workers):
+    """A dask.distributed Client, the current one while the block runs: on
+    the scheduler at ``scheduler``, or on a cluster of ``local_workers``
+    worker processes here (the cores shared among them)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as e:
+        raise click.UsageError(f"--device dask needs dask.distributed ({e}): "
+                               "pip install 'glocalk-np[dask]'") from None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise EngineFailure(f"cannot reach the Dask scheduler {scheduler}: {e}") from None
+        with client:
+            yield client
+        return
+    threads = max(1, (os.cpu_count() or 1) // local_workers)
+    with LocalCluster(n_workers=local_workers, threads_per_worker=threads, processes=True,
+                      memory_limit=0, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as local, Client(local) as client:
+        yield client
 
 
 def _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select, preset, seed,

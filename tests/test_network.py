@@ -17,7 +17,7 @@ import pytest
 import scipy.sparse as sp
 
 from glocalk_np.engines.cpu import CpuEngine, CpuOps
-from glocalk_np.engines.shares import ShareOps, gather_grads, share_params
+from glocalk_np.engines.shares import ShareOps, gather_grads, ring, share_params
 from glocalk_np.network import OPERATIONS, REDUCTIONS, Network
 from glocalk_np.params import STAGES, optimised
 from glocalk_np.sparse import Pattern
@@ -68,8 +68,8 @@ def run_on_shares(stage, R, params, hyper, bounds, halo=1):
 
     def work(k, lo, hi):
         with exchange.turn:
-            ops = ShareOps(sp.csr_matrix(R), lo, hi, halo, exchange.reducer(k), k == 0,
-                           np.float64, **hyper)
+            ops = ShareOps(*ring(sp.csr_matrix(R), lo, hi, halo), hi - lo, R.shape[1],
+                           exchange.reducer(k), k == 0, np.float64, **hyper)
             P = {key: np.ascontiguousarray(v, dtype=np.float64)
                  for key, v in optimised(stage, share_params(params, lo, hi)).items()}
             G = gradient_arrays(P)

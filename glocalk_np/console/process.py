@@ -12,6 +12,7 @@ import click
 from ..datasets import DownloadError
 from ..data import DataWarning
 from ..safeio import shorten
+from ..engines.base import EngineFailure
 from ..train import TrainingDiverged
 
 EXIT_ERROR = 2            # usage and data errors
@@ -145,7 +146,7 @@ class Main(click.Group):
         except MemoryError:
             _error("out of memory: the data or the model is too large for this machine")
             return EXIT_FAILURE
-        except (TrainingDiverged, DownloadError) as e:
+        except (TrainingDiverged, DownloadError, EngineFailure) as e:
             _error(str(e))
             return EXIT_FAILURE
         except StdoutFailed as e:

@@ -3,20 +3,23 @@ training matrix; this is the one place where an engine's device is chosen.
 
 'cpu' (the default) is CpuEngine; 'cuda' is CudaEngine, which needs the
 optional extra (pip install 'glocalk-np[cuda]') and an NVIDIA GPU, or Numba's
-CUDA simulator (NUMBA_ENABLE_CUDASIM=1, for tests). numba.cuda is imported
-only when 'cuda' is asked for, so the package never needs it otherwise.
+CUDA simulator (NUMBA_ENABLE_CUDASIM=1, for tests); 'dask' is DaskEngine
+(cluster.py), which needs the 'dask' extra and a running dask.distributed
+Client (the current one: distributed.default_client()). numba.cuda and dask
+are imported only when asked for, so the package never needs them
+otherwise.
 
 What every engine provides, and all that the library calls on one, is the
 abstract base class Engine in base.py.
 """
 import numpy as np
 
-from .base import Engine
+from .base import Engine, EngineFailure
 from .cpu import CpuEngine
 
-__all__ = ["DEVICES", "Engine", "cuda_unavailable", "make_engine", "settings"]
+__all__ = ["DEVICES", "Engine", "EngineFailure", "cuda_unavailable", "make_engine", "settings"]
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda", "dask")
 
 
 def settings(config):
@@ -34,11 +37,31 @@ def make_engine(train, config, device="cpu"):
     kwargs = settings(config)
     if device == "cpu":
         return CpuEngine(train, **kwargs)
+    if device == "dask":
+        return _dask_engine(train, config, kwargs)
     reason = cuda_unavailable()
     if reason is not None:
         raise ValueError(f"device='cuda' is unavailable: {reason}")
     from .cuda import CudaEngine
     return CudaEngine(train, **kwargs)
+
+
+def _dask_engine(train, config, kwargs):
+    """The DaskEngine on the current dask.distributed Client."""
+    try:
+        from distributed import default_client
+    except ImportError as exc:
+        raise ValueError(f"device='dask' needs dask.distributed ({exc}): "
+                         "pip install 'glocalk-np[dask]'") from None
+    try:
+        client = default_client()
+    except ValueError:
+        raise ValueError("device='dask' needs a running dask.distributed Client: "
+                         "distributed.Client('tcp://HOST:8786') (or Client(LocalCluster())) "
+                         "before fit, or --scheduler / --local-workers on the command "
+                         "line") from None
+    from .cluster import DaskEngine
+    return DaskEngine(train, client=client, halo=config.gk_size // 2, **kwargs)
 
 
 def cuda_unavailable():

@@ -20,6 +20,11 @@ from .. import lbfgsb
 from ..params import flatten, unflatten
 
 
+class EngineFailure(RuntimeError):
+    """The engine could not finish an evaluation for a reason outside the
+    model (a lost worker of a cluster): a failure at run time."""
+
+
 class Engine(ABC):
     """Attributes: ``settings``, the dict engines.settings(config) it was
     built with (penalties, dot_scale, compute dtype), and ``shape``, the

@@ -59,23 +59,30 @@ def even_bounds(n_users, shares):
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-class ShareOps(CpuOps):
-    """network.OPERATIONS for the users lo..hi-1 of the items x users
-    matrix ``R`` (CSR, ratings > 0, in compute dtype), with a halo of
-    ``halo`` users for the convolution; ``reduce(name, a)`` sums over the
-    shares. Means over users divide by all n users."""
+def ring(R, lo, hi, halo):
+    """(the columns of the items x users CSR matrix ``R`` a share of users
+    lo..hi-1 holds: its own and ``halo`` users on either side, and where
+    its own begin in them)."""
+    left, right = max(0, lo - halo), min(R.shape[1], hi + halo)
+    X = sp.csr_matrix(R)[:, left:right].tocsr()
+    X.sort_indices()
+    return X, lo - left
 
-    def __init__(self, R, lo, hi, halo, reduce, leader, dtype, lambda_2, lambda_s, dot_scale):
-        R = sp.csr_matrix(R)
-        n = R.shape[1]
-        left, right = max(0, lo - halo), min(n, hi + halo)
-        own, ring = R[:, lo:hi].tocsr(), R[:, left:right].tocsr()
-        for X in (own, ring):
-            X.sort_indices()
+
+class ShareOps(CpuOps):
+    """network.OPERATIONS for a share of ``n_own`` users of ``n_users``:
+    ``ring`` holds their columns of R from column ``offset`` on, and the
+    halo around them (see ring; CSR, ratings > 0); ``reduce(name, a)`` sums
+    over the shares. Means over users divide by all n_users."""
+
+    def __init__(self, ring, offset, n_own, n_users, reduce, leader, dtype, lambda_2, lambda_s,
+                 dot_scale):
+        own = ring[:, offset:offset + n_own].tocsr()
+        own.sort_indices()
         super().__init__(Pattern.from_csr(own), own.data.astype(dtype), lambda_2, lambda_s,
                          dot_scale)
         self.conv_R, self.conv_values = Pattern.from_csr(ring), ring.data.astype(dtype)
-        self.offset, self.n_users = lo - left, n
+        self.offset, self.n_users = offset, n_users
         self.leader, self._reduce = leader, reduce
 
     def reduce(self, name, a):

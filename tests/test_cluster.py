@@ -1,0 +1,167 @@
+"""The Dask engine (engines/cluster.py) on a LocalCluster of worker
+processes: the contract's every method against the CPU engine in float64,
+for 1, 2 and 3 shares of the users (uneven), bit-identical repeats, a short
+fit against the one-process fit, a resumed fit, a lost worker, and the
+command line. Skipped where dask.distributed is not installed (it is in the
+'test' extra)."""
+import os
+import subprocess
+import sys
+from contextlib import suppress
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed "
+                                  "(pip install 'glocalk-np[dask]')")
+
+from glocalk_np.config import Config  # noqa: E402
+from glocalk_np.engines import EngineFailure, make_engine  # noqa: E402
+from glocalk_np.engines.cluster import DaskEngine  # noqa: E402
+from glocalk_np.engines.cpu import CpuEngine  # noqa: E402
+from glocalk_np.estimator import GLocalK  # noqa: E402
+from glocalk_np.params import STAGES, flatten, optimised  # noqa: E402
+from glocalk_np.scale import RatingScale  # noqa: E402
+from glocalk_np.synthetic import low_rank_ratings  # noqa: E402
+from glocalk_np.train import fit  # noqa: E402
+from problems import PROBLEMS, smooth_problem  # noqa: E402
+
+TOLERANCE = 1e-12
+
+
+def local_cluster(workers):
+    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                    memory_limit=0, dashboard_address=":0",
+                                    silence_logs=40)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with local_cluster(3) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+@pytest.mark.parametrize("shares", [1, 2, 3])
+@pytest.mark.parametrize("spec", PROBLEMS[:3])
+def test_every_method_equals_the_cpu_engine(client, spec, shares):
+    R, params, hyper = smooth_problem(spec)
+    X = sp.csr_matrix(R)
+    dask = DaskEngine(X, client=client, shares=shares, dtype=np.float64, **hyper)
+    cpu = CpuEngine(X, dtype=np.float64, **hyper)
+    assert dask.settings == cpu.settings and dask.shape == cpu.shape
+    m, n = R.shape
+    rows, cols = np.divmod(np.arange(m * n), n)
+    for stage in STAGES:
+        loss, grads = dask(stage, params)
+        want_loss, want = cpu(stage, params)
+        assert abs(loss - want_loss) <= TOLERANCE * abs(want_loss)
+        assert list(grads) == list(want)
+        for key in want:
+            assert _rel(grads[key], want[key]) < TOLERANCE, (stage, key)
+        assert _rel(dask.predict(stage, params, rows, cols),
+                    cpu.predict(stage, params, rows, cols)) < TOLERANCE
+        for a, b in zip(dask.output_factors(stage, params), cpu.output_factors(stage, params)):
+            assert a.dtype == np.float64 and _rel(a, b) < TOLERANCE
+        x = flatten(optimised(stage, params))
+        g = np.full_like(x, np.nan)
+        assert dask.objective_into(stage, optimised(stage, params))(x, g) == loss
+        np.testing.assert_array_equal(g, flatten(grads))
+    assert _rel(dask.conv_preactivation(params), cpu.conv_preactivation(params)) < TOLERANCE
+
+
+def test_two_runs_with_the_same_shares_are_bit_identical(client):
+    R, params, hyper = smooth_problem(PROBLEMS[2])
+    for _ in range(2):
+        engine = DaskEngine(sp.csr_matrix(R), client=client, shares=3, **hyper)
+        runs = [engine("finetune", params) for _ in range(2)]
+        for a, b in zip(runs[0][1].values(), runs[1][1].values()):
+            np.testing.assert_array_equal(a, b)
+        assert runs[0][0] == runs[1][0]
+
+
+def ratings_matrix():
+    r = low_rank_ratings(60, 40, 0.25, 3, 0)
+    return sp.csr_matrix((r.values, (r.items, r.users))), r
+
+
+CONFIG = Config(n_hidden=6, kernel_dim=3, epochs_pretrain=2, epochs_finetune=1,
+                iters_pretrain=3, iters_finetune=3, dtype="float64", optimizer="numba")
+
+
+def test_a_fit_on_the_cluster_follows_the_one_process_fit(client):
+    R, _ = ratings_matrix()
+    model_units = RatingScale.of(R.data, CONFIG.scale).matrix_to_model(R)
+    there = fit(R, CONFIG, engine=make_engine(model_units, CONFIG, "dask"))
+    here = fit(R, CONFIG)
+    assert [r.train_rmse for r in there.history] == pytest.approx(
+        [r.train_rmse for r in here.history], rel=1e-9)
+    for key, value in here.params.items():
+        assert _rel(there.params[key], value) < 1e-9, key
+
+
+def test_the_estimator_trains_saves_and_resumes_on_the_cluster(client, tmp_path):
+    """device='dask' with the current client; the saved model predicts on
+    its own; a fit stopped after its first epoch and resumed (a fresh engine
+    on the same shares) ends bit for bit where an uninterrupted one does."""
+    _, ratings = ratings_matrix()
+    config = replace(CONFIG, epochs_finetune=2)
+    whole = GLocalK(config, device="dask", validation_fraction=0).fit(ratings)
+    whole.save(tmp_path / "m.npz")
+    loaded = GLocalK.load(tmp_path / "m.npz")
+    np.testing.assert_allclose(loaded.predict(ratings.users, ratings.items)[0],
+                               whole.predict(ratings.users, ratings.items)[0], rtol=1e-12)
+
+    def stop(record, state):
+        if len(state.history) == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        GLocalK(config, device="dask", validation_fraction=0).fit(
+            ratings, callback=stop, checkpoint_dir=tmp_path / "c")
+    resumed = GLocalK(config, device="dask", validation_fraction=0).fit(
+        ratings, checkpoint_dir=tmp_path / "c", resume=True)
+    for key, value in whole.params_.items():
+        np.testing.assert_array_equal(resumed.params_[key], value, err_msg=key)
+
+
+def test_a_lost_worker_stops_the_evaluation_with_its_name():
+    R, params, hyper = smooth_problem(PROBLEMS[1])
+    with local_cluster(2) as cluster, distributed.Client(cluster) as c:
+        engine = DaskEngine(sp.csr_matrix(R), client=c, dtype=np.float64, **hyper)
+        lost = engine.workers[1]
+        with suppress(Exception):
+            c.run(os._exit, 1, workers=[lost])
+        with pytest.raises(EngineFailure, match=f"the Dask worker {lost} .*share 2 of 2.*lost"):
+            engine("pretrain", params)
+
+
+def test_device_dask_without_a_client_says_what_to_do(monkeypatch):
+    def no_client():
+        raise ValueError("No clients found")
+    monkeypatch.setattr(distributed, "default_client", no_client)
+    R, _ = ratings_matrix()
+    with pytest.raises(ValueError, match="needs a running dask.distributed Client"):
+        make_engine(R, CONFIG, "dask")
+
+
+def test_fit_on_local_workers_from_the_command_line(tmp_path):
+    _, ratings = ratings_matrix()
+    from glocalk_np.data import ratings_csv
+    (tmp_path / "r.csv").write_text(ratings_csv(ratings))
+    command = [sys.executable, "-m", "glocalk_np", "fit", "r.csv", "--device", "dask",
+               "--local-workers", "2", "--hidden", "6", "--epochs-pretrain", "1",
+               "--epochs-finetune", "1", "--quiet", "--out", "m.npz"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model saved to m.npz" in done.stdout and (tmp_path / "m.npz").exists()
+    for flags in (["--local-workers", "2"], ["--device", "dask"],
+                  ["--device", "dask", "--scheduler", "tcp://x:1", "--local-workers", "2"]):
+        bad = command[:5] + flags + ["--out", "n.npz"]
+        done = subprocess.run(bad, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "--device dask takes one of" in done.stderr, flags
