@@ -27,7 +27,7 @@ from .schema import (field, is_fingerprint, is_weight, pack_ids, pack_matrix, pa
                      pack_pattern, read_best, read_config, read_history, read_members,
                      unpack_ids, unpack_matrix, unpack_params, unpack_pattern)
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, PRESETS, PROTOCOLS, SELECTIONS,
-                     Config, check_problem, default_selection)
+                     Config, check_problem, default_selection, own_file_config)
 from .records import Member, TrainState, epoch_line
 from .train import EvalSet
 
@@ -206,7 +206,8 @@ class GLocalK:
                             f"{train.values.min():g}): use scale='auto', which maps any "
                             "ratings onto 1-5")
         train, val = self.validation_split(train, val)
-        config, select, refit, blend = self._fit_settings(val, select, test)
+        config, select, refit, blend = self._fit_settings(val, select, test, len(train))
+        self.config_ = replace(config, seed=self.config.seed)   # what the engine is built with
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir")
         configs = [replace(config, seed=config.seed + k) for k in range(self.ensemble)]
@@ -224,7 +225,6 @@ class GLocalK:
                        for c, m in zip(configs, first.members)]
             final = self._train(both, {"test": test}, index, configs, "last", callback,
                                 checkpoint_dir, resume, "refit")
-        self.config_ = replace(config, seed=self.config.seed)   # resolved; refit: summary_
         self._set_fitted(final)
         self.unseen_ = {name: e.unseen for phase in (first, final)    # val from the first
                         for name, e in phase.evals.items()}
@@ -252,6 +252,10 @@ class GLocalK:
                                               if k in self.summary_}))
         if blend:
             self.summary_["blend"] = self.blend_
+        large = {k: getattr(config, k) for k in PRESETS["ml-1m"]
+                 if getattr(config, k) != getattr(self.config, k)}
+        if large:                         # own_file_config's choice for a large file
+            self.summary_["large_file_settings"] = large
         if self.ensemble > 1:
             self.summary_["members"] = [
                 {"seed": m.seed, "best_epoch": c.best_epoch,
@@ -274,11 +278,13 @@ class GLocalK:
             return train, None
         return random_split(train, frac, self.config.seed + 1)
 
-    def _fit_settings(self, val, select, test):
+    def _fit_settings(self, val, select, test, n_ratings):
         """(the Config to train with, the selection rule, whether to refit,
-        whether to blend) with the 'auto' settings resolved (see the class)."""
+        whether to blend) with the 'auto' settings resolved (see the class)
+        for ``n_ratings`` training ratings."""
         own = self.preset is None
-        patience = self.config.patience
+        config = own_file_config(self.config, n_ratings) if own else self.config
+        patience = config.patience
         if patience is None:
             patience = DEFAULT_PATIENCE if own and val is not None else 0
         select = select or default_selection(val, test)
@@ -298,7 +304,7 @@ class GLocalK:
         elif blend and val is None:
             raise ValueError("blend=True fits its weight on the validation set: it needs one "
                              "(validation_fraction > 0 or val=...)")
-        return replace(self.config, patience=patience), select, refit, blend
+        return replace(config, patience=patience), select, refit, blend
 
     def _blend_weight(self, entries):
         """baseline.blend_weight of the fitted network's predictions on the
@@ -433,7 +439,7 @@ class GLocalK:
         on first use."""
         if self._engine is None:
             self._engine = make_engine(self.scale_.matrix_to_model(self.train_matrix_),
-                                       self.config, self.device)
+                                       self.config_, self.device)
         return self._engine
 
     def _in_user_units(self, out):

@@ -834,3 +834,24 @@ def test_every_hyper_parameter_is_an_explicit_parameter():
     assert GLocalK(preset="ml-1m", lambda_2=1.0).config.lambda_s == 0.018
     with pytest.raises(TypeError):
         GLocalK(hidden=3)
+
+
+def test_a_large_own_file_trains_with_the_ml_1m_settings_not_given(monkeypatch, data):
+    """From LARGE_FILE_RATINGS training ratings on (lowered here), a file
+    without a preset takes the ML-1M preset's value for each field left at
+    Config's default; a field given keeps its value; a preset is untouched."""
+    import glocalk_np.config as config_module
+    monkeypatch.setattr(config_module, "LARGE_FILE_RATINGS", 10)
+    train, test, _ = data
+    short = dict(n_hidden=4, kernel_dim=2, epochs_pretrain=1, epochs_finetune=1,
+                 iters_pretrain=2, iters_finetune=2)
+    m = GLocalK(lambda_s=0.5, **short).fit(train, test=test)
+    ml1m = config_module.PRESETS["ml-1m"]
+    assert (m.config_.lambda_2, m.config_.dot_scale) == (ml1m["lambda_2"], ml1m["dot_scale"])
+    assert m.config_.lambda_s == 0.5 and m.config_.epochs_pretrain == 1
+    assert m.summary_["large_file_settings"] == {"lambda_2": 70.0, "dot_scale": 0.5}
+    assert m.get_params()["lambda_2"] == Config().lambda_2        # the parameter is kept
+    m = GLocalK(preset="ml-100k", **short).fit(train, test=test)
+    assert m.config_.lambda_2 == 20.0 and "large_file_settings" not in m.summary_
+    monkeypatch.setattr(config_module, "LARGE_FILE_RATINGS", 10**9)
+    assert GLocalK(**short).fit(train, test=test).config_.lambda_2 == 20.0

@@ -200,6 +200,9 @@ def echo_summary(est):
         click.echo(f"stopped early: {STAGE_LABELS[stage]} after epoch {ran} of "
                    f"{est.config.epochs(stage)} (no better validation RMSE in "
                    f"{est.config.patience} epochs)")
+    if s.get("large_file_settings"):
+        click.echo("settings for a file this large (the ML-1M preset's where not given): "
+                   + ", ".join(f"{k}={v:g}" for k, v in s["large_file_settings"].items()))
     if s.get("blend") is not None:
         click.echo(f"blend: {s['blend']:.3f} x the network's prediction + "
                    f"{1 - s['blend']:.3f} x the baseline's (fitted on the validation ratings)")
