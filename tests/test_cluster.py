@@ -19,7 +19,8 @@ distributed = pytest.importorskip("distributed", reason="dask.distributed is not
 
 from glocalk_np.config import Config  # noqa: E402
 from glocalk_np.engines import EngineFailure, make_engine  # noqa: E402
-from glocalk_np.engines.cluster import DaskEngine  # noqa: E402
+from glocalk_np import lbfgsb  # noqa: E402
+from glocalk_np.engines.cluster import DaskEngine, Ref  # noqa: E402
 from glocalk_np.engines.cpu import CpuEngine  # noqa: E402
 from glocalk_np.estimator import GLocalK  # noqa: E402
 from glocalk_np.params import STAGES, flatten, optimised  # noqa: E402
@@ -74,6 +75,27 @@ def test_every_method_equals_the_cpu_engine(client, spec, shares):
         assert dask.objective_into(stage, optimised(stage, params))(x, g) == loss
         np.testing.assert_array_equal(g, flatten(grads))
     assert _rel(dask.conv_preactivation(params), cpu.conv_preactivation(params)) < TOLERANCE
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_optimiser_runs_on_the_shares_parts_of_its_vectors(client, stage):
+    """The engine's workspace holds no vector on the driver (each is a Ref
+    to the shares' parts); three L-BFGS-B iterations in it take the steps
+    they take in host memory."""
+    R, params, hyper = smooth_problem(PROBLEMS[2])
+    engine = DaskEngine(sp.csr_matrix(R), client=client, shares=3, dtype=np.float64, **hyper)
+    template = optimised(stage, params)
+    x = flatten(template)
+    ws = engine.workspace(x.size, 3)
+    assert all(isinstance(getattr(ws, v), Ref) for v in ("x", "g", "t", "r", "d", "S", "Y"))
+    fg = engine.objective_into(stage, template)
+    there = lbfgsb.minimize(fg, x, maxiter=3, maxcor=3, workspace=ws)
+    here = lbfgsb.minimize(CpuEngine(sp.csr_matrix(R), dtype=np.float64, **hyper)
+                           .objective_into(stage, template), x, maxiter=3, maxcor=3)
+    assert (there.nit, there.nfev) == (here.nit, here.nfev)
+    assert there.fun == pytest.approx(here.fun, rel=1e-12)
+    assert _rel(ws.vectors.to_host(there.x), here.x) < 1e-10
+    assert _rel(ws.vectors.to_host(there.jac), here.jac) < 1e-9
 
 
 def test_two_runs_with_the_same_shares_are_bit_identical(client):

@@ -10,21 +10,42 @@ parts, sums them in share order (so a run repeats bit for bit with the same
 worker count) and sends the sum back to every share. Everything goes through
 Dask itself: actor method calls, no transport of our own.
 
-What this first version leaves to the driver: the flat parameter vector and
-the optimiser's state (the sharded L-BFGS-B state is still to come), and
-the assembly of the gradient.
+The optimiser's vectors are sharded the same way (ShardedVectors, the
+Workspace.vectors of lbfgsb.minimize): each share keeps its part of x, the
+gradient, the direction and the memory S, Y (its users' slices; the
+replicated arrays on the first share only, so that each entry counts once),
+runs lbfgsb's O(n) steps on it and returns partial dot products, summed on
+the driver in share order. The driver keeps the small matrices and the line
+search; it gathers the whole vector once per epoch (the trainer's
+parameters, for scoring and checkpoints), never the memory.
 """
+import itertools
 import queue
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from .. import lbfgsb
 from ..network import Network
 from ..params import check_for_matrix, flatten, optimised, unflatten
 from ..sparse import Pattern
 from .base import Engine, EngineFailure
-from .shares import ShareOps, even_bounds, gather_grads, ring, share_params
+from .shares import ShareOps, even_bounds, gather_grads, ring, share_params, user_axes
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A vector of the optimiser, held in parts by the shares: ``key``
+    names it, ``rows`` is its number of rows for a matrix (the memory S, Y),
+    ``row`` picks one (ws.S[slot])."""
+    key: int
+    rows: int | None = None
+    row: int | None = None
+
+    def __getitem__(self, row):
+        return Ref(self.key, self.rows, row)
 
 
 class ShareWorker:
@@ -40,6 +61,7 @@ class ShareWorker:
                             settings["dtype"], **hyper)
         self.network = Network(self.ops)
         self._sums, self._parts = queue.Queue(), queue.Queue()
+        self._layout, self._vectors = None, {}
 
     def _reduce(self, name, a):
         """In the evaluation thread: hand the part to the driver, wait for
@@ -55,9 +77,11 @@ class ShareWorker:
 
     def start(self, task, stage, P, rows=None, cols=None):
         """Begin ``task`` ('loss_and_grad', 'predict', 'output_factors' or
-        'conv_preactivation') at the share's parameters P; returns the first
-        step (see resume)."""
-        P = {k: np.ascontiguousarray(v, dtype=self.ops.dtype) for k, v in P.items()}
+        'conv_preactivation') at the share's parameters P, or
+        'loss_and_grad_into' at P = (x, g, the replicated arrays, every
+        parameter's name in order); returns the first step (see resume)."""
+        if isinstance(P, dict):
+            P = {k: np.ascontiguousarray(v, dtype=self.ops.dtype) for k, v in P.items()}
 
         def run():
             try:
@@ -67,6 +91,44 @@ class ShareWorker:
         threading.Thread(target=run, daemon=True).start()
         return self._parts.get()
 
+    # ----- this share's part of the optimiser's vectors ---------------------
+    def set_layout(self, layout):
+        """[(name, shape)] of the arrays this share's part of a vector holds,
+        in order; a new layout drops the vectors of the old."""
+        if layout != self._layout:
+            self._layout, self._vectors = layout, {}
+        return sum(int(np.prod(shape)) for _, shape in layout)
+
+    def _local(self, ref):
+        if not isinstance(ref, Ref):
+            return ref
+        a = self._vectors.get(ref.key)
+        if a is None:
+            n = sum(int(np.prod(shape)) for _, shape in self._layout)
+            a = self._vectors[ref.key] = np.zeros(n if ref.rows is None else (ref.rows, n))
+        return a if ref.row is None else a[ref.row]
+
+    def vectors(self, op, *args):
+        """lbfgsb.HostVectors' ``op`` on this share's parts of the Refs in
+        ``args``; 'put' writes a part, 'take' returns one."""
+        if op == "put":
+            self._local(args[0])[:] = args[1]
+            return None
+        if op == "take":
+            return self._local(args[0]).copy()
+        return getattr(lbfgsb.HostVectors, op)(*map(self._local, args))
+
+    def arrays(self, ref, names=None):
+        """This share's part of the vector ``ref`` as {name: array} (views),
+        or only the arrays in ``names``."""
+        x, out, pos = self._local(ref), {}, 0
+        for name, shape in self._layout:
+            size = int(np.prod(shape))
+            if names is None or name in names:
+                out[name] = x[pos:pos + size].reshape(shape)
+            pos += size
+        return out
+
     def resume(self, total):
         """The sum of the last reduction's parts; returns the next step:
         ('reduce', name, part), ('done', None, result) or ('error', text, None)."""
@@ -75,6 +137,16 @@ class ShareWorker:
 
     def _task(self, task, stage, P, rows, cols):
         network = self.network
+        if task == "loss_and_grad_into":  # P: (x, g, the replicated arrays, all names)
+            x, g, replicated, names = P
+            arrays = {**replicated, **self.arrays(x)}
+            P = {k: np.ascontiguousarray(arrays[k], dtype=self.ops.dtype) for k in names}
+            G = {k: (np.zeros_like if k.startswith("b") else np.empty_like)(v)
+                 for k, v in P.items()}
+            loss = network.loss_and_grad(stage, P, G).value
+            for name, out in self.arrays(g).items():
+                out[...] = G[name]
+            return loss
         if task == "loss_and_grad":
             G = {k: (np.zeros_like if k.startswith("b") else np.empty_like)(v)
                  for k, v in P.items()}
@@ -150,10 +222,16 @@ class DaskEngine(Engine):
 
     # ----- the exchange -------------------------------------------------
     def _run(self, task, stage, params, per_share=None):
-        """Run ``task`` on every share; the results, in share order."""
+        """Run ``task`` at ``params`` on every share; the results, in share order."""
+        return self._steps(task, stage, [share_params(params, lo, hi) for lo, hi in self.bounds],
+                           per_share)
+
+    def _steps(self, task, stage, shares, per_share=None):
+        """Run ``task`` with each share's argument in ``shares``, exchanging
+        the named sums; the results, in share order."""
         extra = per_share or [{}] * len(self.actors)
-        steps = [self._result(k, "start", task, stage, share_params(params, lo, hi), **x)
-                 for k, ((lo, hi), x) in enumerate(zip(self.bounds, extra))]
+        steps = [self._result(k, "start", task, stage, P, **x)
+                 for k, (P, x) in enumerate(zip(shares, extra))]
         while True:
             steps = [self._result(k, s.result) for k, s in enumerate(steps)]
             kinds = {s[0] for s in steps}
@@ -183,13 +261,72 @@ class DaskEngine(Engine):
         return results[0][0], gather_grads([r[1] for r in results], self.bounds, P)
 
     def objective_into(self, stage, template):
+        """fg(x, g) for lbfgsb.minimize: with this engine's workspace (x and
+        g Refs), each share evaluates at its part of x and writes its part
+        of g; with host arrays, the whole vectors pass through the driver."""
         check_for_matrix(template, stage, *self.shape)
+        layouts = self._layouts(template)
+        for k, layout in enumerate(layouts):
+            self._result(k, self._result(k, "set_layout", layout).result)
+        names = list(template)
+        replicated = [name for name, _ in layouts[0] if name not in user_axes(template)]
 
         def fg(x, g):
-            loss, grads = self(stage, unflatten(x, template))
-            g[:] = flatten(grads)
-            return loss
+            if not isinstance(x, Ref):
+                loss, grads = self(stage, unflatten(x, template))
+                g[:] = flatten(grads)
+                return loss
+            shared = self._result(0, self._result(0, "arrays", x, replicated).result)
+            return self._steps("loss_and_grad_into", stage,
+                               [(x, g, shared if k else {}, names)
+                                for k in range(len(self.actors))])[0]
+        self._layout_of = (template, layouts)
         return fg
+
+    def workspace(self, n, maxcor):
+        """lbfgsb's vectors for n parameters, in parts on the shares."""
+        return lbfgsb.Workspace(n, maxcor, vectors=ShardedVectors(self))
+
+    def _layouts(self, template):
+        """Per share, [(name, shape)] of its part of a flat vector laid out
+        like ``template``: its users' slices, and on the first share the
+        replicated arrays too."""
+        axes = user_axes(template)
+        out = []
+        for k, (lo, hi) in enumerate(self.bounds):
+            layout = []
+            for name, a in template.items():
+                shape = list(np.shape(a))
+                if name in axes:
+                    shape[axes[name]] = hi - lo
+                elif k:
+                    continue
+                layout.append((name, tuple(shape)))
+            out.append(layout)
+        return out
+
+    def _split(self, flat):
+        """The shares' parts of a host vector laid out like the template."""
+        template, layouts = self._layout_of
+        whole = unflatten(np.asarray(flat, dtype=np.float64), template)
+        axes = user_axes(template)
+        return [np.concatenate([np.take(whole[name], np.arange(lo, hi), axis=axes[name]).ravel()
+                                if name in axes else whole[name].ravel()
+                                for name, _ in layout])
+                for layout, (lo, hi) in zip(layouts, self.bounds)]
+
+    def _join(self, parts):
+        """The host vector of the shares' parts (the inverse of _split)."""
+        template, layouts = self._layout_of
+        pieces = []
+        for part, layout in zip(parts, layouts):
+            arrays, pos = {}, 0
+            for name, shape in layout:
+                size = int(np.prod(shape))
+                arrays[name] = part[pos:pos + size].reshape(shape)
+                pos += size
+            pieces.append(arrays)
+        return flatten(gather_grads(pieces, self.bounds, template))
 
     def predict(self, stage, params, rows, cols):
         P = self._params(stage, params)
@@ -216,3 +353,60 @@ class DaskEngine(Engine):
         for (rows, cols, pre), (lo, _) in zip(parts, self.bounds):
             out[np.asarray(place[rows, cols + lo]).ravel() - 1] = pre
         return out
+
+
+class ShardedVectors:
+    """lbfgsb's O(n) steps (Workspace.vectors, as lbfgsb.HostVectors) on
+    vectors held in parts by a DaskEngine's shares: each step runs on every
+    share's part; dot products and norms come back as partial sums, added in
+    share order. The layout is the one the engine's last objective_into set."""
+
+    def __init__(self, engine):
+        self.engine, self._keys = engine, itertools.count()
+
+    def empty(self, shape):
+        return Ref(next(self._keys), shape[0] if np.ndim(shape) and len(shape) == 2 else None)
+
+    def _all(self, op, *args):
+        e = self.engine
+        calls = [e._result(k, "vectors", op, *args) for k in range(len(e.actors))]
+        return [e._result(k, c.result) for k, c in enumerate(calls)]
+
+    def assign(self, dst, host_src):
+        e = self.engine
+        calls = [e._result(k, "vectors", "put", dst, part)
+                 for k, part in enumerate(e._split(host_src))]
+        for k, c in enumerate(calls):
+            e._result(k, c.result)
+
+    def to_host(self, a):
+        return self.engine._join(self._all("take", a))
+
+    def copy(self, src, dst):
+        self._all("copy", src, dst)
+
+    def scale(self, src, alpha, dst):
+        self._all("scale", src, alpha, dst)
+
+    def history_dots(self, S, Y, slots, u, v=lbfgsb.EMPTY, w=lbfgsb.EMPTY):
+        parts = self._all("history_dots", S, Y, slots, u, v, w)
+        total = parts[0].copy()
+        for part in parts[1:]:
+            total += part
+        return total
+
+    def direction(self, S, Y, slots, cs, cy, gamma, g, d):
+        self._all("direction", S, Y, slots, cs, cy, gamma, g, d)
+
+    def trial_point(self, t, stp, d, x, first):
+        return any(self._all("trial_point", t, stp, d, x, first))
+
+    def dot_and_abs_max(self, g, d):
+        parts = self._all("dot_and_abs_max", g, d)
+        return float(sum(p[0] for p in parts)), float(max(p[1] for p in parts))
+
+    def squared_distance(self, a, b):
+        return float(sum(self._all("squared_distance", a, b)))
+
+    def store_pair(self, g, r, stp, d, s_out, y_out):
+        self._all("store_pair", g, r, stp, d, s_out, y_out)
