@@ -1,9 +1,11 @@
 """The Dask engine against the CPU engine: seconds per (loss, gradient)
-evaluation of both stages at the preset's shape, with the CPU engine in this
-process and the Dask engine on a LocalCluster of 1 and 2 worker processes
-(the cores shared among them), measured in one run; the ratio is what the
-exchanges through the driver cost on one machine (where splitting cannot
-gain). Also each worker's set-up (its patterns, kernels from the cache).
+evaluation of both stages at the preset's shape, as a fit with the Numba
+optimiser makes it (objective_into on the engine's workspace: for the Dask
+engine the vectors stay on the workers), with the CPU engine in this process
+and the Dask engine on a LocalCluster of 1 and 2 worker processes (the cores
+shared among them), measured in one run; the ratio is what the actors and
+the exchanges through the driver cost on one machine, where splitting
+cannot gain. Also each engine's set-up.
 
     pip install -e '.[dask]'
     python bench/cluster.py --datasets ml-100k ml-1m --json bench/results/cluster.json
@@ -22,16 +24,22 @@ import numpy as np
 from glocalk_np.config import Config
 from glocalk_np.engines.cluster import DaskEngine
 from glocalk_np.engines.cpu import CpuEngine
-from glocalk_np.params import init_global_kernel, init_layers
+from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised
 from glocalk_np.scale import RatingScale
 
 
 def median_seconds(engine, stage, params, repeats):
-    engine(stage, params)                       # warm: compile or load, first buffers
+    """Median seconds of fg(x, g) in the engine's workspace, after a warm-up."""
+    template = optimised(stage, params)
+    x0 = flatten(template)
+    fg = engine.objective_into(stage, template)
+    ws = engine.workspace(x0.size, 10)
+    ws.vectors.assign(ws.x, x0)
+    fg(ws.x, ws.g)                              # warm: compile or load, first buffers
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
-        engine(stage, params)
+        fg(ws.x, ws.g)
         times.append(time.perf_counter() - tic)
     return float(np.median(times))
 
@@ -44,7 +52,10 @@ def main():
     parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--json", dest="out")
     args = parser.parse_args()
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as e:
+        common.fail(f"the Dask engine needs dask.distributed ({e}): pip install -e '.[dask]'")
     results = {}
     for name in args.datasets:
         problem = common.load(name, args.data_dir)

@@ -52,7 +52,8 @@ class ShareWorker:
     """A Dask actor: one share's operations and the thread that evaluates
     on them, paused at each reduction (see the module docstring)."""
 
-    def __init__(self, ring_matrix, offset, n_own, n_users, leader, settings, threads=None):
+    def __init__(self, ring_matrix, offset, n_own, n_users, leader, settings, threads=None,
+                 alone=False):
         import numba
         if threads:
             numba.set_num_threads(threads)
@@ -62,10 +63,13 @@ class ShareWorker:
         self.network = Network(self.ops)
         self._sums, self._parts = queue.Queue(), queue.Queue()
         self._layout, self._vectors = None, {}
+        self._alone = alone          # the only share: its parts are the sums
 
     def _reduce(self, name, a):
         """In the evaluation thread: hand the part to the driver, wait for
         the sum, put it in place."""
+        if self._alone:
+            return a
         loss = hasattr(a, "value")
         self._parts.put(("reduce", name, np.array(a.value if loss else a, copy=True)))
         total = self._sums.get()
@@ -201,10 +205,11 @@ class DaskEngine(Engine):
         futures = []
         for k, ((lo, hi), worker) in enumerate(zip(self.bounds, self.workers)):
             X, offset = ring(R, lo, hi, halo)
+            X = client.scatter(X, workers=[worker], direct=True)    # data, not a task's graph
             futures.append(client.submit(
                 ShareWorker, X, offset, hi - lo, R.shape[1], k == 0, self.settings,
-                threads or nthreads[worker].get("nthreads"), actor=True, workers=[worker],
-                pure=False))
+                threads or nthreads[worker].get("nthreads"), count == 1, actor=True,
+                workers=[worker], pure=False))
         self.actors = [self._result(k, f.result) for k, f in enumerate(futures)]
 
     def _result(self, k, call, *args, **kwargs):
