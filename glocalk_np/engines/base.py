@@ -16,8 +16,30 @@ gradient from network.Network.
 """
 from abc import ABC, abstractmethod
 
+import numpy as np
+import scipy.sparse as sp
+
 from .. import lbfgsb
 from ..params import flatten, unflatten
+
+
+def training_matrix(train, lambda_2, lambda_s, dot_scale, dtype):
+    """(the items x users matrix ``train`` as a canonical CSR matrix, the
+    engine's settings dict) for an engine's set-up; ValueError for no
+    ratings, ratings not finite and > 0 (the network reads 0 as missing),
+    or a dtype other than float32 and float64."""
+    R = sp.csr_matrix(train)
+    R.sum_duplicates()
+    R.sort_indices()
+    R.eliminate_zeros()
+    if R.nnz == 0:
+        raise ValueError("training matrix has no ratings")
+    if not np.all(np.isfinite(R.data)) or R.data.min() <= 0:
+        raise ValueError("ratings must be finite and > 0 (0 means missing)")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return R, dict(lambda_2=float(lambda_2), lambda_s=float(lambda_s),
+                   dot_scale=float(dot_scale), dtype=np.dtype(dtype))
 
 
 class EngineFailure(RuntimeError):

@@ -31,7 +31,7 @@ from .. import lbfgsb
 from ..network import Network
 from ..params import check_for_matrix, flatten, optimised, unflatten
 from ..sparse import Pattern
-from .base import Engine, EngineFailure
+from .base import Engine, EngineFailure, training_matrix
 from .shares import ShareOps, even_bounds, gather_grads, ring, share_params, user_axes
 
 
@@ -177,20 +177,8 @@ class DaskEngine(Engine):
 
     def __init__(self, train, *, client, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32,
                  halo=1, shares=None, threads=None):
-        R = sp.csr_matrix(train)
-        R.sum_duplicates()
-        R.sort_indices()
-        R.eliminate_zeros()
-        if R.nnz == 0:
-            raise ValueError("training matrix has no ratings")
-        if not np.all(np.isfinite(R.data)) or R.data.min() <= 0:
-            raise ValueError("ratings must be finite and > 0 (0 means missing)")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-        self.shape = R.shape
-        self.settings = dict(lambda_2=float(lambda_2), lambda_s=float(lambda_s),
-                             dot_scale=float(dot_scale), dtype=self.dtype)
+        R, self.settings = training_matrix(train, lambda_2, lambda_s, dot_scale, dtype)
+        self.dtype, self.shape = self.settings["dtype"], R.shape
         workers = sorted(client.scheduler_info()["workers"])
         if not workers:
             raise ValueError("the Dask cluster has no workers")

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 
 from ..kernels import cpu
 from ..network import Network
 from ..params import check_for_matrix, optimised, unflatten
 from ..sparse import Pattern
-from .base import Engine
+from .base import Engine, training_matrix
 
 
 def _blocks(rows):
@@ -228,22 +227,11 @@ class CpuEngine(Engine):
     """
 
     def __init__(self, train, *, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32):
-        R = sp.csr_matrix(train)
-        R.sum_duplicates()
-        R.sort_indices()
-        R.eliminate_zeros()
-        if R.nnz == 0:
-            raise ValueError("training matrix has no ratings")
-        if not np.all(np.isfinite(R.data)) or R.data.min() <= 0:
-            raise ValueError("ratings must be finite and > 0 (0 means missing)")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        R, self.settings = training_matrix(train, lambda_2, lambda_s, dot_scale, dtype)
+        self.dtype = self.settings["dtype"]
         self.R = Pattern.from_csr(R)
         self.values = R.data.astype(self.dtype)
         self.shape = R.shape
-        self.settings = dict(lambda_2=float(lambda_2), lambda_s=float(lambda_s),
-                             dot_scale=float(dot_scale), dtype=self.dtype)
         self.ops = CpuOps(self.R, self.values, float(lambda_2), float(lambda_s),
                           float(dot_scale))
         self.network = Network(self.ops)
