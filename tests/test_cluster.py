@@ -98,6 +98,13 @@ def test_the_optimiser_runs_on_the_shares_parts_of_its_vectors(client, stage):
     assert _rel(ws.vectors.to_host(there.jac), here.jac) < 1e-9
 
 
+def test_each_worker_evaluates_with_the_threads_it_was_given(client):
+    R, params, hyper = smooth_problem(PROBLEMS[0])
+    engine = DaskEngine(sp.csr_matrix(R), client=client, shares=2, threads=1, **hyper)
+    engine("finetune", params)
+    assert [a.threads_used for a in engine.actors] == [1, 1]
+
+
 def test_two_runs_with_the_same_shares_are_bit_identical(client):
     R, params, hyper = smooth_problem(PROBLEMS[2])
     for _ in range(2):

@@ -52,11 +52,11 @@ class ShareWorker:
     """A Dask actor: one share's operations and the thread that evaluates
     on them, paused at each reduction (see the module docstring)."""
 
+    threads_used = None      # Numba threads of the last evaluation or vector step
+
     def __init__(self, ring_matrix, offset, n_own, n_users, leader, settings, threads=None,
                  alone=False):
-        import numba
-        if threads:
-            numba.set_num_threads(threads)
+        self._threads = threads
         hyper = {k: settings[k] for k in ("lambda_2", "lambda_s", "dot_scale")}
         self.ops = ShareOps(ring_matrix, offset, n_own, n_users, self._reduce, leader,
                             settings["dtype"], **hyper)
@@ -64,6 +64,15 @@ class ShareWorker:
         self._sums, self._parts = queue.Queue(), queue.Queue()
         self._layout, self._vectors = None, {}
         self._alone = alone          # the only share: its parts are the sums
+
+    def _use_threads(self):
+        """Numba's thread count is per calling thread: set it in each that
+        runs kernels (the evaluation's, the actor's); the count in use is
+        kept as ``threads_used``."""
+        import numba
+        if self._threads:
+            numba.set_num_threads(min(self._threads, numba.config.NUMBA_NUM_THREADS))
+        self.threads_used = numba.get_num_threads()
 
     def _reduce(self, name, a):
         """In the evaluation thread: hand the part to the driver, wait for
@@ -88,6 +97,7 @@ class ShareWorker:
             P = {k: np.ascontiguousarray(v, dtype=self.ops.dtype) for k, v in P.items()}
 
         def run():
+            self._use_threads()
             try:
                 self._parts.put(("done", None, self._task(task, stage, P, rows, cols)))
             except BaseException as e:          # noqa: BLE001 - reported to the driver
@@ -115,6 +125,7 @@ class ShareWorker:
     def vectors(self, op, *args):
         """lbfgsb.HostVectors' ``op`` on this share's parts of the Refs in
         ``args``; 'put' writes a part, 'take' returns one."""
+        self._use_threads()
         if op == "put":
             self._local(args[0])[:] = args[1]
             return None
