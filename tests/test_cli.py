@@ -571,17 +571,24 @@ def test_dash_is_standard_output_for_text_outputs(tmp_path, files):
     assert "Invalid value for '--out'" in fails("fit", files["train"], "--out", "-")
 
 
-def test_failures_at_run_time_exit_1_usage_and_data_errors_2(tmp_path, files, monkeypatch):
+@pytest.mark.parametrize("failure", ["diverged", "lost worker"])
+def test_failures_at_run_time_exit_1_usage_and_data_errors_2(tmp_path, files, monkeypatch,
+                                                             failure):
     from glocalk_np import estimator
+    from glocalk_np.engines import EngineFailure
     from glocalk_np.train import TrainingDiverged
+    error = (TrainingDiverged("training diverged: the loss is nan after pretrain epoch 1")
+             if failure == "diverged" else
+             EngineFailure("the Dask worker tcp://10.0.0.2:4000 (share 2 of 2) failed or "
+                           "was lost: RuntimeError: Worker holding Actor was lost."))
 
-    def diverge(*args, **kwargs):
-        raise TrainingDiverged("training diverged: the loss is nan after pretrain epoch 1")
+    def fail(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(estimator.training, "fit", diverge)
+    monkeypatch.setattr(estimator.training, "fit", fail)
     result = run("fit", files["train"], *TINY, "--out", tmp_path / "m.npz", code=1)
-    assert result.stderr.splitlines() == ["Error: training diverged: the loss is nan after "
-                                          "pretrain epoch 1"]
+    assert result.stderr.splitlines() == [f"Error: {error}" + (
+        "; nothing saved" if failure == "lost worker" else "")]
     assert not (tmp_path / "m.npz").exists()
     assert "Error: " in fails("fit", files["train"], "--hidden", "0")     # usage: status 2
 
@@ -655,3 +662,30 @@ def test_resume_goes_on_into_the_refit(tmp_path, files, monkeypatch):
     assert len(calls) == len(whole.history_) - 1          # only the refit's rest ran again
     for k in whole.params_:
         np.testing.assert_array_equal(whole.params_[k], resumed.params_[k], err_msg=k)
+
+
+def test_a_lost_worker_names_the_checkpoint_to_resume_from(tmp_path, files, monkeypatch):
+    """An engine failure after an epoch was saved: one line with the
+    checkpoint folder, exit 1; --resume then finishes the fit."""
+    from glocalk_np import estimator
+    from glocalk_np.engines import EngineFailure
+    real, calls = estimator.training.minimize_epoch, []
+
+    def fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise EngineFailure("the Dask worker tcp://10.0.0.2:4000 (share 2 of 2) failed "
+                                "or was lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(estimator.training, "minimize_epoch", fails_second)
+    folder, out = tmp_path / "c", tmp_path / "m.npz"
+    result = run("fit", files["train"], *TINY, "--checkpoint-dir", folder, "--out", out,
+                 "--quiet", code=1)
+    assert result.stderr.splitlines() == [
+        "Error: the Dask worker tcp://10.0.0.2:4000 (share 2 of 2) failed or was lost; the "
+        f"last completed epoch is saved in {folder}: --resume goes on from it"]
+    assert not out.exists()
+    run("fit", files["train"], *TINY, "--checkpoint-dir", folder, "--resume", "--out", out,
+        "--quiet")
+    assert out.exists()

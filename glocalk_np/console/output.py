@@ -11,6 +11,7 @@ import numpy as np
 
 from ..safeio import atomic_output, check_distinct, check_target
 from ..records import epoch_line, scores_text
+from ..engines.base import EngineFailure
 from .process import EXIT_INTERRUPTED, signal_behind
 
 def check_outputs(inputs, outputs):
@@ -161,17 +162,19 @@ def train_model(est, train, *, test=None, val=None, select, quiet, index=None,
     try:
         est.fit(train, test=test, val=val, select=select, callback=progress,
                 checkpoint_dir=checkpoint_dir, resume=resume, index=index)
-
-
     except BaseException as e:
         signal_ = signal_behind(e)
         progress.erase()            # a terminal shows the error line, not a stale bar
         progress.close()
+        saved = checkpoint_dir is not None and progress.last is not None
         if isinstance(signal_, KeyboardInterrupt):
-            saved = checkpoint_dir is not None and progress.last is not None
             click.echo("Interrupted: " + (f"last completed epoch saved in {checkpoint_dir}"
                                           if saved else "nothing saved"), err=True)
             click.get_current_context().exit(EXIT_INTERRUPTED)
+        if isinstance(e, EngineFailure):      # a lost worker: say where to go on from
+            raise EngineFailure(f"{e}; " + (f"the last completed epoch is saved in "
+                                            f"{checkpoint_dir}: --resume goes on from it"
+                                            if saved else "nothing saved")) from None
         if signal_ is not None and signal_ is not e:
             raise signal_ from None
         raise
