@@ -263,6 +263,9 @@ class GLocalK:
                  **{k: v for k, v in m.metrics.items() if k != "val"}}
                 for m, c in zip(final.members, first.members)]
         self.summary_["baseline"] = {**first.baseline, **final.baseline}
+        report = self._model_engine().report()
+        if report is not None:
+            self.summary_["engine"] = report
         return self
 
     def validation_split(self, train, val=None):

@@ -142,6 +142,9 @@ def test_the_estimator_trains_saves_and_resumes_on_the_cluster(client, tmp_path)
     _, ratings = ratings_matrix()
     config = replace(CONFIG, epochs_finetune=2)
     whole = GLocalK(config, device="dask", validation_fraction=0).fit(ratings)
+    shares = whole.summary_["engine"]["shares"]
+    assert [s["users"] for s in shares] == [[0, 20], [20, 40], [40, 60]]
+    assert all(s["threads"] == 1 and s["first_evaluation_s"] > 0 for s in shares)
     whole.save(tmp_path / "m.npz")
     loaded = GLocalK.load(tmp_path / "m.npz")
     np.testing.assert_allclose(loaded.predict(ratings.users, ratings.items)[0],
@@ -189,6 +192,7 @@ def test_fit_on_local_workers_from_the_command_line(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "model saved to m.npz" in done.stdout and (tmp_path / "m.npz").exists()
+    assert done.stdout.count("first evaluation") == 2          # a line per worker
     for flags in (["--local-workers", "2"], ["--device", "dask"],
                   ["--device", "dask", "--scheduler", "tcp://x:1", "--local-workers", "2"]):
         bad = command[:5] + flags + ["--out", "n.npz"]

@@ -212,6 +212,11 @@ def echo_summary(est):
     for name in ("val", "test"):
         if name in s:
             click.echo("  " + "\n    ".join(held_out_lines(name, s[name])))
+    for share in s.get("engine", {}).get("shares", []):
+        first = share["first_evaluation_s"]
+        click.echo(f"  worker {share['worker']}: users {share['users'][0]:,}-"
+                   f"{share['users'][1] - 1:,}, {share['threads']} threads, first evaluation "
+                   + ("-" if first is None else f"{first:.1f} s"))
     if s.get("baseline"):
         click.echo(f"  {BASELINE_LABEL}: "
                    + scores_text(s["baseline"], ("rmse", "mae")))

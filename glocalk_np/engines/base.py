@@ -97,3 +97,8 @@ class Engine(ABC):
         """lbfgsb's vectors for n parameters where this engine wants them
         (host memory here; the GPU's for the CUDA engine)."""
         return lbfgsb.Workspace(n, maxcor)
+
+    def report(self):
+        """What a user should hear of how the work was spread (a dict for
+        fit's summary), or None: nothing beyond the device."""
+        return None

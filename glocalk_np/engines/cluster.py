@@ -22,6 +22,7 @@ parameters, for scoring and checkpoints), never the memory.
 import itertools
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ class ShareWorker:
     on them, paused at each reduction (see the module docstring)."""
 
     threads_used = None      # Numba threads of the last evaluation or vector step
+    first_seconds = None     # wall time of the first evaluation, start to result
 
     def __init__(self, ring_matrix, offset, n_own, n_users, leader, settings, threads=None,
                  alone=False):
@@ -98,8 +100,12 @@ class ShareWorker:
 
         def run():
             self._use_threads()
+            tic = time.perf_counter()
             try:
-                self._parts.put(("done", None, self._task(task, stage, P, rows, cols)))
+                result = self._task(task, stage, P, rows, cols)
+                if self.first_seconds is None:     # compile or cache load, first buffers
+                    self.first_seconds = time.perf_counter() - tic
+                self._parts.put(("done", None, result))
             except BaseException as e:          # noqa: BLE001 - reported to the driver
                 self._parts.put(("error", f"{type(e).__name__}: {e}", None))
         threading.Thread(target=run, daemon=True).start()
@@ -286,6 +292,14 @@ class DaskEngine(Engine):
                                 for k in range(len(self.actors))])[0]
         self._layout_of = (template, layouts)
         return fg
+
+    def report(self):
+        """Per share: its worker, users, Numba threads and first evaluation's
+        seconds (kernels compiled, or loaded from the worker's cache)."""
+        return {"shares": [
+            {"worker": w, "users": [lo, hi], "threads": self._result(k, lambda a=a: a.threads_used),
+             "first_evaluation_s": self._result(k, lambda a=a: a.first_seconds)}
+            for k, (a, w, (lo, hi)) in enumerate(zip(self.actors, self.workers, self.bounds))]}
 
     def workspace(self, n, maxcor):
         """lbfgsb's vectors for n parameters, in parts on the shares."""
