@@ -214,9 +214,11 @@ def echo_summary(est):
             click.echo("  " + "\n    ".join(held_out_lines(name, s[name])))
     for share in s.get("engine", {}).get("shares", []):
         first = share["first_evaluation_s"]
+        threads = share["threads"]
         click.echo(f"  worker {share['worker']}: users {share['users'][0]:,}-"
-                   f"{share['users'][1] - 1:,}, {share['threads']} threads, first evaluation "
-                   + ("-" if first is None else f"{first:.1f} s"))
+                   f"{share['users'][1] - 1:,}, {threads} Numba thread"
+                   f"{'' if threads == 1 else 's'}, first evaluation "
+                   + ("-" if first is None else f"{first:.2f} s"))
     if s.get("baseline"):
         click.echo(f"  {BASELINE_LABEL}: "
                    + scores_text(s["baseline"], ("rmse", "mae")))
