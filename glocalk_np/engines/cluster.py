@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import lbfgsb
+from ..kernels import cpu
 from ..network import Network
 from ..params import check_for_matrix, flatten, optimised, unflatten
 from ..sparse import Pattern
@@ -64,7 +65,7 @@ class ShareWorker:
                             settings["dtype"], **hyper)
         self.network = Network(self.ops)
         self._sums, self._parts = queue.Queue(), queue.Queue()
-        self._layout, self._vectors = None, {}
+        self._layout, self._vectors, self._flat = None, {}, None
         self._alone = alone          # the only share: its parts are the sums
 
     def _use_threads(self):
@@ -139,16 +140,30 @@ class ShareWorker:
             return self._local(args[0]).copy()
         return getattr(lbfgsb.HostVectors, op)(*map(self._local, args))
 
-    def arrays(self, ref, names=None):
-        """This share's part of the vector ``ref`` as {name: array} (views),
-        or only the arrays in ``names``."""
-        x, out, pos = self._local(ref), {}, 0
+    def _flat_arrays(self, x):
+        """(parameters, gradients) as {name: array} views of two flat
+        compute-dtype buffers laid out like this share's part of a vector,
+        kept between evaluations; the parameters cast from x's part in one
+        parallel pass, as the CPU engine's objective_into does."""
+        local = self._local(x)
+        if self._flat is None or self._flat[0].size != local.size:
+            self._flat = tuple(np.empty(local.size, self.ops.dtype) for _ in range(2))
+        flat_p, flat_g = self._flat
+        cpu.copy_cast(local, flat_p)
+        return self._views(flat_p), self._views(flat_g)
+
+    def _views(self, flat):
+        out, pos = {}, 0
         for name, shape in self._layout:
             size = int(np.prod(shape))
-            if names is None or name in names:
-                out[name] = x[pos:pos + size].reshape(shape)
+            out[name] = flat[pos:pos + size].reshape(shape)
             pos += size
         return out
+
+    def arrays(self, ref, names):
+        """The arrays ``names`` of this share's part of the vector ``ref``."""
+        views = self._views(self._local(ref))
+        return {name: views[name] for name in names}
 
     def resume(self, total):
         """The sum of the last reduction's parts; returns the next step:
@@ -160,13 +175,15 @@ class ShareWorker:
         network = self.network
         if task == "loss_and_grad_into":  # P: (x, g, the replicated arrays, all names)
             x, g, replicated, names = P
-            arrays = {**replicated, **self.arrays(x)}
-            P = {k: np.ascontiguousarray(arrays[k], dtype=self.ops.dtype) for k in names}
-            G = {k: (np.zeros_like if k.startswith("b") else np.empty_like)(v)
-                 for k, v in P.items()}
-            loss = network.loss_and_grad(stage, P, G).value
-            for name, out in self.arrays(g).items():
-                out[...] = G[name]
+            P, G = self._flat_arrays(x)
+            P.update({k: np.ascontiguousarray(v, dtype=self.ops.dtype)
+                      for k, v in replicated.items()})
+            G.update({k: np.empty_like(v) for k, v in P.items() if k not in G})
+            for k, v in G.items():
+                if k.startswith("b"):
+                    v[:] = 0
+            loss = network.loss_and_grad(stage, {k: P[k] for k in names}, G).value
+            cpu.copy_cast(self._flat[1], self._local(g))
             return loss
         if task == "loss_and_grad":
             G = {k: (np.zeros_like if k.startswith("b") else np.empty_like)(v)
@@ -286,7 +303,8 @@ class DaskEngine(Engine):
                 loss, grads = self(stage, unflatten(x, template))
                 g[:] = flatten(grads)
                 return loss
-            shared = self._result(0, self._result(0, "arrays", x, replicated).result)
+            shared = {} if len(self.actors) == 1 else \
+                self._result(0, self._result(0, "arrays", x, replicated).result)
             return self._steps("loss_and_grad_into", stage,
                                [(x, g, shared if k else {}, names)
                                 for k in range(len(self.actors))])[0]
