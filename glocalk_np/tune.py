@@ -125,6 +125,8 @@ def _run(number, settings, base, patience, train, val, index, metric):
                      " ".join(str(e).split()))
     pre = sum(r.stage == "pretrain" for r in model.history_)
     fine = model.best_epoch_ or 0
+    trained = model.config_      # a large file takes the ML-1M settings left at defaults
+    settings = {name: getattr(trained, name) for name in settings}
     return Trial(number, settings, rmse, pre, model.best_epoch_, time.perf_counter() - tic,
-                 replace(config, epochs_pretrain=pre, epochs_finetune=fine), score=score,
+                 replace(trained, epochs_pretrain=pre, epochs_finetune=fine), score=score,
                  coverage=coverage)

@@ -113,3 +113,16 @@ def test_tune_says_when_the_best_epoch_is_the_last_of_its_budget(tmp_path):
     last = data["trials"][0]["best_epoch"] == data["trials"][0]["settings"]["epochs_finetune"]
     assert ("is the last of its budget" in result.stderr) == last
     assert data["metric"] == "rmse" and 0 < data["coverage"] <= 1
+
+
+def test_a_trial_reports_the_settings_it_trained_with_on_a_large_file(monkeypatch):
+    """A file at or above LARGE_FILE_RATINGS (lowered here) trains with the
+    ML-1M settings left at their defaults; the trial says so."""
+    import glocalk_np.config as config_module
+    monkeypatch.setattr(config_module, "LARGE_FILE_RATINGS", 10)
+    train, _, val = three_way(low_rank_ratings())
+    base = Config(n_hidden=4, kernel_dim=2, epochs_pretrain=1, epochs_finetune=1,
+                  iters_pretrain=2, iters_finetune=2)
+    trial = search.tune(train, val, base, trials=1, space=SMALL_SPACE)[0]
+    assert trial.settings["lambda_2"] == trial.config.lambda_2 == 70.0
+    assert trial.config.dot_scale == 0.5
