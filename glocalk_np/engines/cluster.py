@@ -213,7 +213,8 @@ class DaskEngine(Engine):
                  halo=1, shares=None, threads=None):
         R, self.settings = training_matrix(train, lambda_2, lambda_s, dot_scale, dtype)
         self.dtype, self.shape = self.settings["dtype"], R.shape
-        workers = sorted(client.scheduler_info()["workers"])
+        info = client.scheduler_info()["workers"]
+        workers = sorted(info)
         if not workers:
             raise ValueError("the Dask cluster has no workers")
         count = len(workers) if shares is None else shares
@@ -223,14 +224,13 @@ class DaskEngine(Engine):
         self.bounds = even_bounds(R.shape[1], count)
         self.workers = [workers[k % len(workers)] for k in range(count)]
         self._R = R
-        nthreads = client.scheduler_info()["workers"]
         futures = []
         for k, ((lo, hi), worker) in enumerate(zip(self.bounds, self.workers)):
             X, offset = ring(R, lo, hi, halo)
             X = client.scatter(X, workers=[worker], direct=True)    # data, not a task's graph
             futures.append(client.submit(
                 ShareWorker, X, offset, hi - lo, R.shape[1], k == 0, self.settings,
-                threads or nthreads[worker].get("nthreads"), count == 1, actor=True,
+                threads or info[worker].get("nthreads"), count == 1, actor=True,
                 workers=[worker], pure=False))
         self.actors = [self._result(k, f.result) for k, f in enumerate(futures)]
 
@@ -248,6 +248,13 @@ class DaskEngine(Engine):
                                 f"{type(e).__name__}: {e}") from None
 
     # ----- the exchange -------------------------------------------------
+    def _each(self, method, *args, per_share=None):
+        """The actor method ``method``(*args, *per_share[k]) on every share
+        at once; the results, in share order."""
+        extra = per_share or [()] * len(self.actors)
+        calls = [self._result(k, method, *args, *x) for k, x in enumerate(extra)]
+        return [self._result(k, call.result) for k, call in enumerate(calls)]
+
     def _run(self, task, stage, params, per_share=None):
         """Run ``task`` at ``params`` on every share; the results, in share order."""
         return self._steps(task, stage, [share_params(params, lo, hi) for lo, hi in self.bounds],
@@ -293,16 +300,14 @@ class DaskEngine(Engine):
         of g; with host arrays, the whole vectors pass through the driver."""
         check_for_matrix(template, stage, *self.shape)
         layouts = self._layouts(template)
-        for k, layout in enumerate(layouts):
-            self._result(k, self._result(k, "set_layout", layout).result)
+        self._each("set_layout", per_share=[(layout,) for layout in layouts])
         names = list(template)
         replicated = [name for name, _ in layouts[0] if name not in user_axes(template)]
+        host = lbfgsb.gradient_into(self.objective(stage, template))
 
         def fg(x, g):
             if not isinstance(x, Ref):
-                loss, grads = self(stage, unflatten(x, template))
-                g[:] = flatten(grads)
-                return loss
+                return host(x, g)
             shared = {} if len(self.actors) == 1 else \
                 self._result(0, self._result(0, "arrays", x, replicated).result)
             return self._steps("loss_and_grad_into", stage,
@@ -404,16 +409,11 @@ class ShardedVectors:
         return Ref(next(self._keys), shape[0] if np.ndim(shape) and len(shape) == 2 else None)
 
     def _all(self, op, *args):
-        e = self.engine
-        calls = [e._result(k, "vectors", op, *args) for k in range(len(e.actors))]
-        return [e._result(k, c.result) for k, c in enumerate(calls)]
+        return self.engine._each("vectors", op, *args)
 
     def assign(self, dst, host_src):
-        e = self.engine
-        calls = [e._result(k, "vectors", "put", dst, part)
-                 for k, part in enumerate(e._split(host_src))]
-        for k, c in enumerate(calls):
-            e._result(k, c.result)
+        self.engine._each("vectors", "put", dst,
+                          per_share=[(part,) for part in self.engine._split(host_src)])
 
     def to_host(self, a):
         return self.engine._join(self._all("take", a))
