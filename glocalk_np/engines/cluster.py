@@ -350,11 +350,9 @@ class DaskEngine(Engine):
         """The shares' parts of a host vector laid out like the template."""
         template, layouts = self._layout_of
         whole = unflatten(np.asarray(flat, dtype=np.float64), template)
-        axes = user_axes(template)
-        return [np.concatenate([np.take(whole[name], np.arange(lo, hi), axis=axes[name]).ravel()
-                                if name in axes else whole[name].ravel()
-                                for name, _ in layout])
-                for layout, (lo, hi) in zip(layouts, self.bounds)]
+        shares = (share_params(whole, lo, hi) for lo, hi in self.bounds)
+        return [np.concatenate([part[name].ravel() for name, _ in layout])
+                for part, layout in zip(shares, layouts)]
 
     def _join(self, parts):
         """The host vector of the shares' parts (the inverse of _split)."""

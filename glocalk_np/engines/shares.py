@@ -28,7 +28,8 @@ def user_axes(params):
 
 
 def share_params(params, lo, hi):
-    """The arrays a share of users lo..hi-1 holds (views where possible)."""
+    """The arrays a share of users lo..hi-1 holds: copies of its users'
+    slices, the replicated arrays themselves."""
     axes = user_axes(params)
     return {k: (np.take(v, np.arange(lo, hi), axis=axes[k]) if k in axes else v)
             for k, v in params.items()}
