@@ -69,6 +69,7 @@ class CpuOps:
     def __init__(self, R, values, lambda_2, lambda_s, dot_scale):
         self.R, self.values = R, values
         self.conv_R, self.conv_values = R, values     # what the convolution reads: all of R
+        self.n_users = R.shape[1]                      # what means over users divide by
         self.dtype = values.dtype
         self.lambda_2, self.lambda_s, self.dot_scale = lambda_2, lambda_s, dot_scale
         self._in_csc = [(values, values[R.csc_perm])]   # values whose CSC order is known
@@ -143,7 +144,7 @@ class CpuOps:
         out += partial.sum(axis=0)
 
     def weight_means(self, Weff_out, WoutT, b):
-        return Weff_out.mean(axis=1), np.array([b.mean()])
+        return Weff_out.sum(axis=1) / self.n_users, np.array([b.sum() / self.n_users])
 
     def item_means(self, H, w_mean, b_mean):
         return H @ w_mean + b_mean[0]
@@ -174,9 +175,8 @@ class CpuOps:
         np.multiply(self.dot_scale, C @ dG, out=dmu)
 
     def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
-        n = dWoutT.shape[0]
-        dWoutT += (H.T @ dmu) / n
-        db_out += dmu.sum() / n
+        dWoutT += (H.T @ dmu) / self.n_users
+        db_out += dmu.sum() / self.n_users
         np.outer(dmu, w_mean, out=dH)
 
     def layer_grad(self, dWeff, W, U, V, K, dW, dU, dV):

@@ -89,14 +89,6 @@ class ShareOps(CpuOps):
     def reduce(self, name, a):
         return self._reduce(name, a)
 
-    def weight_means(self, Weff_out, WoutT, b):
-        return Weff_out.sum(axis=1) / self.n_users, np.array([b.sum() / self.n_users])
-
-    def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
-        dWoutT += (H.T @ dmu) / self.n_users
-        db_out += dmu.sum() / self.n_users
-        np.outer(dmu, w_mean, out=dH)
-
     def second_input(self, S, pre):
         """The kept entries in this share's own columns, numbered from 0:
         the halo's are another share's."""
