@@ -10,7 +10,12 @@ cannot gain. Also each engine's set-up.
     pip install -e '.[dask]'
     python bench/cluster.py --datasets ml-100k ml-1m --json bench/results/cluster.json
 
-Data: ../shared/data (see bench/README.md), or the synthetic shapes.
+Traffic: the bytes a Dask evaluation moves, counted on the loopback
+interface (all of it: driver, workers and scheduler share this machine; the
+cluster is otherwise idle), against exchange_bytes' model of it.
+
+Data: ../shared/data (see bench/README.md), or the synthetic shapes
+(synth-ml-10m: ML-10M's shape; --no-cpu skips the in-process engine there).
 """
 import common  # noqa: F401  first: sets OpenBLAS' spin before NumPy loads
 
@@ -24,24 +29,63 @@ import numpy as np
 from glocalk_np.config import Config
 from glocalk_np.engines.cluster import DaskEngine
 from glocalk_np.engines.cpu import CpuEngine
-from glocalk_np.params import flatten, init_global_kernel, init_layers, optimised
+from glocalk_np.engines.shares import user_axes
+from glocalk_np.params import STAGES, flatten, init_global_kernel, init_layers, layer_count, optimised
 from glocalk_np.scale import RatingScale
 
 
+def loopback_bytes():
+    """Bytes sent on the loopback interface so far (Linux; None elsewhere)."""
+    try:
+        for line in open("/proc/net/dev"):
+            name, _, fields = line.partition(":")
+            if name.strip() == "lo":
+                return int(fields.split()[8])
+    except OSError:
+        pass
+    return None
+
+
+def exchange_bytes(stage, params, workers, itemsize):
+    """The model of what one evaluation moves per worker (sent plus
+    received), in bytes, with the optimiser's vectors on the workers:
+    each reduction's part goes up to the driver and the sum comes back
+    (network.REDUCTIONS, in the compute dtype: 'input' once per pass, of
+    items x first hidden width; 'dH' items x last hidden width; 'dV0',
+    'dU_out' the kernel vectors; fine-tuning adds 'w_mean', 'b_mean', 'dG');
+    the replicated parameters (float64) go from the first share to the
+    driver and on to each other share, one pass over each worker's link.
+    Nothing moves with one worker. Messages' own headers are left out."""
+    if workers == 1:
+        return 0
+    template = optimised(stage, params)
+    last = layer_count(template) - 1
+    m = params["C"].shape[0]
+    first, hidden = template["W0"].shape[1], template[f"W{last}"].shape[0]
+    parts = m * first + m * hidden + template["V0"].size + template[f"U{last}"].size + 1
+    if stage == "finetune":
+        parts += m * first + hidden + 1 + template["C"].shape[1]
+    axes = user_axes(template)
+    replicated = sum(a.size for k, a in template.items() if k not in axes)
+    return 2 * parts * itemsize + 8 * replicated
+
+
 def median_seconds(engine, stage, params, repeats):
-    """Median seconds of fg(x, g) in the engine's workspace, after a warm-up."""
+    """Median seconds of fg(x, g) in the engine's workspace, after a warm-up,
+    and the loopback bytes per evaluation over the timed ones."""
     template = optimised(stage, params)
     x0 = flatten(template)
     fg = engine.objective_into(stage, template)
     ws = engine.workspace(x0.size, 10)
     ws.vectors.assign(ws.x, x0)
     fg(ws.x, ws.g)                              # warm: compile or load, first buffers
-    times = []
+    times, sent = [], loopback_bytes()
     for _ in range(repeats):
         tic = time.perf_counter()
         fg(ws.x, ws.g)
         times.append(time.perf_counter() - tic)
-    return float(np.median(times))
+    sent = None if sent is None else (loopback_bytes() - sent) / repeats
+    return float(np.median(times)), sent
 
 
 def main():
@@ -49,6 +93,8 @@ def main():
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-1m"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-cpu", dest="cpu", action="store_false",
+                        help="skip the in-process CPU engine (ratios then absent)")
     parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--json", dest="out")
     args = parser.parse_args()
@@ -68,32 +114,54 @@ def main():
         params["C"] = init_global_kernel(m, config.gk_size, seed=0)
         hyper = dict(lambda_2=config.lambda_2, lambda_s=config.lambda_s,
                      dot_scale=config.dot_scale, dtype=np.float32)
-        cpu = CpuEngine(R, **hyper)
-        row = {"shape": [m, n], "nnz": int(R.nnz),
-               "cpu": {s: median_seconds(cpu, s, params, args.repeats)
-                       for s in ("pretrain", "finetune")}}
+        row = results[name] = {"shape": [m, n], "nnz": int(R.nnz)}
+        if args.cpu:
+            cpu = CpuEngine(R, **hyper)
+            row["cpu"] = {s: median_seconds(cpu, s, params, args.repeats)[0] for s in STAGES}
+            report(name, "cpu", row)
+            del cpu
         for workers in args.workers:
             threads = max(1, (os.cpu_count() or 1) // workers)
             with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                               memory_limit=0, dashboard_address=":0",
-                              silence_logs=40) as cluster, Client(cluster) as client:
+                              silence_logs=40) as cluster, \
+                    Client(cluster, direct_to_workers=True) as client:
                 tic = time.perf_counter()
                 engine = DaskEngine(R, client=client, halo=config.gk_size // 2, **hyper)
-                setup = time.perf_counter() - tic
-                row[f"dask-{workers}"] = {
-                    "setup": setup, **{s: median_seconds(engine, s, params, args.repeats)
-                                       for s in ("pretrain", "finetune")}}
-        results[name] = row
-        for key, r in row.items():
-            if isinstance(r, dict):
-                ratio = "" if key == "cpu" else "  ({:.2f}x, {:.2f}x the CPU engine)".format(
-                    r["pretrain"] / row["cpu"]["pretrain"], r["finetune"] / row["cpu"]["finetune"])
-                print(f"{name} {key:7s} pre-training {r['pretrain'] * 1e3:8.1f} ms  fine-tuning "
-                      f"{r['finetune'] * 1e3:8.1f} ms" + ratio
-                      + (f"  set-up {r['setup']:.1f} s" if "setup" in r else ""), flush=True)
+                r = row[f"dask-{workers}"] = {"threads": threads,
+                                              "setup": time.perf_counter() - tic}
+                for stage in STAGES:
+                    seconds, sent = median_seconds(engine, stage, params, args.repeats)
+                    r[stage] = seconds
+                    r[f"{stage}_bytes"] = {
+                        "measured_per_worker": None if sent is None else sent / workers,
+                        "model_per_worker": exchange_bytes(stage, params, workers, 4)}
+                r["worker_peak_mib"] = sorted(client.run(common.max_rss_mib).values())
+                del engine
+            report(name, f"dask-{workers}", row)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        common.write_json(args.out, results)
+
+
+def report(name, key, row):
+    """One line of ``row[key]``: seconds per evaluation, ratios, traffic."""
+    r = row[key]
+    line = (f"{name} {key:7s} pre-training {r['pretrain'] * 1e3:8.1f} ms  fine-tuning "
+            f"{r['finetune'] * 1e3:8.1f} ms")
+    if key != "cpu" and "cpu" in row:
+        line += "  ({:.2f}x, {:.2f}x the CPU engine)".format(
+            *(r[s] / row["cpu"][s] for s in STAGES))
+    if "setup" in r:
+        line += f"  set-up {r['setup']:.1f} s"
+    for stage in STAGES if key != "cpu" else ():
+        b = r[f"{stage}_bytes"]
+        if b["measured_per_worker"] is not None:
+            line += (f"\n    {stage}: {b['measured_per_worker'] / 1e6:.2f} MB per worker per "
+                     f"evaluation measured, {b['model_per_worker'] / 1e6:.2f} MB modelled")
+    if "worker_peak_mib" in r:
+        line += "\n    worker peak memory: " + ", ".join(
+            f"{v:.0f} MiB" for v in r["worker_peak_mib"])
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ fine-tuning epoch (an honest choice) and at their paper-protocol epochs.
 import glocalk_np  # noqa: F401  first: sets OpenBLAS' spin before NumPy loads
 
 import argparse
+import contextlib
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -82,7 +84,8 @@ def run_dataset(name, args):
     for seed in args.seeds:
         config = make_config(problem.preset, seed, args.quick, args.epochs_scale, args.optimizer)
         # seeds share it: same matrix and lambdas; it trains on the mapped ratings, as fit's does
-        engine = engine or make_engine(scale.matrix_to_model(train), config)
+        engine = engine or make_engine(scale.matrix_to_model(train), config,
+                                       "dask" if args.local_workers else "cpu")
         state, wall = train_run(train, {"test": test}, config, engine, f"seed {seed}",
                                 args.verbose)
         best_epoch, best_params = state.best["test"].epoch, state.best["test"].params
@@ -129,6 +132,21 @@ def summarise(runs):
     return out
 
 
+@contextlib.contextmanager
+def local_cluster(workers):
+    """A LocalCluster of ``workers`` processes and its Client, current for
+    the block (the Dask engine's); nothing when ``workers`` is None."""
+    if not workers:
+        yield
+        return
+    from distributed import Client, LocalCluster
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                      memory_limit=0, dashboard_address=":0", silence_logs=40) as cluster, \
+            Client(cluster, direct_to_workers=True):
+        yield
+
+
 def print_tables(results):
     def ms(s, key, digits=4):
         return f"{s[key]['mean']:.{digits}f} ± {s[key]['std']:.{digits}f}" if key in s else "-"
@@ -166,6 +184,9 @@ def main(argv=None):
                     default=None, help=f"default: {' '.join(DEFAULT_DATASETS)}; "
                                        f"known: {' '.join(common.dataset_names())}")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--local-workers", type=int, metavar="N",
+                    help="train on the Dask engine over a LocalCluster of N worker processes "
+                         "(the cores shared among them; needs the 'dask' extra)")
     ap.add_argument("--optimizer", choices=OPTIMIZERS, default="scipy",
                     help="L-BFGS-B implementation (the same steps either way)")
     ap.add_argument("--honest", action="store_true",
@@ -183,10 +204,12 @@ def main(argv=None):
     datasets = args.datasets or DEFAULT_DATASETS
     common.check_data(datasets, args.data_dir, args.ml1m_file)
 
-    results = {name: run_dataset(name, args) for name in datasets}
+    with local_cluster(args.local_workers):
+        results = {name: run_dataset(name, args) for name in datasets}
     print_tables(results)
     if args.json:
         settings = dict(seeds=args.seeds, honest=args.honest, quick=args.quick,
+                        optimizer=args.optimizer, local_workers=args.local_workers,
                         epochs_scale=args.epochs_scale, data_dir=args.data_dir,
                         ml1m_file=args.ml1m_file)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -229,7 +229,7 @@ def dask_client(scheduler, local_workers):
                                "pip install 'glocalk-np[dask]'") from None
     if scheduler:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout="20s", direct_to_workers=True)
         except (OSError, TimeoutError) as e:
             raise EngineFailure(f"cannot reach the Dask scheduler {scheduler}: {e}") from None
         with client:
@@ -238,7 +238,8 @@ def dask_client(scheduler, local_workers):
     threads = max(1, (os.cpu_count() or 1) // local_workers)
     with LocalCluster(n_workers=local_workers, threads_per_worker=threads, processes=True,
                       memory_limit=0, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as local, Client(local) as client:
+                      silence_logs=logging.ERROR) as local, \
+            Client(local, direct_to_workers=True) as client:
         yield client
 
 

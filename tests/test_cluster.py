@@ -40,7 +40,7 @@ def local_cluster(workers):
 
 @pytest.fixture(scope="module")
 def client():
-    with local_cluster(3) as cluster, distributed.Client(cluster) as c:
+    with local_cluster(3) as cluster, distributed.Client(cluster, direct_to_workers=True) as c:
         yield c
 
 
@@ -164,7 +164,7 @@ def test_the_estimator_trains_saves_and_resumes_on_the_cluster(client, tmp_path)
 
 def test_a_lost_worker_stops_the_evaluation_with_its_name():
     R, params, hyper = smooth_problem(PROBLEMS[1])
-    with local_cluster(2) as cluster, distributed.Client(cluster) as c:
+    with local_cluster(2) as cluster, distributed.Client(cluster, direct_to_workers=True) as c:
         engine = DaskEngine(sp.csr_matrix(R), client=c, dtype=np.float64, **hyper)
         lost = engine.workers[1]
         with suppress(Exception):

@@ -207,7 +207,9 @@ class DaskEngine(Engine):
     """The engine contract (base.py) over a dask.distributed ``client``:
     the users split into ``shares`` blocks (default: one per worker), each
     on one worker, ``halo`` users beyond each block for the convolution
-    (gk_size // 2)."""
+    (gk_size // 2). A client made with direct_to_workers=True calls the
+    actors directly; otherwise Dask relays each call, and every byte,
+    through the scheduler."""
 
     def __init__(self, train, *, client, lambda_2, lambda_s, dot_scale=1.0, dtype=np.float32,
                  halo=1, shares=None, threads=None):
