@@ -20,7 +20,6 @@ Data: ../shared/data (see bench/README.md), or the synthetic shapes
 import common  # noqa: F401  first: sets OpenBLAS' spin before NumPy loads
 
 import argparse
-import json
 import os
 import time
 
@@ -70,14 +69,29 @@ def exchange_bytes(stage, params, workers, itemsize):
     return 2 * parts * itemsize + 8 * replicated
 
 
-def median_seconds(engine, stage, params, repeats):
+def current_rss_mib():
+    """This process's resident memory now, MiB (Linux; 0 elsewhere)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def median_seconds(engine, stage, params, repeats, every_vector=True):
     """Median seconds of fg(x, g) in the engine's workspace, after a warm-up,
-    and the loopback bytes per evaluation over the timed ones."""
+    and the loopback bytes per evaluation over the timed ones; the
+    workspace's every vector in memory (as in a fit), or only x and g."""
     template = optimised(stage, params)
     x0 = flatten(template)
     fg = engine.objective_into(stage, template)
     ws = engine.workspace(x0.size, 10)
     ws.vectors.assign(ws.x, x0)
+    rows = [M[i] for M in (ws.S, ws.Y) for i in range(10)]
+    for v in (ws.t, ws.r, ws.d, *rows) if every_vector else ():
+        ws.vectors.copy(ws.x, v)
     fg(ws.x, ws.g)                              # warm: compile or load, first buffers
     times, sent = [], loopback_bytes()
     for _ in range(repeats):
@@ -116,8 +130,10 @@ def main():
                      dot_scale=config.dot_scale, dtype=np.float32)
         row = results[name] = {"shape": [m, n], "nnz": int(R.nnz)}
         if args.cpu:
+            common.reset_peak()
             cpu = CpuEngine(R, **hyper)
             row["cpu"] = {s: median_seconds(cpu, s, params, args.repeats)[0] for s in STAGES}
+            row["cpu"]["peak_mib"] = common.max_rss_mib()
             report(name, "cpu", row)
             del cpu
         for workers in args.workers:
@@ -126,6 +142,9 @@ def main():
                               memory_limit=0, dashboard_address=":0",
                               silence_logs=40) as cluster, \
                     Client(cluster, direct_to_workers=True) as client:
+                client.run(common.reset_peak)
+                common.reset_peak()
+                before = current_rss_mib()
                 tic = time.perf_counter()
                 engine = DaskEngine(R, client=client, halo=config.gk_size // 2, **hyper)
                 r = row[f"dask-{workers}"] = {"threads": threads,
@@ -137,6 +156,7 @@ def main():
                         "measured_per_worker": None if sent is None else sent / workers,
                         "model_per_worker": exchange_bytes(stage, params, workers, 4)}
                 r["worker_peak_mib"] = sorted(client.run(common.max_rss_mib).values())
+                r["driver_peak_beyond_data_mib"] = common.max_rss_mib() - before
                 del engine
             report(name, f"dask-{workers}", row)
     if args.out:
@@ -159,8 +179,11 @@ def report(name, key, row):
             line += (f"\n    {stage}: {b['measured_per_worker'] / 1e6:.2f} MB per worker per "
                      f"evaluation measured, {b['model_per_worker'] / 1e6:.2f} MB modelled")
     if "worker_peak_mib" in r:
-        line += "\n    worker peak memory: " + ", ".join(
-            f"{v:.0f} MiB" for v in r["worker_peak_mib"])
+        line += "\n    peak memory: workers " + ", ".join(
+            f"{v:.0f} MiB" for v in r["worker_peak_mib"]) + \
+            f"; driver {r['driver_peak_beyond_data_mib']:.0f} MiB beyond its data"
+    elif "peak_mib" in r:
+        line += f"\n    peak memory {r['peak_mib']:.0f} MiB"
     print(line, flush=True)
 
 

@@ -176,6 +176,15 @@ def max_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
 
 
+def reset_peak():
+    """Start this process's peak resident memory (max_rss_mib) afresh
+    (Linux: /proc/self/clear_refs; elsewhere nothing)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def write_json(path, value):
     """``value`` as indented JSON to ``path`` (a script's --json)."""
     with open(path, "w") as f:
