@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from . import metrics, modelfile
+from . import inference, metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
 from .data import (DataError, DataWarning, Index, Ratings, _positions, as_ids, concatenate,
@@ -33,6 +33,7 @@ from .train import EvalSet
 
 
 SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
+PAIR_BLOCK = 8192             # (item, user) pairs whose factors are gathered at once
 # The most members a seed ensemble may have (each is a whole model in memory)
 MAX_ENSEMBLE = 1000
 REFIT_PROTOCOL = ("then refit on the training and validation ratings together for the "
@@ -419,14 +420,26 @@ class GLocalK:
     def _network(self, rows, cols):
         """Unclipped network outputs at (item position, user position) pairs,
         in the ratings' units; the mean over the members of a seed ensemble,
-        blended with the baseline (blend_)."""
-        if rows.size == 0:
-            return np.empty(0)
-        engine = self._model_engine()
-        with np.errstate(over="ignore", invalid="ignore"):   # checked by _in_user_units
-            out = np.mean([engine.predict(m.stage, m.params, rows, cols).astype(np.float64)
-                           for m in self.members_], axis=0)
-        return self._blended(self._in_user_units(out), rows, cols)
+        blended with the baseline (blend_). Cost: h per pair, in blocks of
+        PAIR_BLOCK pairs."""
+        out = np.zeros(rows.size)
+        for H, WoutT, b in self._member_factors():
+            for lo in range(0, rows.size, PAIR_BLOCK):
+                r, c = rows[lo:lo + PAIR_BLOCK], cols[lo:lo + PAIR_BLOCK]
+                with np.errstate(over="ignore", invalid="ignore"):  # checked by _in_user_units
+                    out[lo:lo + PAIR_BLOCK] += np.einsum("ij,ij->i", H[r], WoutT[c]) + b[c]
+        return self._blended(self._in_user_units(out / len(self.members_)), rows, cols)
+
+    def _member_factors(self):
+        """Each member's output factors (H, WoutT, b) for the training matrix,
+        computed on first use by inference.py's forward pass: no Numba
+        kernel to compile, and the same numbers after fit as after load."""
+        if self._factors is None:
+            R = self.scale_.matrix_to_model(self.train_matrix_)
+            self._factors = [inference.output_factors(m.stage, m.params, R, self.config_.dtype,
+                                                      self.config_.dot_scale)
+                             for m in self.members_]
+        return self._factors
 
     def _blended(self, out, rows, cols):
         """b + w (out - b) for the baseline's predictions b at (item
@@ -439,7 +452,7 @@ class GLocalK:
 
     def _model_engine(self):
         """The engine for the training matrix in model units (scale_), built
-        on first use."""
+        on first use: training's (inference needs none, _member_factors)."""
         if self._engine is None:
             self._engine = make_engine(self.scale_.matrix_to_model(self.train_matrix_),
                                        self.config_, self.device)
@@ -603,11 +616,9 @@ class GLocalK:
     def _user_scores(self, cols):
         """The m x len(cols) network outputs in the ratings' units (the mean
         over an ensemble's members), unblended: what lists are ranked by."""
-        if self._factors is None:
-            self._factors = [self._model_engine().output_factors(m.stage, m.params)
-                             for m in self.members_]
         with np.errstate(over="ignore", invalid="ignore"):   # checked by _in_user_units
-            S = np.mean([H @ WoutT[cols].T + b[cols] for H, WoutT, b in self._factors], axis=0)
+            S = np.mean([H @ WoutT[cols].T + b[cols] for H, WoutT, b in self._member_factors()],
+                        axis=0)
         return self._in_user_units(S)
 
     def evaluate(self, test, k=10, relevant_from=4.0):

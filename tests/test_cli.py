@@ -689,3 +689,21 @@ def test_a_lost_worker_names_the_checkpoint_to_resume_from(tmp_path, files, monk
     run("fit", files["train"], *TINY, "--checkpoint-dir", folder, "--resume", "--out", out,
         "--quiet")
     assert out.exists()
+
+
+def test_inference_commands_compile_no_numba_kernel(tmp_path, files):
+    """predict, recommend and evaluate run inference.py's NumPy forward pass:
+    with an empty Numba cache they leave it empty (a kernel compiled with
+    cache=True would be written there)."""
+    cache = tmp_path / "numba-cache"
+    cache.mkdir()
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("1,1\n2,5\n")
+    for args in (("recommend", files["model"], "--user", "1"),
+                 ("predict", files["model"], pairs),
+                 ("evaluate", files["model"], files["test"])):
+        done = glocalk(*args, env=env)
+        assert done.returncode == 0, done.stderr
+    compiled = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert not compiled, compiled[:5]
