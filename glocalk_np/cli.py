@@ -402,6 +402,41 @@ def _trial_line(t, metric="rmse"):
 
 @cli.command()
 @click.argument("model", type=INPUT)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def info(model, as_json):
+    """What MODEL holds: its format version, preset and settings, the data
+    it was fitted on, its network, how its epoch was chosen and the scores
+    fit reported (the baseline predictor's beside them). Reads and checks
+    the file; computes nothing."""
+    result = GLocalK.load(model).info()
+    if as_json:
+        write_json(None, result)
+        return
+    data, net = result["data"], result["network"]
+    lines = [("file", f"{result['file']} (format version {result['format_version']})"),
+             ("preset", result["preset"] or "none"),
+             ("settings", ", ".join(f"{k}={v}" for k, v in result["settings"].items())),
+             ("data", f"{data['items']:,} items x {data['users']:,} users, "
+                      f"{data['training_ratings']:,} training ratings (range "
+                      f"{data['rating_range'][0]:g} to {data['rating_range'][1]:g}), "
+                      f"{data['other_ratings_seen']:,} more seen (validation, test)"),
+             ("network", f"{net['stage']}, epoch {net['best_epoch']}, {net['parameters']:,} "
+                         f"parameters" + (f", {net['members']} members" if net["members"] > 1
+                                          else "")
+                         + (f", blended with the baseline by {net['blend']:.3f}"
+                            if net["blend"] is not None else "")),
+             ("epoch chosen by", result["protocol"] or "-")]
+    for name, scores in result["scores"].items():
+        base = result["baseline"].get(name, {})
+        lines.append((f"{name} scores", f"RMSE {scores['rmse']:.4f} MAE {scores['mae']:.4f} on "
+                                         f"{scores['n']:,} ratings"
+                      + (f" (baseline RMSE {base['rmse']:.4f})" if base else "")))
+    for label, text in lines:
+        click.echo(f"{label:<16} {text}")
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
 @click.argument("test", type=INPUT)
 @SEP
 @click.option("--k", type=Number(int, 1), default=10, show_default=True,

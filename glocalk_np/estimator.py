@@ -778,8 +778,32 @@ class GLocalK:
         model.unseen_ = field(f, counts, lambda v: isinstance(v, dict) and all(
             isinstance(n, int) for n in v.values()), "a map of set names to counts")
         model.ensemble = len(model.members_)
+        model.format_version_ = int(f["format_version"])
         f.check_all_read()
         return model
+
+    def info(self):
+        """What the model holds, as a JSON-able dict: its file and format
+        version (when loaded), preset and settings, the data it was fitted
+        on, its network (stage, epoch, members, blend weight, parameter
+        count), how the epoch was chosen and the scores fit reported."""
+        self._check_fitted()
+        R = self.train_matrix_
+        s = self.summary_
+        return {
+            "file": getattr(self, "source_", None),
+            "format_version": getattr(self, "format_version_", modelfile.FORMAT_VERSION),
+            "preset": self.preset, "settings": self.config_.as_dict(),
+            "data": {"items": R.shape[0], "users": R.shape[1], "training_ratings": int(R.nnz),
+                     "other_ratings_seen": int(self.seen_.nnz),
+                     "rating_range": list(self.rating_range_)},
+            "network": {"stage": self.stage_, "best_epoch": self.best_epoch_,
+                        "members": len(self.members_), "blend": self.blend_,
+                        "parameters": int(sum(np.size(v) for v in self.params_.values()))},
+            "protocol": s.get("protocol"), "epochs_run": s.get("epochs_run"),
+            "scores": {name: s[name] for name in ("val", "test") if name in s},
+            "baseline": s.get("baseline", {}),
+        }
 
 
 @dataclass
