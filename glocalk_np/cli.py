@@ -402,6 +402,46 @@ def _trial_line(t, metric="rmse"):
 
 @cli.command()
 @click.argument("model", type=INPUT)
+@click.option("--item", required=True, help="The item's id.")
+@click.option("--top", type=Number(int, 1), default=10, show_default=True,
+              help="Number of similar items.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def similar(model, item, top, as_json):
+    """The items most like an item in MODEL's own terms: the adjusted cosine
+    of their predicted ratings over all users (1: the model expects the
+    same users to like both more, and less, than their usual)."""
+    found = GLocalK.load(model).similar(as_ids([item], "--item", "item")[0], top)
+    if as_json:
+        write_json(None, [{"item": i, "similarity": s} for i, s in found])
+        return
+    click.echo("rank  item        similarity")
+    for rank, (i, sim) in enumerate(found, 1):
+        click.echo(f"{rank:>4}  {i!s:<10}  {sim:.4f}")
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; put a proxy in front).")
+@click.option("--port", type=Number(int, 0), default=8000, show_default=True,
+              help="Port to listen on (0: any free one).")
+def serve(model, host, port):
+    """Serve MODEL over HTTP as JSON until interrupted: /recommend, /predict,
+    /similar, /info and /health (GET with query parameters or POST with a
+    JSON object; see the README). The file is checked at start; when it is
+    replaced (e.g. by `update` or a new `fit --out`), the next request loads
+    the new one, and keeps the old one if the new one is unusable. The same
+    application runs under any WSGI server: glocalk_np.serve.ModelServer."""
+    from .serve import run as run_server
+    try:
+        run_server(model, host, port, ready=lambda url: click.echo(
+            f"serving {model} on {url} (Ctrl-C to stop)"))
+    except OSError as e:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def info(model, as_json):
     """What MODEL holds: its format version, preset and settings, the data

@@ -402,7 +402,7 @@ class GLocalK:
         """The index, training matrix (the user's units), the rating scale the
         network works in and the statistics the fallbacks use."""
         self.index_, self.train_matrix_ = index, R
-        self._engine, self._factors = None, None
+        self._engine, self._factors, self._space = None, None, None
         self.scale_ = RatingScale.of(R.data, self.config.scale)
         self.rating_range_ = (self.scale_.low, self.scale_.high)
         self._fallback = Fallback(R)
@@ -524,7 +524,7 @@ class GLocalK:
         np.put_along_axis(rank, order, np.arange(1, m + 1)[:, None], axis=0)
         return pred, rank
 
-    def recommend(self, users, top=10, include_seen=False):
+    def recommend(self, users, top=10, include_seen=False, items=None, filter_items=None):
         """The ``top`` items with the highest predicted ratings, best first by
         the network's unclipped output (items that all clip to the top rating
         keep their order), ties in item order, leaving out the items the user
@@ -538,6 +538,8 @@ class GLocalK:
         of ids: a dict of parallel arrays 'user', 'rank' (1-based), 'item',
         'score' (predicted rating, clipped, as predict gives it) and
         'fallback' (True where the user's list is the damped-mean one).
+        ``items``: ids the lists are drawn from (candidates), ``filter_items``:
+        ids they never hold; ids the model does not know are ignored.
         With a blend (blend_) the order stays the network's own: the
         baseline's item offsets would favour popular items (docs/model.md
         §10), so scores need not descend strictly. Cost: one forward pass for all
@@ -551,7 +553,8 @@ class GLocalK:
         # each distinct user once (a list may name one user many times)
         distinct, inverse = np.unique(ids, return_inverse=True)
         lists, unknown = self._top_items(distinct, int(top),
-                                         None if include_seen else self._given())
+                                         None if include_seen else self._given(),
+                                         self._allowed_items(items, filter_items))
         positions, _ = _positions(self.index_.users, distinct)
         scores = [metrics.clip(raw if fallback else self._blended(raw, idx, positions[k]),
                                *self.rating_range_)
@@ -576,19 +579,74 @@ class GLocalK:
                 "score": np.concatenate(scores or [np.empty(0)]),
                 "fallback": np.repeat(unknown, counts)}
 
+    def similar(self, item, top=10):
+        """The ``top`` items most like the item ``item``, best first: a list
+        of (item id, similarity). Similarity is the adjusted cosine (as in
+        item-based collaborative filtering) of the two items' predicted
+        ratings over all users, each user's centred on that user's mean over
+        the items (the network's outputs before the baseline blend; an
+        ensemble's members averaged): 1 for items the model expects the same
+        users to like more, and less, than their usual.
+        Cost: once per model m h^2 + h^3, then m h per query."""
+        self._check_fitted()
+        if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
+            raise ValueError(f"top must be a positive integer, got {top!r}")
+        pos, known = _positions(self.index_.items, as_ids([item], "similar", "item", warn=False))
+        if not known[0]:
+            raise ValueError(f"item {shorten(repr(np.asarray(item).tolist()))} is not in the "
+                             "model")
+        sims = np.mean([Z @ Z[pos[0]] for Z in self._item_space()], axis=0)
+        sims[pos[0]] = -np.inf
+        best, values = _best(sims, int(top))
+        return list(zip(self.index_.items[best].tolist(), values.tolist()))
+
+    def _item_space(self):
+        """Per member, unit rows Z (m x h) whose dot products are the
+        adjusted cosines of the items' outputs H WoutT^T + b: centred on each
+        user's mean over items they are H_c WoutT^T with H_c = H - mean(H),
+        whose Gram is H_c G H_c^T for
+        G = WoutT^T WoutT = V diag(lam) V^T, so Z = H_c V sqrt(lam), scaled to
+        unit rows (an item whose outputs never vary gets zeros)."""
+        if self._space is None:
+            self._space = []
+            for H, WoutT, _ in self._member_factors():
+                lam, V = np.linalg.eigh(WoutT.T @ WoutT)
+                Z = (H - H.mean(axis=0)) @ (V * np.sqrt(np.maximum(lam, 0)))
+                norms = np.linalg.norm(Z, axis=1, keepdims=True)
+                self._space.append(np.divide(Z, norms, out=np.zeros_like(Z), where=norms > 0))
+        return self._space
+
     def _user_block(self):
         """Users per block of scores (m x block float64 in SCORE_BLOCK_BYTES)."""
         return max(1, SCORE_BLOCK_BYTES // (8 * self.train_matrix_.shape[0]))
 
-    def _top_items(self, ids, top, exclude):
+    def _allowed_items(self, items, filter_items):
+        """A mask of the item positions a list may hold (None: all), from
+        candidate ids ``items`` and excluded ids ``filter_items``."""
+        if items is None and filter_items is None:
+            return None
+        allowed = np.ones(self.index_.n_items, dtype=bool)
+        for ids, keep in ((items, True), (filter_items, False)):
+            if ids is not None:
+                pos, known = _positions(self.index_.items,
+                                        as_ids(ids, "recommend", "item", warn=False))
+                if keep:
+                    allowed[:] = False
+                allowed[pos[known]] = keep
+        return allowed
+
+    def _top_items(self, ids, top, exclude, allowed=None):
         """Per user id: (item positions best first, their unclipped scores),
         and whether the user had no training ratings. ``exclude``: an items x
-        users pattern whose items a user's list leaves out, or None."""
+        users pattern whose items a user's list leaves out, or None;
+        ``allowed``: a mask of the items any list may hold, or None."""
         u, in_index = _positions(self.index_.users, ids)
         known = in_index & (self.user_counts_[u] > 0)
         seen = exclude.tocsc() if exclude is not None else None
 
         def unseen(scores, j):
+            if allowed is not None:
+                scores = np.where(allowed, scores, -np.inf)
             if seen is None or not in_index[j]:
                 return scores
             scores = scores.copy()
