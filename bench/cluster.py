@@ -105,7 +105,7 @@ def median_seconds(engine, stage, params, repeats, every_vector=True):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-1m"])
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--workers", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-cpu", dest="cpu", action="store_false",
                         help="skip the in-process CPU engine (ratios then absent)")

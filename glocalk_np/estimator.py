@@ -33,6 +33,7 @@ from .train import EvalSet
 
 
 SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
+USER_BLOCK = 64               # users per block of scores (see _user_block)
 PAIR_BLOCK = 8192             # (item, user) pairs whose factors are gathered at once
 # The most members a seed ensemble may have (each is a whole model in memory)
 MAX_ENSEMBLE = 1000
@@ -617,8 +618,10 @@ class GLocalK:
         return self._space
 
     def _user_block(self):
-        """Users per block of scores (m x block float64 in SCORE_BLOCK_BYTES)."""
-        return max(1, SCORE_BLOCK_BYTES // (8 * self.train_matrix_.shape[0]))
+        """Users per block of scores: USER_BLOCK, fewer where m x block
+        float64 would pass SCORE_BLOCK_BYTES. Small, so that one user's list
+        (a served request) costs one small GEMM, m h USER_BLOCK."""
+        return max(1, min(USER_BLOCK, SCORE_BLOCK_BYTES // (8 * self.train_matrix_.shape[0])))
 
     def _allowed_items(self, items, filter_items):
         """A mask of the item positions a list may hold (None: all), from
@@ -642,7 +645,7 @@ class GLocalK:
         ``allowed``: a mask of the items any list may hold, or None."""
         u, in_index = _positions(self.index_.users, ids)
         known = in_index & (self.user_counts_[u] > 0)
-        seen = exclude.tocsc() if exclude is not None else None
+        seen = None if exclude is None else exclude.tocsc()    # a CSC one as it is
 
         def unseen(scores, j):
             if allowed is not None:
@@ -667,9 +670,13 @@ class GLocalK:
         return lists, ~known
 
     def _given(self):
-        """The pattern of every rating given to fit (and update): recommend's
-        'seen'."""
-        return stored(self.train_matrix_) + self.seen_
+        """The pattern (CSC) of every rating given to fit (and update):
+        recommend's 'seen'; kept while the training matrix and seen_ stay."""
+        R, seen, given = getattr(self, "_given_cache", (None, None, None))
+        if R is not self.train_matrix_ or seen is not self.seen_:
+            given = (stored(self.train_matrix_) + self.seen_).tocsc()
+            self._given_cache = (self.train_matrix_, self.seen_, given)
+        return given
 
     def _user_scores(self, cols):
         """The m x len(cols) network outputs in the ratings' units (the mean

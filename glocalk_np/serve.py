@@ -217,6 +217,7 @@ def run(path, host="127.0.0.1", port=8000, ready=None):
 
     class Server(ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        request_queue_size = 128       # socketserver's 5 makes a burst of clients wait 1 s
 
     class Handler(WSGIRequestHandler):
         timeout = CLIENT_TIMEOUT_S
