@@ -28,8 +28,8 @@ import numpy as np
 from glocalk_np.config import Config
 from glocalk_np.engines.cluster import DaskEngine
 from glocalk_np.engines.cpu import CpuEngine
-from glocalk_np.engines.shares import user_axes
-from glocalk_np.params import STAGES, flatten, init_global_kernel, init_layers, layer_count, optimised
+from glocalk_np.params import (STAGES, flatten, init_global_kernel, init_layers, layer_count,
+                               optimised, user_axes)
 from glocalk_np.scale import RatingScale
 
 
@@ -109,6 +109,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-cpu", dest="cpu", action="store_false",
                         help="skip the in-process CPU engine (ratios then absent)")
+    parser.add_argument("--only-xg", dest="every_vector", action="store_false",
+                        help="hold only the optimiser's x and g (where its 25 vectors do not "
+                             "fit this machine; the peaks then leave 23 of them out)")
     parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--json", dest="out")
     args = parser.parse_args()
@@ -116,7 +119,7 @@ def main():
         from distributed import Client, LocalCluster
     except ImportError as e:
         common.fail(f"the Dask engine needs dask.distributed ({e}): pip install -e '.[dask]'")
-    results = {}
+    results = {"every_vector": args.every_vector}
     for name in args.datasets:
         problem = common.load(name, args.data_dir)
         R = problem.matrix(problem.train)
@@ -132,7 +135,8 @@ def main():
         if args.cpu:
             common.reset_peak()
             cpu = CpuEngine(R, **hyper)
-            row["cpu"] = {s: median_seconds(cpu, s, params, args.repeats)[0] for s in STAGES}
+            row["cpu"] = {s: median_seconds(cpu, s, params, args.repeats, args.every_vector)[0]
+                          for s in STAGES}
             row["cpu"]["peak_mib"] = common.max_rss_mib()
             report(name, "cpu", row)
             del cpu
@@ -150,7 +154,8 @@ def main():
                 r = row[f"dask-{workers}"] = {"threads": threads,
                                               "setup": time.perf_counter() - tic}
                 for stage in STAGES:
-                    seconds, sent = median_seconds(engine, stage, params, args.repeats)
+                    seconds, sent = median_seconds(engine, stage, params, args.repeats,
+                                                   args.every_vector)
                     r[stage] = seconds
                     r[f"{stage}_bytes"] = {
                         "measured_per_worker": None if sent is None else sent / workers,

@@ -31,8 +31,7 @@ from cluster import exchange_bytes, median_seconds
 from glocalk_np.config import Config
 from glocalk_np.data import Index
 from glocalk_np.engines.cpu import CpuEngine
-from glocalk_np.engines.shares import user_axes
-from glocalk_np.params import STAGES, init_global_kernel, init_layers
+from glocalk_np.params import STAGES, init_global_kernel, init_layers, user_axes
 
 # name -> (items, users, ratings): the public datasets' sizes; 90% train
 SHAPES = {"ml-20m": (26_744, 138_493, 20_000_263), "netflix": (17_770, 480_189, 100_480_507)}

@@ -279,22 +279,29 @@ def _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, selec
 @click.option("--out", type=OutFile(), required=True,
               help="The updated model file (never MODEL itself).")
 @SEP
-def update(model, ratings, out, sep):
+@click.option("--fold-in", is_flag=True,
+              help="Fit the output weights of the users with new ratings, and add new users.")
+def update(model, ratings, out, sep, fold_in):
     """Add RATINGS to MODEL's training matrix, without retraining.
 
     The network predicts an item from its row of the training ratings, so
     new ratings by the model's users, on its items or on new ones, change
     predictions and recommendations at once; the weights stay as trained.
-    Ratings by users the model does not know are skipped (a new user needs
-    a refit), ratings outside the training range are refused, and a rating
-    of a pair already rated replaces it."""
+    Ratings outside the training range are refused, and a rating of a pair
+    already rated replaces it. Ratings by users the model does not know are
+    skipped, unless --fold-in: then new users are added, and each user with
+    ratings in RATINGS gets their own output-layer weights fitted to all
+    their ratings, everything else fixed (a few milliseconds a user)."""
     check_outputs([model, ratings], [out])
     est = GLocalK.load(model)
-    counts = est.update(read_ratings(ratings, sep))
+    counts = est.update(read_ratings(ratings, sep), fold_in=fold_in)
     est.save(out)
     click.echo(f"{counts['added']} ratings added ({counts['new_items']} on new items), "
-               f"{counts['replaced']} replaced, {counts['skipped']} skipped (users the model "
-               f"does not know); model saved to {out}")
+               f"{counts['replaced']} replaced, "
+               + (f"{counts['new_users']} new users, {counts['folded_in']} users folded in"
+                  if fold_in else f"{counts['skipped']} skipped (users the model does not "
+                                  "know; --fold-in adds them)")
+               + f"; model saved to {out}")
 
 
 def read_settings(path):

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from . import inference, metrics, modelfile
+from . import foldin, inference, metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
 from .data import (DataError, DataWarning, Index, Ratings, _positions, as_ids, concatenate,
@@ -26,6 +26,7 @@ from .safeio import OutputError, check_target, physical_memory, shorten
 from .schema import (field, is_fingerprint, is_weight, pack_ids, pack_matrix, pack_params,
                      pack_pattern, read_best, read_config, read_history, read_members,
                      unpack_ids, unpack_matrix, unpack_params, unpack_pattern)
+from .params import layer_count, user_axes
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, PRESETS, PROTOCOLS, SELECTIONS,
                      Config, check_problem, default_selection, own_file_config)
 from .records import Member, TrainState, epoch_line
@@ -724,19 +725,26 @@ class GLocalK:
                 **metrics.top_n([best for best, _ in lists], relevant, int(k))}
 
     # ------------------------------------------------------------ new ratings
-    def update(self, ratings):
+    def update(self, ratings, fold_in=False):
         """Add ``ratings`` to the training matrix the network reads, without
         retraining: the network predicts item i from row i of that matrix, so
         new ratings by known users, on known items or on items it has never
         seen, change the predictions, recommendations and fallbacks at once.
         A rating of a pair already rated replaces it (the last one wins).
-        What it does not do: learn from them (the weights stay as trained),
-        add users (their ratings are skipped with a DataWarning: each user is
-        a column of every weight matrix, so a new one needs a refit), or
-        accept ratings outside the training range (the network was trained on
-        that range). A new item gets a zero row in the global kernel's C, so
-        the kernel G the old items shape stays as it was.
-        Returns {'added', 'replaced', 'new_items', 'skipped'} counts."""
+        It does not accept ratings outside the training range (the network
+        was trained on that range). A new item gets a zero row in the global
+        kernel's C, so the kernel G the old items shape stays as it was.
+
+        Without ``fold_in`` the weights stay as trained, and ratings by users
+        the model does not know are skipped with a DataWarning (each user is
+        a column of the weights). With ``fold_in``, new users are added (a
+        zero row of the input layer, so that the other users' predictions
+        keep their inputs, and the average user's output column to start
+        from), and every user with ratings here gets their output-layer
+        column, kernel vector and bias fitted to all their ratings with
+        everything else fixed (foldin.py), in each member of an ensemble.
+        Returns {'added', 'replaced', 'new_items', 'skipped', 'new_users',
+        'folded_in'} counts."""
         self._check_fitted()
         ratings = as_ratings(ratings, "update")
         if ratings is None or not len(ratings):
@@ -747,6 +755,7 @@ class GLocalK:
             raise DataError(f"{ratings.source}: row {outside[0]}: rating "
                             f"{ratings.values[outside[0]]:g} is outside the model's training "
                             f"range [{low:g}, {high:g}]; refit to use it")
+        new_users = self._add_users(ratings.users, ratings.source) if fold_in else 0
         u, user_known = _positions(self.index_.users, ratings.users)
         if not user_known.all():
             warnings.warn(f"{ratings.source}: {np.count_nonzero(~user_known)} ratings by users "
@@ -787,9 +796,59 @@ class GLocalK:
                                     (old_rows[seen.row], seen.col)), shape=R.shape)
         counts = {"added": int(R.nnz - old.nnz), "replaced": replaced,
                   "new_items": index.n_items - self.index_.n_items,
-                  "skipped": int(np.count_nonzero(~user_known))}
+                  "skipped": int(np.count_nonzero(~user_known)),
+                  "new_users": new_users, "folded_in": 0}
         self._set_training_data(index, R)
+        if fold_in:
+            counts["folded_in"] = self._fold_in(np.unique(np.searchsorted(index.users,
+                                                                          ratings.users)))
         return counts
+
+    def _add_users(self, users, source):
+        """Add the ``users`` the index lacks, in every member: a zero row of
+        the input layer's W (and the mean row of its U), the mean output
+        column, kernel vector and bias of the known users. Returns how many."""
+        fresh = np.setdiff1d(users, self.index_.users)
+        if not fresh.size:
+            return 0
+        if (self.index_.users.dtype.kind == "i") != (fresh.dtype.kind == "i"):
+            raise DataError(f"{source}: new user id {shorten(repr(fresh.tolist()[0]))} is not "
+                            "of the kind of the model's user ids (integer or text)")
+        ids = np.union1d(self.index_.users, fresh)
+        old = np.searchsorted(ids, self.index_.users)          # old user -> new position
+        for m in self.members_:
+            for name, axis in user_axes(m.params).items():
+                a = np.moveaxis(m.params[name], axis, 0)
+                grown = np.empty((ids.size,) + a.shape[1:], a.dtype)
+                grown[:] = 0 if name == "W0" else a.mean(axis=0)
+                grown[old] = a
+                m.params[name] = np.ascontiguousarray(np.moveaxis(grown, 0, axis))
+        self.params_ = self.members_[0].params
+        R, seen = self.train_matrix_.tocoo(), self.seen_.tocoo()
+        shape = (self.index_.n_items, ids.size)
+        self.seen_ = sp.csr_matrix((seen.data, (seen.row, old[seen.col])), shape=shape)
+        self._set_training_data(Index(ids, self.index_.items),
+                                sp.csr_matrix((R.data, (R.row, old[R.col])), shape=shape))
+        return int(fresh.size)
+
+    def _fold_in(self, users):
+        """Fit the output-layer parameters of the users at positions
+        ``users`` to all their training ratings (foldin.fit_user), in every
+        member; returns how many."""
+        R = self.train_matrix_.tocsc()
+        lambdas = float(self.config_.lambda_2), float(self.config_.lambda_s)
+        for m, (H, _, _) in zip(self.members_, self._member_factors()):
+            last = layer_count(m.params) - 1
+            W, U, V, b = (m.params[f"{k}{last}"] for k in "WUVb")
+            for j in users:
+                rows = R.indices[R.indptr[j]:R.indptr[j + 1]]
+                if not rows.size:
+                    continue
+                r = self.scale_.to_model(R.data[R.indptr[j]:R.indptr[j + 1]])
+                W[:, j], V[j], b[j] = foldin.fit_user(H[rows], r, U, W[:, j], V[j], b[j],
+                                                      *lambdas)
+        self._factors, self._space = None, None
+        return int(np.count_nonzero(np.diff(R.indptr)[users]))
 
     # ------------------------------------------------------------ model files
     def save(self, path):

@@ -23,6 +23,14 @@ def layer_count(params):
     return sum(1 for k in params if k.startswith("W"))
 
 
+def user_axes(params):
+    """{name: axis} of the parameter arrays with one slice per user: the
+    first layer's W and U rows, the output layer's W columns, V rows and
+    biases. The rest is replicated on every share."""
+    last = layer_count(params) - 1
+    return {"W0": 0, "U0": 0, f"W{last}": 1, f"V{last}": 0, f"b{last}": 0}
+
+
 def layer(params, l):
     """(W, U, V, b) of layer ``l``."""
     return tuple(params[f"{k}{l}"] for k in LAYER_KEYS)

@@ -610,6 +610,20 @@ def test_update_writes_a_model_that_uses_the_new_ratings(tmp_path, files):
                                               files["model"])
 
 
+def test_update_fold_in_adds_new_users_with_their_own_column(tmp_path, files):
+    new = tmp_path / "new.csv"
+    new.write_text("".join(f"4242,{item},{5 if item < 5 else 1}\n" for item in range(1, 9)))
+    out = tmp_path / "folded.npz"
+    result = run("update", files["model"], new, "--out", out, "--fold-in")
+    assert "8 ratings added (0 on new items), 0 replaced, 1 new users, 1 users folded in" \
+        in result.stdout
+    pred, fallback = GLocalK.load(out).predict([4242] * 8, list(range(1, 9)))
+    assert fallback.tolist() == [""] * 8 and pred[:4].mean() > pred[4:].mean()
+    new.write_text("stranger,1,3\n")
+    assert "new user id 'stranger' is not of the kind" in fails(
+        "update", files["model"], new, "--out", out, "--fold-in")
+
+
 def test_subprocess_python_m_version_and_top_n_for_all_users(tmp_path, files):
     import glocalk_np
     done = subprocess.run([sys.executable, "-m", "glocalk_np", "--version"], capture_output=True,

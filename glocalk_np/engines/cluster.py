@@ -31,10 +31,10 @@ import scipy.sparse as sp
 from .. import lbfgsb
 from ..kernels import cpu
 from ..network import Network
-from ..params import check_for_matrix, flatten, optimised, unflatten
+from ..params import check_for_matrix, flatten, optimised, unflatten, user_axes
 from ..sparse import Pattern
 from .base import Engine, EngineFailure, training_matrix
-from .shares import ShareOps, even_bounds, gather_grads, ring, share_params, user_axes
+from .shares import ShareOps, even_bounds, gather_grads, ring, share_params
 
 
 @dataclass(frozen=True)

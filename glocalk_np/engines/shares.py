@@ -14,17 +14,9 @@ one share the leader.
 import numpy as np
 import scipy.sparse as sp
 
-from ..params import layer_count
+from ..params import user_axes
 from ..sparse import Pattern
 from .cpu import CpuOps, _blocks
-
-
-def user_axes(params):
-    """{name: axis} of the parameter arrays with one slice per user: the
-    first layer's W and U rows, the output layer's W columns, V rows and
-    biases. The rest is replicated on every share."""
-    last = layer_count(params) - 1
-    return {"W0": 0, "U0": 0, f"W{last}": 1, f"V{last}": 0, f"b{last}": 0}
 
 
 def share_params(params, lo, hi):
