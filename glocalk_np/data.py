@@ -78,18 +78,27 @@ class Ratings:
         their kind (as_ids: integer columns as int64, whole-number floats
         too, others as text); every rating is checked as a file's is."""
         source = source or f"a {type(table).__name__} of ratings"
-        names = _column_names(table)
-        columns = []
-        for role, name in (("user", user), ("item", item), ("rating", rating)):
-            if name == role and name not in names:
-                name = _alias(names, role, source)
-            try:
-                columns.append(table[name])
-            except (KeyError, IndexError, TypeError, ValueError):
-                raise DataError(f"{source}: no {role} column {shorten(name)!r}"
-                                + (f" (columns: {shorten(', '.join(map(str, names)), 200)})"
-                                   if names else "")) from None
-        return cls(*columns, source)
+        return cls(*table_columns(table, {"user": user, "item": item, "rating": rating},
+                                  source), source)
+
+
+def table_columns(table, roles, source):
+    """The columns of ``table`` (a DataFrame or a mapping) for each role of
+    ``roles`` ({role: column name}): a default name (the role's own) that is
+    absent falls back to the one column other tools name it by (userId,
+    movieId, ...); DataError naming ``source`` for a missing one."""
+    names = _column_names(table)
+    columns = []
+    for role, name in roles.items():
+        if name == role and name not in names:
+            name = _alias(names, role, source)
+        try:
+            columns.append(table[name])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise DataError(f"{source}: no {role} column {shorten(name)!r}"
+                            + (f" (columns: {shorten(', '.join(map(str, names)), 200)})"
+                               if names else "")) from None
+    return columns
 
 
 def _column_names(table):

@@ -18,7 +18,7 @@ from . import foldin, inference, metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
 from .data import (DataError, DataWarning, Index, Ratings, _positions, as_ids, concatenate,
-                   random_split, subset)
+                   random_split, subset, table_columns)
 from .baseline import Baseline, blend_weight
 from .fallback import NETWORK, Fallback
 from .scale import RatingScale
@@ -469,8 +469,11 @@ class GLocalK:
                              "corrupt or crafted model?)")
         return self.scale_.to_user(out)
 
-    def predict(self, users, items):
-        """(predictions, fallback) for parallel arrays of user and item ids.
+    def predict(self, users, items=None):
+        """(predictions, fallback) for parallel arrays of user and item ids;
+        or, for a table (a pandas DataFrame, a mapping) with columns user and
+        item given alone, the table's pairs: a pandas DataFrame in returns a
+        DataFrame (user, item, rating, fallback).
 
         Predictions are float64, clipped to ``rating_range_``. ``fallback``
         says where the network could not be used (fallback.py): '' for a
@@ -481,8 +484,18 @@ class GLocalK:
         global mean; 'global_mean' otherwise (e.g. an unknown item): the mean
         of all training ratings.
         """
+        table = None
+        if items is None:
+            table = users
+            users, items = table_columns(table, {"user": "user", "item": "item"},
+                                         f"the {type(table).__name__} of pairs")
         pred, fallback = self._predict_unclipped(users, items)
-        return metrics.clip(pred, *self.rating_range_), fallback
+        pred = metrics.clip(pred, *self.rating_range_)
+        if _is_pandas(table):
+            import pandas as pd
+            return pd.DataFrame({"user": np.asarray(users), "item": np.asarray(items),
+                                 "rating": pred, "fallback": fallback})
+        return pred, fallback
 
     def _predict_unclipped(self, users, items):
         """predict() before clipping: ranking by it keeps the order of items
@@ -540,7 +553,8 @@ class GLocalK:
         of ids: a dict of parallel arrays 'user', 'rank' (1-based), 'item',
         'score' (predicted rating, clipped, as predict gives it) and
         'fallback' (True where the user's list is the damped-mean one).
-        ``items``: ids the lists are drawn from (candidates), ``filter_items``:
+        A pandas Series (or other pandas object) of ids gets a DataFrame of
+        those columns. ``items``: ids the lists are drawn from (candidates), ``filter_items``:
         ids they never hold; ids the model does not know are ignored.
         With a blend (blend_) the order stays the network's own: the
         baseline's item offsets would favour popular items (docs/model.md
@@ -574,12 +588,16 @@ class GLocalK:
         if not known.all() or ids.dtype != self.index_.users.dtype:
             # known users as the model holds their ids, unknown ones as given
             ids = np.where(known, self.index_.users[u].astype(object), ids.astype(object))
-        return {"user": np.repeat(ids, counts),
-                "rank": np.concatenate([np.arange(1, c + 1) for c in counts]
-                                       or [np.empty(0, np.int64)]),
-                "item": items[np.concatenate([idx for idx, _ in lists] or [np.empty(0, int)])],
-                "score": np.concatenate(scores or [np.empty(0)]),
-                "fallback": np.repeat(unknown, counts)}
+        out = {"user": np.repeat(ids, counts),
+               "rank": np.concatenate([np.arange(1, c + 1) for c in counts]
+                                      or [np.empty(0, np.int64)]),
+               "item": items[np.concatenate([idx for idx, _ in lists] or [np.empty(0, int)])],
+               "score": np.concatenate(scores or [np.empty(0)]),
+               "fallback": np.repeat(unknown, counts)}
+        if _is_pandas(users):
+            import pandas as pd
+            return pd.DataFrame(out)
+        return out
 
     def similar(self, item, top=10):
         """The ``top`` items most like the item ``item``, best first: a list
@@ -965,6 +983,11 @@ def _same(a, b):
         return a == b or (a != a and b != b)
     except (TypeError, ValueError):
         return False
+
+
+def _is_pandas(value):
+    """Whether ``value`` is a pandas object (without importing pandas)."""
+    return type(value).__module__.split(".")[0] == "pandas"
 
 
 def as_ratings(ratings, what):

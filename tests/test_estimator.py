@@ -855,3 +855,20 @@ def test_a_large_own_file_trains_with_the_ml_1m_settings_not_given(monkeypatch, 
     assert m.config_.lambda_2 == 20.0 and "large_file_settings" not in m.summary_
     monkeypatch.setattr(config_module, "LARGE_FILE_RATINGS", 10**9)
     assert GLocalK(**short).fit(train, test=test).config_.lambda_2 == 20.0
+
+
+def test_predict_and_recommend_with_dataframes(fitted, data):
+    pd = pytest.importorskip("pandas")
+    train = data[0]
+    pairs = pd.DataFrame({"userId": [train.users[0], 12345], "movieId": [train.items[0], 1]})
+    out = fitted.predict(pairs)
+    pred, fallback = fitted.predict(pairs["userId"].to_numpy(), pairs["movieId"].to_numpy())
+    assert list(out.columns) == ["user", "item", "rating", "fallback"]
+    assert out["rating"].tolist() == pred.tolist() and out["fallback"].tolist() == fallback.tolist()
+    assert fitted.predict({"user": pairs["userId"], "item": pairs["movieId"]})[0].tolist() == \
+        pred.tolist()
+    users = pd.Series(np.unique(train.users)[:3])
+    recs = fitted.recommend(users, top=2)
+    assert isinstance(recs, pd.DataFrame) and len(recs) == 6
+    assert recs.to_dict("list") == {k: v.tolist() for k, v in
+                                    fitted.recommend(users.to_numpy(), top=2).items()}
