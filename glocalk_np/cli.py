@@ -409,6 +409,23 @@ def _trial_line(t, metric="rmse"):
 
 @cli.command()
 @click.argument("model", type=INPUT)
+@click.option("--out", type=OutFile(), required=True, help="The PNG file to write.")
+def plot(model, out):
+    """A PNG of MODEL's learning curves: the RMSE after every epoch on the
+    training ratings and on each held-out set fit scored (needs matplotlib:
+    pip install 'glocalk-np[plot]')."""
+    check_outputs([model], [out])
+    from .curves import plot_history
+    est = GLocalK.load(model)
+    try:
+        plot_history(est.history_, out, title=os.path.basename(model))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"learning curves of {len(est.history_)} epochs written to {out}")
+
+
+@cli.command()
+@click.argument("model", type=INPUT)
 @click.option("--item", required=True, help="The item's id.")
 @click.option("--top", type=Number(int, 1), default=10, show_default=True,
               help="Number of similar items.")

@@ -1,5 +1,6 @@
 """The command line: every command through click's CliRunner, a few as real
 processes, and every kind of bad input as one `Error:` line with status 2."""
+import importlib.util
 import json
 import os
 import signal
@@ -731,3 +732,16 @@ def test_info_describes_the_model_in_words_and_json(files):
     assert result["network"]["stage"] == "finetune" and result["settings"]["n_hidden"] > 0
     assert result["format_version"] == 3 and result["file"] == str(files["model"])
     assert fails("info", files["train"]).endswith("not a glocalk-np file (not an npz archive)")
+
+
+def test_plot_writes_the_learning_curves_or_says_what_is_missing(tmp_path, files, monkeypatch):
+    out = tmp_path / "curve.png"
+    if importlib.util.find_spec("matplotlib") is not None:
+        epochs = len(GLocalK.load(files["model"]).history_)
+        assert f"learning curves of {epochs} epochs written" in run("plot", files["model"],
+                                                                    "--out", out).stdout
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # as if not installed
+    assert fails("plot", files["model"], "--out", tmp_path / "other.png").endswith(
+        "plotting needs matplotlib: pip install 'glocalk-np[plot]'")
+    assert not (tmp_path / "other.png").exists()
