@@ -773,14 +773,6 @@ class GLocalK:
             raise DataError(f"{ratings.source}: row {outside[0]}: rating "
                             f"{ratings.values[outside[0]]:g} is outside the model's training "
                             f"range [{low:g}, {high:g}]; refit to use it")
-        new_users = self._add_users(ratings.users, ratings.source) if fold_in else 0
-        u, user_known = _positions(self.index_.users, ratings.users)
-        if not user_known.all():
-            warnings.warn(f"{ratings.source}: {np.count_nonzero(~user_known)} ratings by users "
-                          "the model does not know were skipped (first: "
-                          f"{shorten(repr(ratings.users[~user_known].tolist()[0]))}); new "
-                          "users need a "
-                          "refit", DataWarning)
         # ids in the model's own kind: known ones as stored, new items' as int or text
         i, item_known = _positions(self.index_.items, ratings.items)
         items = self.index_.items[i].copy()
@@ -789,6 +781,14 @@ class GLocalK:
             raise DataError(f"{ratings.source}: new item id {shorten(repr(fresh.tolist()[0]))} "
                             "is not an integer like the model's item ids")
         items[~item_known] = fresh if items.dtype.kind == "i" else fresh.astype(str)
+        # the last check before the model changes
+        new_users = self._add_users(ratings.users, ratings.source) if fold_in else 0
+        u, user_known = _positions(self.index_.users, ratings.users)
+        if not user_known.all():
+            warnings.warn(f"{ratings.source}: {np.count_nonzero(~user_known)} ratings by users "
+                          "the model does not know were skipped (first: "
+                          f"{shorten(repr(ratings.users[~user_known].tolist()[0]))}); new "
+                          "users need a refit or update's fold-in", DataWarning)
         # held ids from here on (Ratings.checked): as the model has them
         ratings = subset(Ratings.checked(self.index_.users[u], items, ratings.values,
                                          ratings.source), user_known)
