@@ -633,7 +633,8 @@ def test_update_with_a_new_items_ratings_moves_its_predictions_toward_the_truth(
     assert set(kind.tolist()) == {"user_mean"}                      # an item it never saw
     params_before = {k: v.copy() for k, v in m.params_.items()}
     counts = m.update(first)
-    assert counts == {"added": len(first), "replaced": 0, "new_items": 1, "skipped": 0}
+    assert counts == {"added": len(first), "replaced": 0, "new_items": 1, "skipped": 0,
+                      "new_users": 0, "folded_in": 0}
     after, kind = m.predict(second.users, second.items)
     assert set(kind.tolist()) == {""}                                # the network reads its row
     rmse = lambda p: np.sqrt(np.mean((p - second.values) ** 2))
@@ -660,7 +661,8 @@ def test_update_replaces_skips_unknown_users_and_refuses_other_ranges(fitted, da
         counts = m.update(Ratings(np.r_[again.users, stranger.users],
                                   np.r_[again.items, stranger.items],
                                   np.r_[again.values, stranger.values], "mixed"))
-    assert counts == {"added": 0, "replaced": 3, "new_items": 0, "skipped": 1}
+    assert counts == {"added": 0, "replaced": 3, "new_items": 0, "skipped": 1, "new_users": 0,
+                      "folded_in": 0}
     i, u, _ = m.index_.lookup(again)
     assert (m.train_matrix_[i, u].A1 == 5.0).all()
     too_high = Ratings(train.users[:1], train.items[:1], np.array([50.0]), "high")
