@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from glocalk_np.config import Config
-from glocalk_np.engines.cluster import DaskEngine
+from glocalk_np.engines.cluster import DaskEngine, local_cluster
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.params import (STAGES, flatten, init_global_kernel, init_layers, layer_count,
                                optimised, user_axes)
@@ -116,7 +116,7 @@ def main():
     parser.add_argument("--json", dest="out")
     args = parser.parse_args()
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError as e:
         common.fail(f"the Dask engine needs dask.distributed ({e}): pip install -e '.[dask]'")
     results = {"every_vector": args.every_vector}
@@ -142,9 +142,7 @@ def main():
             del cpu
         for workers in args.workers:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                              memory_limit=0, dashboard_address=":0",
-                              silence_logs=40) as cluster, \
+            with local_cluster(workers, silence_logs=40) as cluster, \
                     Client(cluster, direct_to_workers=True) as client:
                 client.run(common.reset_peak)
                 common.reset_peak()

@@ -14,7 +14,6 @@ import glocalk_np  # noqa: F401  first: sets OpenBLAS' spin before NumPy loads
 import argparse
 import contextlib
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -139,10 +138,9 @@ def local_cluster(workers):
     if not workers:
         yield
         return
-    from distributed import Client, LocalCluster
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                      memory_limit=0, dashboard_address=":0", silence_logs=40) as cluster, \
+    from distributed import Client
+    from glocalk_np.engines.cluster import local_cluster
+    with local_cluster(workers, silence_logs=40) as cluster, \
             Client(cluster, direct_to_workers=True):
         yield
 

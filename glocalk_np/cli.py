@@ -223,7 +223,7 @@ def dask_client(scheduler, local_workers):
     the scheduler at ``scheduler``, or on a cluster of ``local_workers``
     worker processes here (the cores shared among them)."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError as e:
         raise click.UsageError(f"--device dask needs dask.distributed ({e}): "
                                "pip install 'glocalk-np[dask]'") from None
@@ -235,10 +235,8 @@ def dask_client(scheduler, local_workers):
         with client:
             yield client
         return
-    threads = max(1, (os.cpu_count() or 1) // local_workers)
-    with LocalCluster(n_workers=local_workers, threads_per_worker=threads, processes=True,
-                      memory_limit=0, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as local, \
+    from .engines.cluster import local_cluster
+    with local_cluster(local_workers, silence_logs=logging.ERROR) as local, \
             Client(local, direct_to_workers=True) as client:
         yield client
 

@@ -198,3 +198,13 @@ def test_fit_on_local_workers_from_the_command_line(tmp_path):
         bad = command[:5] + flags + ["--out", "n.npz"]
         done = subprocess.run(bad, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and "--device dask takes one of" in done.stderr, flags
+
+
+def test_local_workers_get_their_share_of_blas_threads_and_the_environment_is_restored():
+    from glocalk_np.engines.cluster import BLAS_THREAD_VARIABLES, local_cluster
+    before = {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES}
+    want = before["OPENBLAS_NUM_THREADS"] or str(max(1, (os.cpu_count() or 1) // 2))
+    with local_cluster(2, silence_logs=40) as cluster, distributed.Client(cluster) as c:
+        seen = c.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
+    assert sorted(seen.values()) == [want, want]
+    assert {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES} == before
