@@ -69,17 +69,6 @@ def exchange_bytes(stage, params, workers, itemsize):
     return 2 * parts * itemsize + 8 * replicated
 
 
-def current_rss_mib():
-    """This process's resident memory now, MiB (Linux; 0 elsewhere)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
-
-
 def median_seconds(engine, stage, params, repeats, every_vector=True):
     """Median seconds of fg(x, g) in the engine's workspace, after a warm-up,
     and the loopback bytes per evaluation over the timed ones; the
@@ -146,7 +135,7 @@ def main():
                     Client(cluster, direct_to_workers=True) as client:
                 client.run(common.reset_peak)
                 common.reset_peak()
-                before = current_rss_mib()
+                before = common.status_mib("VmRSS") or 0.0
                 tic = time.perf_counter()
                 engine = DaskEngine(R, client=client, halo=config.gk_size // 2, **hyper)
                 r = row[f"dask-{workers}"] = {"threads": threads,

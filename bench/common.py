@@ -161,18 +161,27 @@ def synthetic_ratings(n_items, n_users, n_ratings, seed, rank=10, noise=0.5):
     return Ratings(users + 1, items + 1, stars, f"synthetic(seed={seed})")
 
 
+def status_mib(field, pid="self"):
+    """A memory field of Linux's /proc/PID/status (VmHWM: peak resident,
+    VmRSS: resident now) in MiB; None where there is none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def max_rss_mib():
     """Peak resident memory of this process so far, MiB.
 
     Linux's VmHWM (/proc/self/status) where there is one: ru_maxrss survives
     exec, so a subprocess would report its parent's peak when that is higher.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    peak = status_mib("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
 
 

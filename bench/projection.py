@@ -31,7 +31,7 @@ from cluster import exchange_bytes, median_seconds
 from glocalk_np.config import Config
 from glocalk_np.data import Index
 from glocalk_np.engines.cpu import CpuEngine
-from glocalk_np.params import STAGES, init_global_kernel, init_layers, user_axes
+from glocalk_np.params import STAGES, init_global_kernel, init_layers, shapes, user_axes
 
 # name -> (items, users, ratings): the public datasets' sizes; 90% train
 SHAPES = {"ml-20m": (26_744, 138_493, 20_000_263), "netflix": (17_770, 480_189, 100_480_507)}
@@ -43,14 +43,9 @@ HISTORY = "bench/results/fit_ml-1m_numba.json"
 def template(m, n, config):
     """Zero-memory arrays with the shapes of the parameters of an m x n
     problem (np.broadcast_to): for sizes, never for values."""
-    dims = [n] + [config.n_hidden] * config.n_layers + [n]
-    out = {}
-    for l, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        for name, shape in (("W", (a, b)), ("U", (a, config.kernel_dim)),
-                            ("V", (b, config.kernel_dim)), ("b", (b,))):
-            out[f"{name}{l}"] = np.broadcast_to(np.float64(0), shape)
-    out["C"] = np.broadcast_to(np.float64(0), (m, config.gk_size ** 2))
-    return out
+    return {k: np.broadcast_to(np.float64(0), shape)
+            for k, shape in shapes(m, n, config.n_hidden, config.n_layers, config.kernel_dim,
+                                   config.gk_size).items()}
 
 
 def share_size(params, n_share):

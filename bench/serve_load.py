@@ -39,13 +39,6 @@ def start_server(model):
     return proc, int(line.split("http://127.0.0.1:")[1].split()[0])
 
 
-def peak_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return None
-
-
 def load(port, users, clients, requests):
     """Latencies (s) and error count of ``requests`` GET /recommend per
     client, ``clients`` at once, each on its own keep-alive connection."""
@@ -149,7 +142,7 @@ def main():
                 s.close()
             for name, status in statuses.items():
                 print(f"  {name}: {status}")
-            peak = peak_mib(proc.pid)
+            peak = common.status_mib("VmHWM", proc.pid)
             print(f"server peak memory {peak:.0f} MiB")
         finally:
             proc.terminate()

@@ -562,8 +562,7 @@ class GLocalK:
         items, then per block of users one GEMM with the output layer and a
         partial sort, in SCORE_BLOCK_BYTES of scores at a time."""
         self._check_fitted()
-        if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
-            raise ValueError(f"top must be a positive integer, got {top!r}")
+        _check_positive_int(top, "top")
         ids = as_ids([users] if np.ndim(users) == 0 else users, "recommend", "user",
                      warn=False)
         # each distinct user once (a list may name one user many times)
@@ -609,8 +608,7 @@ class GLocalK:
         users to like more, and less, than their usual.
         Cost: once per model m h^2 + h^3, then m h per query."""
         self._check_fitted()
-        if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
-            raise ValueError(f"top must be a positive integer, got {top!r}")
+        _check_positive_int(top, "top")
         pos, known = _positions(self.index_.items, as_ids([item], "similar", "item", warn=False))
         if not known[0]:
             raise ValueError(f"item {shorten(repr(np.asarray(item).tolist()))} is not in the "
@@ -724,8 +722,7 @@ class GLocalK:
           (scale.py), as LensKit and cornac report top-N accuracy
           (metrics.top_n)."""
         self._check_fitted()
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        _check_positive_int(k, "k")
         test = as_ratings(test, "test")
         entries = EvalSet.of_ratings(test, self.index_)
         if not len(entries):
@@ -825,7 +822,9 @@ class GLocalK:
     def _add_users(self, users, source):
         """Add the ``users`` the index lacks, in every member: a zero row of
         the input layer's W (and the mean row of its U), the mean output
-        column, kernel vector and bias of the known users. Returns how many."""
+        column, kernel vector and bias of the known users; the index, the
+        training matrix and seen_ get their columns (update then sets the
+        training data). Returns how many."""
         fresh = np.setdiff1d(users, self.index_.users)
         if not fresh.size:
             return 0
@@ -845,8 +844,10 @@ class GLocalK:
         R, seen = self.train_matrix_.tocoo(), self.seen_.tocoo()
         shape = (self.index_.n_items, ids.size)
         self.seen_ = sp.csr_matrix((seen.data, (seen.row, old[seen.col])), shape=shape)
-        self._set_training_data(Index(ids, self.index_.items),
-                                sp.csr_matrix((R.data, (R.row, old[R.col])), shape=shape))
+        # the index and matrix only: update sets the training data (statistics,
+        # caches) once, with the new ratings, before anything reads them
+        self.index_ = Index(ids, self.index_.items)
+        self.train_matrix_ = sp.csr_matrix((R.data, (R.row, old[R.col])), shape=shape)
         return int(fresh.size)
 
     def _fold_in(self, users):
@@ -983,6 +984,12 @@ def _same(a, b):
         return a == b or (a != a and b != b)
     except (TypeError, ValueError):
         return False
+
+
+def _check_positive_int(value, name):
+    """ValueError naming ``name`` unless ``value`` is an int >= 1 (not a bool)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _is_pandas(value):

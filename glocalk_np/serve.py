@@ -25,8 +25,7 @@ import threading
 import time
 from urllib.parse import parse_qs
 
-import numpy as np
-
+from .console.output import jsonable
 from .data import DataError
 from .estimator import GLocalK
 
@@ -58,13 +57,11 @@ class ModelServer:
         st = os.stat(self.path)
         return st.st_mtime_ns, st.st_size
 
-    @staticmethod
-    def _prepared(model):
-        model.recommend(model.index_.users[:1], 1)   # its forward pass now, not in a request
-        return model
-
     def _load(self):
-        return self._prepared(GLocalK.load(self.path))
+        """The model file, checked, its forward pass done now rather than in a request."""
+        model = GLocalK.load(self.path)
+        model.recommend(model.index_.users[:1], 1)
+        return model
 
     def current(self):
         """The model to answer with: a changed file is loaded and swapped in
@@ -99,7 +96,7 @@ class ModelServer:
             status, body = "400 Bad Request", {"error": str(e)}
         except Exception as e:                  # noqa: BLE001 - answer, never crash the server
             status, body = "500 Internal Server Error", {"error": f"{type(e).__name__}: {e}"}
-        data = json.dumps(body, default=_jsonable).encode()
+        data = json.dumps(jsonable(body), allow_nan=False).encode()
         start_response(status, [("Content-Type", "application/json"),
                                 ("Content-Length", str(len(data)))])
         return [data]
@@ -199,12 +196,6 @@ def _top(args):
 def _flag(args, name):
     value = args.get(name, False)
     return value is True or str(value).lower() in ("1", "true", "yes")
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def run(path, host="127.0.0.1", port=8000, ready=None):
