@@ -203,7 +203,7 @@ def time_epoch(engine, stage, params, config, optimizer):
     iters = config.iters_pretrain if stage == "pretrain" else config.iters_finetune
     timed = _Timed(engine)
     tic = time.perf_counter()
-    _, _, evaluations = minimize_epoch(timed, stage, template, iters, optimizer)
+    _, _, evaluations, _ = minimize_epoch(timed, stage, template, iters, optimizer)
     seconds = time.perf_counter() - tic
     # the rest is L-BFGS-B's own work on the flat vector (and scipy's copies of it)
     return {EPOCH_KEYS[optimizer]: dict(
@@ -239,7 +239,8 @@ def _fmt(r, key, spec):
 
 class _Timed:
     """An engine whose objectives add the seconds spent inside them to ``inside``:
-    the loss, the gradient and the (un)flattening the optimiser waits for."""
+    the loss, the gradient and the (un)flattening the optimiser waits for;
+    its other methods are the engine's."""
 
     def __init__(self, engine):
         self.engine, self.inside = engine, 0.0
@@ -257,6 +258,9 @@ class _Timed:
 
     def objective_into(self, stage, template):
         return self._timed(self.engine.objective_into(stage, template))
+
+    def __getattr__(self, name):          # the rest (workspace, place, ...) as the engine's
+        return getattr(self.engine, name)
 
 
 def _epoch(r, key="epoch"):

@@ -465,11 +465,18 @@ def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, g
     L-BFGS-B steps for an unbounded problem; options and the Result as
     scipy.optimize.minimize(method='L-BFGS-B'). ``workspace`` (a Workspace
     of x0's size and maxcor, e.g. one per fit) saves allocating per call;
-    Result.x and .jac are then its arrays."""
+    Result.x and .jac are then its arrays. ``x0`` may be a vector of the
+    workspace itself: the start is then copied where the vectors live and
+    never passes through the host (a trainer keeping its parameters there
+    between epochs)."""
+    on_host = isinstance(x0, np.ndarray)
+    if not on_host and workspace is None:
+        raise ValueError("x0 is not a host array: it must be a vector of the workspace given")
     ws = workspace if workspace is not None else Workspace(x0.size, maxcor)
-    if (ws.n, ws.m) != (x0.size, maxcor):
+    n = x0.size if on_host else ws.n
+    if (ws.n, ws.m) != (n, maxcor):
         raise ValueError(f"workspace is for n={ws.n}, maxcor={ws.m}; "
-                         f"got n={x0.size}, maxcor={maxcor}")
+                         f"got n={n}, maxcor={maxcor}")
     if maxls <= 0:
         raise ValueError("maxls must be positive.")
     # x, g: the current point and gradient, then the trial ones; t, r: the
@@ -477,7 +484,10 @@ def minimize(fg, x0, *, maxiter=15000, maxcor=10, ftol=2.2204460492503131e-09, g
     # instead of being copied.
     x, g, t, r, d = ws.x, ws.g, ws.t, ws.r, ws.d
     ops = ws.vectors
-    ops.assign(x, x0)
+    if on_host:
+        ops.assign(x, x0)
+    else:
+        ops.copy(x0, x)
     f = float(fg(x, g))
     nfev, nit = 1, 0
     tol = (ftol / EPS) * EPS                     # factr * epsmch, as SciPy passes it

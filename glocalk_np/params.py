@@ -145,6 +145,13 @@ def flatten(params):
     return out
 
 
+def placeholders(params):
+    """Arrays of ``params``' shapes and dtypes that hold no memory (one
+    broadcast zero each): all that objective_into, parameters_in and the
+    like need to know of parameters kept in a workspace's vector."""
+    return {k: np.broadcast_to(np.zeros((), v.dtype), v.shape) for k, v in params.items()}
+
+
 def unflatten(x, template, dtype=None):
     """Arrays shaped like ``template``'s, read in order from the flat ``x``."""
     need = sum(a.size for a in template.values())

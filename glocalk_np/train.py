@@ -21,7 +21,8 @@ from .engines import make_engine, settings
 from .data import _positions
 from .fallback import NETWORK, Fallback
 from .config import SELECTIONS, Config, check_problem
-from .params import STAGES, flatten, init_global_kernel, init_layers, optimised, unflatten
+from .params import (STAGES, flatten, init_global_kernel, init_layers, optimised,
+                     placeholders, unflatten)
 from .records import Best, EpochRecord, TrainState
 from .scale import RatingScale
 
@@ -93,19 +94,40 @@ def _codes(ids, mask):
     return codes
 
 
-def minimize_epoch(engine, stage, template, maxiter, optimizer="scipy", workspace=None):
-    """One epoch from the arrays ``template``: one L-BFGS-B run of at most
-    ``maxiter`` iterations, as tf.contrib.opt.ScipyOptimizerInterface made it
-    ('scipy'), or the same steps by lbfgsb.minimize ('numba', in
-    ``workspace``). Returns (x, loss, evaluations)."""
-    x0 = flatten(template)
+def minimize_epoch(engine, stage, template, maxiter, optimizer="scipy", workspace=None,
+                   start=None):
+    """One epoch: one L-BFGS-B run of at most ``maxiter`` iterations, as
+    tf.contrib.opt.ScipyOptimizerInterface made it ('scipy', from the arrays
+    ``template``), or the same steps by lbfgsb.minimize ('numba', in
+    ``workspace``, from its vector ``start``, where the result is put back:
+    the parameters stay where the engine keeps its vectors between epochs,
+    and ``template`` gives only their layout; without a workspace, in one
+    of its own from the arrays ``template``). Returns (the parameters
+    after it, a mapping as engine.parameters_in gives, the loss, the
+    evaluations, whether every parameter is finite)."""
     if optimizer == "scipy":
-        r = minimize(engine.objective(stage, template), x0, jac=True, method="L-BFGS-B",
-                     options={"maxiter": maxiter, "maxcor": MAXCOR})
-        return r.x, r.fun, int(r.nfev)
-    r = lbfgsb.minimize(engine.objective_into(stage, template), x0, maxiter=maxiter,
+        r = minimize(engine.objective(stage, template), flatten(template), jac=True,
+                     method="L-BFGS-B", options={"maxiter": maxiter, "maxcor": MAXCOR})
+        return unflatten(r.x, template), r.fun, int(r.nfev), bool(np.isfinite(r.x).all())
+    if workspace is None:            # an epoch on its own: a workspace of its own
+        workspace, start = holding(engine, template)
+    r = lbfgsb.minimize(engine.objective_into(stage, template), start, maxiter=maxiter,
                         maxcor=MAXCOR, workspace=workspace)
-    return (workspace.vectors if workspace else lbfgsb.HostVectors).to_host(r.x), r.fun, r.nfev
+    ops = workspace.vectors
+    ops.copy(r.x, start)
+    squares, largest = ops.dot_and_abs_max(start, start)     # NaN and inf reach the sum
+    return (engine.parameters_in(workspace, start, template), r.fun, r.nfev,
+            bool(np.isfinite(squares) and np.isfinite(largest)))
+
+
+def holding(engine, params):
+    """(the engine's workspace for the arrays ``params``, a vector of it
+    that holds them): where lbfgsb.minimize's epochs start and end."""
+    n = sum(np.size(a) for a in params.values())
+    workspace = engine.workspace(n, MAXCOR)
+    start = workspace.vectors.empty(n)
+    engine.place(workspace, start, params)
+    return workspace, start
 
 
 def initial_state(train, config):
@@ -161,22 +183,26 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
         if stage_over(state.history, stage, config):
             continue
         if stage == "finetune" and "C" not in state.params:
-            state.params["C"] = init_global_kernel(train.shape[0], config.gk_size, config.seed)
+            state.params = {**state.params, "C": init_global_kernel(train.shape[0],
+                                                                    config.gk_size, config.seed)}
         template = optimised(stage, state.params)
-        workspace = (engine.workspace(sum(a.size for a in template.values()), MAXCOR)
-                     if config.optimizer == "numba" else None)
+        workspace = start = None
+        if config.optimizer == "numba":     # the parameters live in the workspace's ``start``
+            workspace, start = holding(engine, template)
+            template = placeholders(template)
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()
-            x, loss, evaluations = minimize_epoch(engine, stage, template, iters,
-                                                  config.optimizer, workspace)
-            if not (np.isfinite(loss) and np.isfinite(x).all()):
+            params, loss, evaluations, finite = minimize_epoch(
+                engine, stage, template, iters, config.optimizer, workspace, start)
+            if not (np.isfinite(loss) and finite):
                 raise TrainingDiverged(
                     f"training diverged: the loss is {loss} after {stage} epoch {epoch} "
                     f"(ratings {low:g} to {high:g}, lambda_2={config.lambda_2:g}, "
                     f"lambda_s={config.lambda_s:g}, dot_scale={config.dot_scale:g}): "
                     "smaller ratings or penalties are needed")
-            template = unflatten(x, template)
-            state.params.update(template)
+            if workspace is None:
+                template = params
+            state.params = params
             scores = score(engine, stage, state.params, train_set, evals, scale, fallback)
             record = EpochRecord(stage, epoch, scores.pop("train")["rmse"],
                                  time.perf_counter() - tic, evaluations, scores)
@@ -261,10 +287,17 @@ def _update_best(state, record, evals, last):
             rmse = record.metrics[sel]["rmse"]
             best = state.best.get(sel)
             if best is None or rmse < best.rmse:
-                state.best[sel] = Best(record.epoch, rmse,
-                                       {k: v.copy() for k, v in state.params.items()})
+                state.best[sel] = Best(record.epoch, rmse, _kept(state.params, sel))
     if last:
         state.best["last"] = Best(record.epoch, None, state.params)
+
+
+def _kept(params, slot):
+    """A copy of the parameters that later epochs leave alone: of each host
+    array, or, for parameters an engine keeps where its vectors live, one
+    made there in the place named ``slot`` (engines.cluster.SharedParams)."""
+    keep = getattr(params, "kept", None)
+    return keep(slot) if keep else {k: v.copy() for k, v in params.items()}
 
 
 def selected(state, select):

@@ -26,7 +26,8 @@ from glocalk_np.estimator import GLocalK  # noqa: E402
 from glocalk_np.params import STAGES, flatten, optimised  # noqa: E402
 from glocalk_np.scale import RatingScale  # noqa: E402
 from glocalk_np.synthetic import low_rank_ratings  # noqa: E402
-from glocalk_np.train import fit  # noqa: E402
+from glocalk_np.data import Index, Ratings, subset  # noqa: E402
+from glocalk_np.train import EvalSet, fit  # noqa: E402
 from problems import PROBLEMS, smooth_problem  # noqa: E402
 
 TOLERANCE = 1e-12
@@ -124,15 +125,32 @@ CONFIG = Config(n_hidden=6, kernel_dim=3, epochs_pretrain=2, epochs_finetune=1,
                 iters_pretrain=3, iters_finetune=3, dtype="float64", optimizer="numba")
 
 
-def test_a_fit_on_the_cluster_follows_the_one_process_fit(client):
-    R, _ = ratings_matrix()
-    model_units = RatingScale.of(R.data, CONFIG.scale).matrix_to_model(R)
-    there = fit(R, CONFIG, engine=make_engine(model_units, CONFIG, "dask"))
-    here = fit(R, CONFIG)
+def test_a_fit_on_the_cluster_follows_the_one_process_fit(client, monkeypatch):
+    """The same epochs and parameters (the best test epoch's too), and the
+    parameters stay on the shares between epochs: the driver gathers them
+    once, where pre-training hands over to fine-tuning, not once an epoch."""
+    R, ratings = ratings_matrix()
+    config = replace(CONFIG, epochs_finetune=3)
+    held = subset(ratings, np.arange(0, len(ratings), 7))   # worse as training goes on
+    held = Ratings(held.users, held.items, 6 - held.values, "reversed")
+    evals = {"test": EvalSet.of_ratings(held, Index.from_ratings(ratings))}
+    model_units = RatingScale.of(R.data, config.scale).matrix_to_model(R)
+    engine = make_engine(model_units, config, "dask")
+    gathers = []
+    real = DaskEngine._gather
+    monkeypatch.setattr(DaskEngine, "_gather", lambda self, x: gathers.append(x) or real(self, x))
+    there = fit(R, config, engine=engine, evals=evals)
+    assert len(gathers) == 1
+    here = fit(R, config, evals=evals)
     assert [r.train_rmse for r in there.history] == pytest.approx(
         [r.train_rmse for r in here.history], rel=1e-9)
+    assert [r.metrics["test"]["rmse"] for r in there.history] == pytest.approx(
+        [r.metrics["test"]["rmse"] for r in here.history], rel=1e-9)
     for key, value in here.params.items():
         assert _rel(there.params[key], value) < 1e-9, key
+    assert there.best["test"].epoch == here.best["test"].epoch < config.epochs_finetune
+    for key, value in here.best["test"].params.items():
+        assert _rel(there.best["test"].params[key], value) < 1e-9, key
 
 
 def test_the_estimator_trains_saves_and_resumes_on_the_cluster(client, tmp_path):

@@ -98,6 +98,19 @@ class Engine(ABC):
         (host memory here; the GPU's for the CUDA engine)."""
         return lbfgsb.Workspace(n, maxcor)
 
+    def place(self, workspace, x, params):
+        """Write the arrays ``params`` (params.flatten's order) into the
+        vector ``x`` of this engine's ``workspace``."""
+        workspace.vectors.assign(x, flatten(params))
+
+    def parameters_in(self, workspace, x, template):
+        """The parameters in the vector ``x`` of this engine's ``workspace``,
+        laid out like ``template``: a mapping of arrays, which later steps on
+        x leave alone, and which predict accepts. Host copies here; an engine
+        whose vectors live away from the host may leave them there until
+        they are read (DaskEngine)."""
+        return unflatten(workspace.vectors.to_host(x), template)
+
     def report(self):
         """What a user should hear of how the work was spread (a dict for
         fit's summary), or None: nothing beyond the device."""

@@ -16,8 +16,11 @@ gradient, the direction and the memory S, Y (its users' slices; the
 replicated arrays on the first share only, so that each entry counts once),
 runs lbfgsb's O(n) steps on it and returns partial dot products, summed on
 the driver in share order. The driver keeps the small matrices and the line
-search; it gathers the whole vector once per epoch (the trainer's
-parameters, for scoring and checkpoints), never the memory.
+search. The trainer's parameters stay on the shares between epochs too
+(place, parameters_in, SharedParams): each epoch starts from them there,
+is scored there, and the best epoch's copy is made there. The driver
+gathers them where pre-training hands over to fine-tuning, for a
+checkpoint, and for the fitted model; never the optimiser's memory.
 """
 import contextlib
 import itertools
@@ -25,6 +28,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +37,8 @@ import scipy.sparse as sp
 from .. import lbfgsb
 from ..kernels import cpu
 from ..network import Network
-from ..params import check_for_matrix, flatten, optimised, unflatten, user_axes
+from ..params import (check_for_matrix, flatten, optimised, placeholders, unflatten,
+                      user_axes)
 from ..sparse import Pattern
 from .base import Engine, EngineFailure, training_matrix
 from .shares import ShareOps, even_bounds, gather_grads, ring, share_params
@@ -170,6 +175,8 @@ class ShareWorker:
             self._local(args[0])[:] = args[1]
             return None
         if op == "take":
+            if args[0].key not in self._vectors:
+                raise LookupError("the vector was dropped with its stage's layout")
             return self._local(args[0]).copy()
         return getattr(lbfgsb.HostVectors, op)(*map(self._local, args))
 
@@ -204,20 +211,29 @@ class ShareWorker:
         self._sums.put(total)
         return self._parts.get()
 
+    def _at(self, x, replicated, names):
+        """(parameters, gradients) of ``_flat_arrays`` at this share's part
+        of the vector x, with the replicated arrays (the first share's, sent
+        to the others), the parameters ``names`` in order."""
+        P, G = self._flat_arrays(x)
+        P.update({k: np.ascontiguousarray(v, dtype=self.ops.dtype)
+                  for k, v in replicated.items()})
+        return {k: P[k] for k in names}, G
+
     def _task(self, task, stage, P, rows, cols):
         network = self.network
         if task == "loss_and_grad_into":  # P: (x, g, the replicated arrays, all names)
             x, g, replicated, names = P
-            P, G = self._flat_arrays(x)
-            P.update({k: np.ascontiguousarray(v, dtype=self.ops.dtype)
-                      for k, v in replicated.items()})
+            P, G = self._at(x, replicated, names)
             G.update({k: np.empty_like(v) for k, v in P.items() if k not in G})
             for k, v in G.items():
                 if k.startswith("b"):
                     v[:] = 0
-            loss = network.loss_and_grad(stage, {k: P[k] for k in names}, G).value
+            loss = network.loss_and_grad(stage, P, G).value
             cpu.copy_cast(self._flat[1], self._local(g))
             return loss
+        if isinstance(P, tuple):         # (x, the replicated arrays, names): at a vector
+            P = self._at(*P)[0]
         if task == "loss_and_grad":
             G = {k: (np.zeros_like if k.startswith("b") else np.empty_like)(v)
                  for k, v in P.items()}
@@ -334,22 +350,43 @@ class DaskEngine(Engine):
         g Refs), each share evaluates at its part of x and writes its part
         of g; with host arrays, the whole vectors pass through the driver."""
         check_for_matrix(template, stage, *self.shape)
-        layouts = self._layouts(template)
-        self._each("set_layout", per_share=[(layout,) for layout in layouts])
-        names = list(template)
-        replicated = [name for name, _ in layouts[0] if name not in user_axes(template)]
+        self._use_layout(template)
         host = lbfgsb.gradient_into(self.objective(stage, template))
 
         def fg(x, g):
             if not isinstance(x, Ref):
                 return host(x, g)
-            shared = {} if len(self.actors) == 1 else \
-                self._result(0, self._result(0, "arrays", x, replicated).result)
             return self._steps("loss_and_grad_into", stage,
-                               [(x, g, shared if k else {}, names)
-                                for k in range(len(self.actors))])[0]
-        self._layout_of = (template, layouts)
+                               [(x, g, *at) for at in self._at(x)])[0]
         return fg
+
+    def _use_layout(self, template):
+        """Lay the shares' parts of the vectors out like ``template`` (a new
+        layout drops the vectors of the old)."""
+        layouts = self._layouts(template)
+        self._each("set_layout", per_share=[(layout,) for layout in layouts])
+        self._layout_of = (placeholders(template), layouts)
+
+    def _at(self, x):
+        """Per share, what a task at the vector ``x`` needs beside its part:
+        (the replicated arrays, from the first share to the others; every
+        parameter's name in order)."""
+        template, layouts = self._layout_of
+        replicated = [name for name, _ in layouts[0] if name not in user_axes(template)]
+        shared = {} if len(self.actors) == 1 else \
+            self._result(0, self._result(0, "arrays", x, replicated).result)
+        return [(shared if k else {}, list(template)) for k in range(len(self.actors))]
+
+    def place(self, workspace, x, params):
+        """Each share's part of ``params`` put into its part of ``x``: no
+        flat vector of every parameter is made here."""
+        self._use_layout(params)
+        self._each("vectors", "put", x, per_share=[(part,) for part in self._split(params)])
+
+    def parameters_in(self, workspace, x, template):
+        """SharedParams: predict reads them on the shares; they are gathered
+        here only when read as arrays (a checkpoint, the fitted model)."""
+        return SharedParams(self, x, template)
 
     def report(self):
         """Per share: its worker, users, Numba threads and first evaluation's
@@ -381,34 +418,40 @@ class DaskEngine(Engine):
             out.append(layout)
         return out
 
-    def _split(self, flat):
-        """The shares' parts of a host vector laid out like the template."""
-        template, layouts = self._layout_of
-        whole = unflatten(np.asarray(flat, dtype=np.float64), template)
-        shares = (share_params(whole, lo, hi) for lo, hi in self.bounds)
-        return [np.concatenate([part[name].ravel() for name, _ in layout])
+    def _split(self, params):
+        """The shares' parts (float64) of the arrays ``params``, laid out
+        like the template."""
+        layouts = self._layout_of[1]
+        shares = (share_params(params, lo, hi) for lo, hi in self.bounds)
+        return [np.concatenate([np.ravel(part[name]).astype(np.float64) for name, _ in layout])
                 for part, layout in zip(shares, layouts)]
 
-    def _join(self, parts):
-        """The host vector of the shares' parts (the inverse of _split)."""
+    def _gather(self, x):
+        """The arrays of the shares' parts of the vector ``x``, laid out like
+        the template (the inverse of _split)."""
         template, layouts = self._layout_of
         pieces = []
-        for part, layout in zip(parts, layouts):
+        for part, layout in zip(self._each("vectors", "take", x), layouts):
             arrays, pos = {}, 0
             for name, shape in layout:
                 size = int(np.prod(shape))
                 arrays[name] = part[pos:pos + size].reshape(shape)
                 pos += size
             pieces.append(arrays)
-        return flatten(gather_grads(pieces, self.bounds, template))
+        return gather_grads(pieces, self.bounds, template)
 
     def predict(self, stage, params, rows, cols):
-        P = self._params(stage, params)
+        """As the contract says; ``params`` may also be SharedParams, read
+        where they are."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
         share = np.searchsorted([hi for _, hi in self.bounds], cols, side="right")
         picks = [np.flatnonzero(share == k) for k in range(len(self.bounds))]
-        parts = self._run("predict", stage, P, [
-            {"rows": rows[p], "cols": cols[p] - lo} for p, (lo, _) in zip(picks, self.bounds)])
+        where = [{"rows": rows[p], "cols": cols[p] - lo} for p, (lo, _) in zip(picks, self.bounds)]
+        if isinstance(params, SharedParams):
+            parts = self._steps("predict", stage, [(params.ref, *at) for at in self._at(params.ref)],
+                                where)
+        else:
+            parts = self._run("predict", stage, self._params(stage, params), where)
         out = np.empty(rows.size, dtype=self.dtype)
         for p, part in zip(picks, parts):
             out[p] = part
@@ -445,11 +488,12 @@ class ShardedVectors:
         return self.engine._each("vectors", op, *args)
 
     def assign(self, dst, host_src):
-        self.engine._each("vectors", "put", dst,
-                          per_share=[(part,) for part in self.engine._split(host_src)])
+        engine = self.engine
+        whole = unflatten(np.asarray(host_src, dtype=np.float64), engine._layout_of[0])
+        engine._each("vectors", "put", dst, per_share=[(part,) for part in engine._split(whole)])
 
     def to_host(self, a):
-        return self.engine._join(self._all("take", a))
+        return flatten(self.engine._gather(a))
 
     def copy(self, src, dst):
         self._all("copy", src, dst)
@@ -479,3 +523,36 @@ class ShardedVectors:
 
     def store_pair(self, g, r, stp, d, s_out, y_out):
         self._all("store_pair", g, r, stp, d, s_out, y_out)
+
+
+class SharedParams(Mapping):
+    """The parameters in a vector of a DaskEngine's shares, laid out like
+    ``template`` (DaskEngine.parameters_in): predict reads each share's part
+    where it is; read as a mapping (a checkpoint, the fitted model) they are
+    gathered once, as float64 arrays. Valid while the vector holds them: the
+    trainer makes a new one after every epoch."""
+
+    def __init__(self, engine, ref, template):
+        self._engine, self.ref, self._template, self._arrays = engine, ref, template, None
+
+    def __getitem__(self, name):
+        if self._arrays is None:
+            self._arrays = self._engine._gather(self.ref)
+        return self._arrays[name]
+
+    def __iter__(self):
+        return iter(self._template)
+
+    def __len__(self):
+        return len(self._template)
+
+    def __contains__(self, name):
+        return name in self._template
+
+    def kept(self, slot):
+        """A copy made on the shares, in the vector named ``slot`` (one per
+        selection rule: the best epoch's parameters), which later epochs
+        leave alone."""
+        ref = Ref(("kept", slot))
+        self._engine._each("vectors", "copy", self.ref, ref)
+        return SharedParams(self._engine, ref, self._template)
