@@ -3,8 +3,11 @@ evaluation of both stages at the preset's shape, as a fit with the Numba
 optimiser makes it (objective_into on the engine's workspace: for the Dask
 engine the vectors stay on the workers), with the CPU engine in this process
 and the Dask engine on a LocalCluster of 1 and 2 worker processes (the cores
-shared among them), measured in one run; the ratio is what the actors and
-the exchanges through the driver cost on one machine, where splitting
+shared among them). The two engines take turns, evaluation by evaluation,
+and the ratio is the median of the turns' ratios: these machines drift by
+10-20% within a session, and timed one after the other the engines had
+given 1.19x where in turns they give 1.07x. The ratio is what the actors
+and the exchanges through the driver cost on one machine, where splitting
 cannot gain. Also each engine's set-up.
 
     pip install -e '.[dask]'
@@ -26,7 +29,7 @@ import time
 import numpy as np
 
 from glocalk_np.config import Config
-from glocalk_np.engines.cluster import DaskEngine, local_cluster
+from glocalk_np.engines.cluster import DaskEngine
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.params import (STAGES, flatten, init_global_kernel, init_layers, layer_count,
                                optimised, user_axes)
@@ -69,10 +72,11 @@ def exchange_bytes(stage, params, workers, itemsize):
     return 2 * parts * itemsize + 8 * replicated
 
 
-def median_seconds(engine, stage, params, repeats, every_vector=True):
-    """Median seconds of fg(x, g) in the engine's workspace, after a warm-up,
-    and the loopback bytes per evaluation over the timed ones; the
-    workspace's every vector in memory (as in a fit), or only x and g."""
+def prepared(engine, stage, params, every_vector=True):
+    """fg(x, g) in the engine's workspace at ``params``, warmed up (compile
+    or cache load, first buffers), as a callable: one evaluation as a fit
+    with the Numba optimiser makes it, the workspace's every vector in
+    memory (as in a fit) or only x and g."""
     template = optimised(stage, params)
     x0 = flatten(template)
     fg = engine.objective_into(stage, template)
@@ -81,21 +85,41 @@ def median_seconds(engine, stage, params, repeats, every_vector=True):
     rows = [M[i] for M in (ws.S, ws.Y) for i in range(10)]
     for v in (ws.t, ws.r, ws.d, *rows) if every_vector else ():
         ws.vectors.copy(ws.x, v)
-    fg(ws.x, ws.g)                              # warm: compile or load, first buffers
-    times, sent = [], loopback_bytes()
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fg(ws.x, ws.g)
-        times.append(time.perf_counter() - tic)
+    fg(ws.x, ws.g)
+    return lambda: fg(ws.x, ws.g)
+
+
+def seconds(evaluate):
+    tic = time.perf_counter()
+    evaluate()
+    return time.perf_counter() - tic
+
+
+def traffic(evaluate, repeats):
+    """(median seconds, loopback bytes per evaluation) of ``evaluate`` run
+    alone ``repeats`` times."""
+    sent = loopback_bytes()
+    times = [seconds(evaluate) for _ in range(repeats)]
     sent = None if sent is None else (loopback_bytes() - sent) / repeats
     return float(np.median(times)), sent
+
+
+def in_turns(evaluations, repeats):
+    """{name: seconds of each of ``repeats`` calls}, the callables taking
+    turns call by call: a drift of this machine's speed (10-20% within a
+    session) then falls on every engine alike."""
+    times = {name: [] for name in evaluations}
+    for _ in range(repeats):
+        for name, evaluate in evaluations.items():
+            times[name].append(seconds(evaluate))
+    return times
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-1m"])
     parser.add_argument("--workers", nargs="*", type=int, default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-cpu", dest="cpu", action="store_false",
                         help="skip the in-process CPU engine (ratios then absent)")
     parser.add_argument("--only-xg", dest="every_vector", action="store_false",
@@ -104,11 +128,7 @@ def main():
     parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--json", dest="out")
     args = parser.parse_args()
-    try:
-        from distributed import Client
-    except ImportError as e:
-        common.fail(f"the Dask engine needs dask.distributed ({e}): pip install -e '.[dask]'")
-    results = {"every_vector": args.every_vector}
+    results = {"every_vector": args.every_vector, "repeats": args.repeats}
     for name in args.datasets:
         problem = common.load(name, args.data_dir)
         R = problem.matrix(problem.train)
@@ -121,18 +141,17 @@ def main():
         hyper = dict(lambda_2=config.lambda_2, lambda_s=config.lambda_s,
                      dot_scale=config.dot_scale, dtype=np.float32)
         row = results[name] = {"shape": [m, n], "nnz": int(R.nnz)}
-        if args.cpu:
+        cpu = None
+        if args.cpu:        # kept for the comparisons in turns with each cluster
             common.reset_peak()
             cpu = CpuEngine(R, **hyper)
-            row["cpu"] = {s: median_seconds(cpu, s, params, args.repeats, args.every_vector)[0]
-                          for s in STAGES}
+            row["cpu"] = {s: traffic(prepared(cpu, s, params, args.every_vector),
+                                     args.repeats)[0] for s in STAGES}
             row["cpu"]["peak_mib"] = common.max_rss_mib()
             report(name, "cpu", row)
-            del cpu
         for workers in args.workers:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with local_cluster(workers, silence_logs=40) as cluster, \
-                    Client(cluster, direct_to_workers=True) as client:
+            with common.local_dask(workers) as client:
                 client.run(common.reset_peak)
                 common.reset_peak()
                 before = common.status_mib("VmRSS") or 0.0
@@ -140,15 +159,23 @@ def main():
                 engine = DaskEngine(R, client=client, halo=config.gk_size // 2, **hyper)
                 r = row[f"dask-{workers}"] = {"threads": threads,
                                               "setup": time.perf_counter() - tic}
-                for stage in STAGES:
-                    seconds, sent = median_seconds(engine, stage, params, args.repeats,
-                                                   args.every_vector)
-                    r[stage] = seconds
+                for stage in STAGES:      # alone, one stage's vectors at a time as in a fit
+                    r[stage], sent = traffic(prepared(engine, stage, params, args.every_vector),
+                                             args.repeats)
+                    r[f"{stage}_alone"] = r[stage]
                     r[f"{stage}_bytes"] = {
                         "measured_per_worker": None if sent is None else sent / workers,
                         "model_per_worker": exchange_bytes(stage, params, workers, 4)}
                 r["worker_peak_mib"] = sorted(client.run(common.max_rss_mib).values())
                 r["driver_peak_beyond_data_mib"] = common.max_rss_mib() - before
+                for stage in STAGES if cpu is not None else ():     # in turns
+                    times = in_turns({"cpu": prepared(cpu, stage, params, args.every_vector),
+                                      "dask": prepared(engine, stage, params, args.every_vector)},
+                                     args.repeats)
+                    r[stage] = float(np.median(times["dask"]))
+                    r[f"{stage}_cpu"] = float(np.median(times["cpu"]))
+                    r[f"{stage}_vs_cpu"] = float(np.median(np.divide(times["dask"],
+                                                                     times["cpu"])))
                 del engine
             report(name, f"dask-{workers}", row)
     if args.out:
@@ -160,9 +187,10 @@ def report(name, key, row):
     r = row[key]
     line = (f"{name} {key:7s} pre-training {r['pretrain'] * 1e3:8.1f} ms  fine-tuning "
             f"{r['finetune'] * 1e3:8.1f} ms")
-    if key != "cpu" and "cpu" in row:
-        line += "  ({:.2f}x, {:.2f}x the CPU engine)".format(
-            *(r[s] / row["cpu"][s] for s in STAGES))
+    if "pretrain_vs_cpu" in r:
+        line += ("  ({:.2f}x, {:.2f}x the CPU engine in turns with it; {:.2f}x, {:.2f}x each "
+                 "alone)").format(*(r[f"{s}_vs_cpu"] for s in STAGES),
+                                  *(r[f"{s}_alone"] / row["cpu"][s] for s in STAGES))
     if "setup" in r:
         line += f"  set-up {r['setup']:.1f} s"
     for stage in STAGES if key != "cpu" else ():

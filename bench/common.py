@@ -7,6 +7,7 @@ shapes and popularity, for sizes no copy of the real data is at hand.
 """
 import glocalk_np  # noqa: F401  first: sets OpenBLAS' spin before NumPy loads
 
+import contextlib
 import json
 import resource
 import sys
@@ -74,6 +75,22 @@ def fail(message):
     """Print ``message`` to stderr and exit with status 2 (missing data or input)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+@contextlib.contextmanager
+def local_dask(workers):
+    """A LocalCluster of ``workers`` processes (engines.cluster.local_cluster:
+    the cores shared among them) and its Client, current for the block, made
+    with direct_to_workers=True as the command line makes it; exits 2 saying
+    how to install dask.distributed where it is missing."""
+    try:
+        from distributed import Client
+    except ImportError as e:
+        fail(f"the Dask engine needs dask.distributed ({e}): pip install -e '.[dask]'")
+    from glocalk_np.engines.cluster import local_cluster
+    with local_cluster(workers, silence_logs=40) as cluster, \
+            Client(cluster, direct_to_workers=True) as client:
+        yield client
 
 
 def dataset_names():

@@ -131,20 +131,6 @@ def summarise(runs):
     return out
 
 
-@contextlib.contextmanager
-def local_cluster(workers):
-    """A LocalCluster of ``workers`` processes and its Client, current for
-    the block (the Dask engine's); nothing when ``workers`` is None."""
-    if not workers:
-        yield
-        return
-    from distributed import Client
-    from glocalk_np.engines.cluster import local_cluster
-    with local_cluster(workers, silence_logs=40) as cluster, \
-            Client(cluster, direct_to_workers=True):
-        yield
-
-
 def print_tables(results):
     def ms(s, key, digits=4):
         return f"{s[key]['mean']:.{digits}f} ± {s[key]['std']:.{digits}f}" if key in s else "-"
@@ -202,7 +188,8 @@ def main(argv=None):
     datasets = args.datasets or DEFAULT_DATASETS
     common.check_data(datasets, args.data_dir, args.ml1m_file)
 
-    with local_cluster(args.local_workers):
+    with common.local_dask(args.local_workers) if args.local_workers \
+            else contextlib.nullcontext():
         results = {name: run_dataset(name, args) for name in datasets}
     print_tables(results)
     if args.json:
