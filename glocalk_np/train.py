@@ -121,9 +121,9 @@ def minimize_epoch(engine, stage, template, maxiter, optimizer="scipy", workspac
 
 
 def holding(engine, params):
-    """(the engine's workspace for the arrays ``params``, a vector of it
+    """(the engine's workspace for the parameters ``params``, a vector of it
     that holds them): where lbfgsb.minimize's epochs start and end."""
-    n = sum(np.size(a) for a in params.values())
+    n = sum(a.size for a in placeholders(params).values())
     workspace = engine.workspace(n, MAXCOR)
     start = workspace.vectors.empty(n)
     engine.place(workspace, start, params)
@@ -183,13 +183,14 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
         if stage_over(state.history, stage, config):
             continue
         if stage == "finetune" and "C" not in state.params:
-            state.params = {**state.params, "C": init_global_kernel(train.shape[0],
-                                                                    config.gk_size, config.seed)}
-        template = optimised(stage, state.params)
+            state.params = _with_arrays(state.params, {"C": init_global_kernel(
+                train.shape[0], config.gk_size, config.seed)})
         workspace = start = None
         if config.optimizer == "numba":     # the parameters live in the workspace's ``start``
-            workspace, start = holding(engine, template)
-            template = placeholders(template)
+            template = optimised(stage, placeholders(state.params))
+            workspace, start = holding(engine, state.params)   # C only once fine-tuning begins
+        else:
+            template = optimised(stage, state.params)
         for epoch in range(done + 1, epochs + 1):
             tic = time.perf_counter()
             params, loss, evaluations, finite = minimize_epoch(
@@ -290,6 +291,14 @@ def _update_best(state, record, evals, last):
                 state.best[sel] = Best(record.epoch, rmse, _kept(state.params, sel))
     if last:
         state.best["last"] = Best(record.epoch, None, state.params)
+
+
+def _with_arrays(params, arrays):
+    """The parameters and the host arrays ``arrays``, as a dict, or for
+    parameters an engine keeps where its vectors live, as their own kind
+    (engines.cluster.SharedParams), still kept there."""
+    add = getattr(params, "with_arrays", None)
+    return add(arrays) if add else {**params, **arrays}
 
 
 def _kept(params, slot):

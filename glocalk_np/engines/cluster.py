@@ -19,8 +19,10 @@ the driver in share order. The driver keeps the small matrices and the line
 search. The trainer's parameters stay on the shares between epochs too
 (place, parameters_in, SharedParams): each epoch starts from them there,
 is scored there, and the best epoch's copy is made there. The driver
-gathers them where pre-training hands over to fine-tuning, for a
-checkpoint, and for the fitted model; never the optimiser's memory.
+gathers them for a checkpoint and for the fitted model, never the
+optimiser's memory; where
+pre-training hands over to fine-tuning, the shares carry them over into
+the new layout themselves.
 """
 import contextlib
 import itertools
@@ -151,12 +153,27 @@ class ShareWorker:
         return self._parts.get()
 
     # ----- this share's part of the optimiser's vectors ---------------------
-    def set_layout(self, layout):
+    def set_layout(self, layout, carry=None):
         """[(name, shape)] of the arrays this share's part of a vector holds,
-        in order; a new layout drops the vectors of the old."""
+        in order; a new layout drops the vectors of the old, except that
+        with ``carry`` = (old, new) the arrays of the vector ``old`` that
+        the new layout has too are copied into the vector ``new``."""
+        kept = None
+        if carry is not None and carry[0].key in self._vectors:
+            kept = self._views(self._vectors[carry[0].key])
         if layout != self._layout:
             self._layout, self._vectors = layout, {}
+        if kept is not None:       # (the same key and layout: a copy onto itself)
+            self._put_named(carry[1], kept)
         return sum(int(np.prod(shape)) for _, shape in layout)
+
+    def _put_named(self, ref, arrays):
+        """Write the arrays ``arrays`` ({name: array}) into this share's
+        part of the vector ``ref``, where its layout has them."""
+        views = self._views(self._local(ref))
+        for name, a in arrays.items():
+            if name in views:
+                views[name][...] = a
 
     def _local(self, ref):
         if not isinstance(ref, Ref):
@@ -174,6 +191,8 @@ class ShareWorker:
         if op == "put":
             self._local(args[0])[:] = args[1]
             return None
+        if op == "put_named":
+            return self._put_named(*args)
         if op == "take":
             if args[0].key not in self._vectors:
                 raise LookupError("the vector was dropped with its stage's layout")
@@ -360,11 +379,12 @@ class DaskEngine(Engine):
                                [(x, g, *at) for at in self._at(x)])[0]
         return fg
 
-    def _use_layout(self, template):
+    def _use_layout(self, template, carry=None):
         """Lay the shares' parts of the vectors out like ``template`` (a new
-        layout drops the vectors of the old)."""
+        layout drops the vectors of the old; ``carry``: see
+        ShareWorker.set_layout)."""
         layouts = self._layouts(template)
-        self._each("set_layout", per_share=[(layout,) for layout in layouts])
+        self._each("set_layout", per_share=[(layout, carry) for layout in layouts])
         self._layout_of = (placeholders(template), layouts)
 
     def _at(self, x):
@@ -379,9 +399,17 @@ class DaskEngine(Engine):
 
     def place(self, workspace, x, params):
         """Each share's part of ``params`` put into its part of ``x``: no
-        flat vector of every parameter is made here."""
-        self._use_layout(params)
-        self._each("vectors", "put", x, per_share=[(part,) for part in self._split(params)])
+        flat vector of every parameter is made here. SharedParams (with,
+        say, the global kernel added for fine-tuning) are copied from their
+        vector on the shares themselves, and only the added arrays are sent."""
+        if not isinstance(params, SharedParams):
+            self._use_layout(params)
+            self._each("vectors", "put", x, per_share=[(part,) for part in self._split(params)])
+            return
+        self._use_layout(placeholders(params), carry=(params.ref, x))
+        if params.added:
+            self._each("vectors", "put_named", x, per_share=[
+                (share_params(params.added, lo, hi),) for lo, hi in self.bounds])
 
     def parameters_in(self, workspace, x, template):
         """SharedParams: predict reads them on the shares; they are gathered
@@ -479,6 +507,9 @@ class ShardedVectors:
     share order. The layout is the one the engine's last objective_into set."""
 
     def __init__(self, engine):
+        # keys count from 0 in each workspace: a new one of the same layout
+        # (the next stage's, on a share without the global kernel) takes
+        # over the last one's arrays, so a share holds one stage's vectors
         self.engine, self._keys = engine, itertools.count()
 
     def empty(self, shape):
@@ -532,13 +563,26 @@ class SharedParams(Mapping):
     gathered once, as float64 arrays. Valid while the vector holds them: the
     trainer makes a new one after every epoch."""
 
-    def __init__(self, engine, ref, template):
+    def __init__(self, engine, ref, template, added=None):
         self._engine, self.ref, self._template, self._arrays = engine, ref, template, None
+        self.added = added or {}      # host arrays beside the vector's (with_arrays)
 
     def __getitem__(self, name):
+        if name in self.added:
+            return self.added[name]
         if self._arrays is None:
             self._arrays = self._engine._gather(self.ref)
         return self._arrays[name]
+
+    def placeholders(self):
+        """params.placeholders of these parameters, without gathering them."""
+        return dict(self._template)
+
+    def with_arrays(self, arrays):
+        """These parameters and the host arrays ``arrays`` (the global
+        kernel where fine-tuning begins), still not gathered."""
+        return SharedParams(self._engine, self.ref, {**self._template, **placeholders(arrays)},
+                            {**self.added, **arrays})
 
     def __iter__(self):
         return iter(self._template)
@@ -555,4 +599,4 @@ class SharedParams(Mapping):
         leave alone."""
         ref = Ref(("kept", slot))
         self._engine._each("vectors", "copy", self.ref, ref)
-        return SharedParams(self._engine, ref, self._template)
+        return SharedParams(self._engine, ref, self._template, dict(self.added))
