@@ -95,7 +95,7 @@ def seconds(evaluate):
     return time.perf_counter() - tic
 
 
-def traffic(evaluate, repeats):
+def time_alone(evaluate, repeats):
     """(median seconds, loopback bytes per evaluation) of ``evaluate`` run
     alone ``repeats`` times."""
     sent = loopback_bytes()
@@ -106,8 +106,8 @@ def traffic(evaluate, repeats):
 
 def in_turns(evaluations, repeats):
     """{name: seconds of each of ``repeats`` calls}, the callables taking
-    turns call by call: a drift of this machine's speed (10-20% within a
-    session) then falls on every engine alike."""
+    turns call by call: a drift of this machine's speed (20-40% within
+    minutes here) then falls on every engine alike."""
     times = {name: [] for name in evaluations}
     for _ in range(repeats):
         for name, evaluate in evaluations.items():
@@ -145,7 +145,7 @@ def main():
         if args.cpu:        # kept for the comparisons in turns with each cluster
             common.reset_peak()
             cpu = CpuEngine(R, **hyper)
-            row["cpu"] = {s: traffic(prepared(cpu, s, params, args.every_vector),
+            row["cpu"] = {s: time_alone(prepared(cpu, s, params, args.every_vector),
                                      args.repeats)[0] for s in STAGES}
             row["cpu"]["peak_mib"] = common.max_rss_mib()
             report(name, "cpu", row)
@@ -160,7 +160,7 @@ def main():
                 r = row[f"dask-{workers}"] = {"threads": threads,
                                               "setup": time.perf_counter() - tic}
                 for stage in STAGES:      # alone, one stage's vectors at a time as in a fit
-                    r[stage], sent = traffic(prepared(engine, stage, params, args.every_vector),
+                    r[stage], sent = time_alone(prepared(engine, stage, params, args.every_vector),
                                              args.repeats)
                     r[f"{stage}_alone"] = r[stage]
                     r[f"{stage}_bytes"] = {

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from cluster import exchange_bytes, median_seconds
+from cluster import exchange_bytes, prepared, time_alone
 from glocalk_np.config import Config
 from glocalk_np.data import Index
 from glocalk_np.engines.cpu import CpuEngine
@@ -78,7 +78,8 @@ def measure_share(m, n_share, nnz_share, config, repeats):
     common.reset_peak()
     engine = CpuEngine(R, lambda_2=config.lambda_2, lambda_s=config.lambda_s,
                        dot_scale=config.dot_scale, dtype=np.float32)
-    out = {s: median_seconds(engine, s, params, repeats, every_vector=False)[0] for s in STAGES}
+    out = {s: time_alone(prepared(engine, s, params, every_vector=False), repeats)[0]
+           for s in STAGES}
     out["peak_mib"] = common.max_rss_mib()
     return out
 

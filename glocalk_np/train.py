@@ -188,7 +188,8 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
         workspace = start = None
         if config.optimizer == "numba":     # the parameters live in the workspace's ``start``
             template = optimised(stage, placeholders(state.params))
-            workspace, start = holding(engine, state.params)   # C only once fine-tuning begins
+            # state.params holds just the stage's arrays: C joins where fine-tuning begins
+            workspace, start = holding(engine, state.params)
         else:
             template = optimised(stage, state.params)
         for epoch in range(done + 1, epochs + 1):

@@ -18,11 +18,10 @@ runs lbfgsb's O(n) steps on it and returns partial dot products, summed on
 the driver in share order. The driver keeps the small matrices and the line
 search. The trainer's parameters stay on the shares between epochs too
 (place, parameters_in, SharedParams): each epoch starts from them there,
-is scored there, and the best epoch's copy is made there. The driver
-gathers them for a checkpoint and for the fitted model, never the
-optimiser's memory; where
+is scored there, and the best epoch's copy is made there; where
 pre-training hands over to fine-tuning, the shares carry them over into
-the new layout themselves.
+the new layout themselves. The driver gathers them for a checkpoint and
+for the fitted model, never the optimiser's memory.
 """
 import contextlib
 import itertools
@@ -476,8 +475,8 @@ class DaskEngine(Engine):
         picks = [np.flatnonzero(share == k) for k in range(len(self.bounds))]
         where = [{"rows": rows[p], "cols": cols[p] - lo} for p, (lo, _) in zip(picks, self.bounds)]
         if isinstance(params, SharedParams):
-            parts = self._steps("predict", stage, [(params.ref, *at) for at in self._at(params.ref)],
-                                where)
+            at_vector = [(params.ref, *at) for at in self._at(params.ref)]
+            parts = self._steps("predict", stage, at_vector, where)
         else:
             parts = self._run("predict", stage, self._params(stage, params), where)
         out = np.empty(rows.size, dtype=self.dtype)
