@@ -5,8 +5,9 @@ training ratings for the epochs chosen (--no-refit: the choosing fit itself;
 --warm K: and that fit continued for K epochs on all training ratings).
 Every test rating is counted. --bound: also the refit's own test curve, a
 fit on all the training ratings run to the preset's last epoch; its best
-test epoch bounds what any honest choice of the epoch count can score. Seeds 0, 1, 2 by default, and the ensemble of
-the seeds (the mean of their predictions).
+test epoch bounds what any choice of the refit's epoch count can score.
+Seeds 0, 1, 2 by default, and the ensemble of the seeds (the mean of their
+predictions).
 
     python bench/honest.py --json bench/results/honest.json
 
