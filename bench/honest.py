@@ -31,11 +31,11 @@ DATASETS = ("ml-100k", "douban", "ml-1m")
 PAPER = {name: common.PUBLISHED[name]["rmse"] for name in DATASETS}
 
 
-def run(problem, seed, refit):
+def run(problem, seed, refit, validation_fraction=0.05):
     """(the fitted model, its test RMSE over every rating, seconds)."""
     tic = time.perf_counter()
     model = GLocalK(preset=problem.preset, seed=seed, optimizer="numba",
-                    validation_fraction=0.05, refit=refit)
+                    validation_fraction=validation_fraction, refit=refit)
     model.fit(problem.train, test=problem.test, index=problem.index)
     return model, model.summary_["test"]["rmse"], time.perf_counter() - tic
 
@@ -44,8 +44,7 @@ def test_curve(problem, seed):
     """The test RMSE after each fine-tuning epoch of a fit on all the
     training ratings with the preset's epoch counts: the refit, run on past
     the epoch chosen for it (the same seed, so the same numbers up to it)."""
-    model = GLocalK(preset=problem.preset, seed=seed, optimizer="numba")
-    model.fit(problem.train, test=problem.test, index=problem.index)
+    model = run(problem, seed, refit=False, validation_fraction=0)[0]
     return [r.metrics["test"]["rmse"] for r in model.members_[0].history
             if r.stage == "finetune"]
 
@@ -102,11 +101,11 @@ def main():
                   flush=True)
             if args.bound and args.refit:
                 curve = runs[-1]["curve"] = test_curve(problem, seed)
-                best = int(np.argmin(curve))
+                best, at_chosen = int(np.argmin(curve)), curve[s["best_epoch"] - 1]
                 runs[-1]["bound"] = {"epoch": best + 1, "rmse": curve[best],
-                                     "refit_on_curve": curve[s["best_epoch"] - 1] == rmse}
+                                     "refit_on_curve": at_chosen == rmse}
                 print(f"    the refit run on: best test epoch {best + 1} ({curve[best]:.4f}); "
-                      f"at the chosen epoch {curve[s['best_epoch'] - 1]:.4f}", flush=True)
+                      f"at the chosen epoch {at_chosen:.4f}", flush=True)
         rmses = [r["rmse"] for r in runs]
         ensemble = float(np.sqrt(np.mean((np.mean(preds, axis=0) - test.values) ** 2)))
         results[name] = {"runs": runs, "mean": float(np.mean(rmses)),
