@@ -1,10 +1,11 @@
 """A saved model over HTTP: a WSGI application (PEP 3333), so that any WSGI
 server runs it unchanged (gunicorn, waitress, uWSGI); `glocalk-np serve`
-runs it on the standard library's threaded server.
+runs it with `run` below.
 
-Every answer is JSON. GET (query parameters) or POST (a JSON object):
+Every answer is JSON. GET or HEAD (query parameters) or POST (a JSON object):
 
-    /health      {"status": "ok", "model": path, "loaded": time, "users", "items"}
+    /health      {"status": "ok", "model": path, "loaded": time, "users", "items",
+                  "reload_error"}
     /info        GLocalK.info()
     /recommend   user, top (default 10), include_seen, items (candidates),
                  exclude: {"user", "items": [{"item", "score"}], "fallback"}
@@ -12,28 +13,82 @@ Every answer is JSON. GET (query parameters) or POST (a JSON object):
                  "item", "rating", "fallback"}]}
     /similar     item, top -> {"item", "similar": [{"item", "similarity"}]}
 
-Lists in a query string are comma-separated (items=1,2,3). A bad request
-gets a 4xx answer {"error": "..."}, never a traceback. The model is checked
-when loaded; when its file changes (modification time or size) the next
-request loads and checks the new one and swaps it in, keeping the old one
-if the new one is unusable (GLocalK.save writes atomically, so a half
-written file is never seen).
+Parameters are read strictly. Each is given once (query string and body
+together) and an endpoint refuses any it does not take. Ids follow the rule
+of ids in files (data.as_ids): an integer written plainly is an integer,
+anything else text; an empty id, blanks around one or a line break are
+refused, and so is text where the model's ids are integers (it can never
+match one). In a query string lists are comma-separated (items=1,2,3), top
+is written plainly (data.PLAIN_INT: ASCII digits, no sign, leading zero or
+'_') and include_seen is true, false, 1 or 0; in JSON top is an integer (not
+"5", 5.0 or true) and include_seen true or false. Answers give ids as the
+model holds them (42 where its ids are integers, "42" where they are text),
+whatever the method. HEAD answers GET's status and headers without the body
+(RFC 9110); other methods get 405 with an Allow header. A body needs one
+Content-Length of ASCII digits, at most MAX_BODY (413 above): a chunked one
+(Transfer-Encoding) gets 411. A bad request gets a 4xx answer {"error":
+"..."}; 500 is left to bugs, named in the server's log (wsgi.errors).
+
+Reloading. The first request RECHECK_S (1 s) or more after the last look at
+the model file looks at its stamp: device, inode, size, modification and
+change times in ns and a CRC of its last 64 KiB (where an npz keeps the CRC
+of every array), so a replacement with the same size and modification time
+is seen too. A changed file is loaded and checked in a background thread
+while requests go on with the model they have, and swapped in once usable.
+One over RELOAD_GROWTH times the served file's size (RELOAD_FLOOR at least)
+is refused unread; an unusable one is not swapped in. Either way /health
+says why in reload_error, the old model is served on, and that file is not
+tried again until it changes. GLocalK.save writes atomically, so a half
+written file is not seen.
+
+`run` serves on the standard library's sockets so that no client can tie it
+up: one thread reads every request and writes every answer without
+blocking, and WORKERS threads compute answers, so a slow client costs a
+socket and its bytes, never a thread. A request must arrive whole within
+REQUEST_DEADLINE_S of its connection (else 408 and closed), and its answer
+be taken within as long; at most MAX_CONNECTIONS connections are open (more
+get 503 at once) and MAX_BUFFERED bytes of requests and answers held; a
+request's head is at most MAX_HEAD bytes (431).
 """
+import http.client
+import io
 import json
 import os
+import queue
+import re
+import selectors
+import socket
+import sys
 import threading
 import time
-from urllib.parse import parse_qs
+import zlib
+from urllib.parse import parse_qsl
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import numpy as np
 
 from .console.output import jsonable
-from .data import DataError
+from .data import PLAIN_INT, as_ids, bad_text_id
 from .estimator import GLocalK
+from .modelfile import ModelFileError
+from .safeio import gib, open_input, shorten
 
 MAX_BODY = 1 << 20          # bytes of a request body
+MAX_HEAD = 1 << 16          # bytes of a request line and headers
 MAX_TOP = 1000              # items per list
 MAX_PAIRS = 10_000          # pairs per /predict
+MAX_FIELDS = 16             # fields of a query string (endpoints take at most 5)
 RECHECK_S = 1.0             # how often the model file's stamp is looked at
-CLIENT_TIMEOUT_S = 30       # a connection silent this long is closed
+RELOAD_GROWTH = 4           # a replacement this many times the served file's size is not read
+RELOAD_FLOOR = 256 << 20    # ... unless it is at most this many bytes
+STAMP_TAIL = 1 << 16        # bytes at the end of the model file its stamp holds a CRC of
+REQUEST_DEADLINE_S = 10.0   # from connection to a request's last byte; as long to take the answer
+LINGER_S = 2.0              # after an answer, how long the client's late bytes are read
+MAX_CONNECTIONS = 512       # open at once (and below the process's file limit)
+MAX_BUFFERED = 64 << 20     # bytes of requests and answers held for clients
+WORKERS = 8                 # threads computing answers
+SWEEP_S = 0.1               # how often deadlines are enforced
+_ALLOWED = "GET, HEAD, POST"
 
 
 class BadRequest(ValueError):
@@ -44,18 +99,28 @@ class BadRequest(ValueError):
         self.status = status
 
 
+class _Query(str):
+    """A value from the query string: text, read by a parameter's text rule."""
+
+
 class ModelServer:
     """The WSGI application serving the model file at ``path``."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # held while a replacement loads
         self._stamp, self._checked = self._file_stamp(), time.monotonic()
         self.model, self.loaded, self.reload_error = self._load(), time.time(), None
+        self._size = self._stamp[2]
 
     def _file_stamp(self):
-        st = os.stat(self.path)
-        return st.st_mtime_ns, st.st_size
+        """(device, inode, size, mtime_ns, ctime_ns, CRC of the last
+        STAMP_TAIL bytes); ModelFileError for what is no regular file."""
+        with open_input(self.path, ModelFileError) as f:
+            st = os.fstat(f.fileno())
+            f.seek(max(0, st.st_size - STAMP_TAIL))
+            return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, \
+                zlib.crc32(f.read(STAMP_TAIL))
 
     def _load(self):
         """The model file, checked, its forward pass done now rather than in a request."""
@@ -64,42 +129,75 @@ class ModelServer:
         return model
 
     def current(self):
-        """The model to answer with: a changed file is loaded and swapped in
-        (by one request; the others answer with the model they had)."""
+        """The model to answer with; a changed file starts loading in the
+        background (see the module's docstring), never in a request."""
         now = time.monotonic()
-        if now - self._checked < RECHECK_S or not self._lock.acquire(blocking=False):
-            return self.model
-        try:
+        if now - self._checked >= RECHECK_S and self._lock.acquire(blocking=False):
             self._checked = now
-            stamp = self._file_stamp()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self.model, self.loaded, self.reload_error = self._load(), time.time(), None
-        except (OSError, ValueError) as e:       # ModelFileError is a ValueError
-            self.reload_error = str(e)           # keep serving the model we have
+            try:
+                stamp = self._file_stamp()
+            except (OSError, ModelFileError) as e:    # gone, or not a file: serve on
+                self.reload_error, self._stamp = str(e), None   # whatever comes back is loaded
+                stamp = None
+            if stamp == self._stamp:
+                self._lock.release()
+            else:
+                threading.Thread(target=self._reload, args=(stamp,), daemon=True).start()
+        return self.model
+
+    def _reload(self, stamp):
+        """Load the file of ``stamp`` and swap it in if usable; release the lock."""
+        try:
+            self._stamp = stamp                  # loaded or refused, it is not tried again
+            limit = max(RELOAD_GROWTH * self._size, RELOAD_FLOOR)
+            if stamp[2] > limit:
+                raise ModelFileError(
+                    f"{self.path}: the replacement is {gib(stamp[2])}, over the {gib(limit)} "
+                    f"a replacement may be ({RELOAD_GROWTH} times the served file, "
+                    f"{gib(RELOAD_FLOOR)} at least); not read: restart the server to serve it")
+            model = self._load()
+            self.model, self.loaded, self.reload_error, self._size = \
+                model, time.time(), None, stamp[2]
+        except (OSError, ValueError, MemoryError) as e:   # ModelFileError is a ValueError
+            self.reload_error = str(e) or type(e).__name__
+        except Exception as e:                 # noqa: BLE001 - keep serving; say it in /health
+            self.reload_error = f"{self.path}: unexpected {type(e).__name__}: {e}"
         finally:
             self._lock.release()
-        return self.model
 
     # ----- WSGI ----------------------------------------------------------
     def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        headers = [("Content-Type", "application/json")]
         try:
-            route = ROUTES.get(environ.get("PATH_INFO", ""))
+            if method not in ("GET", "HEAD", "POST"):
+                headers.append(("Allow", _ALLOWED))
+                raise BadRequest(f"method {shorten(method, 20)!r} is not allowed; use GET or "
+                                 "POST", "405 Method Not Allowed")
+            route = ROUTES.get(path)
             if route is None:
-                raise BadRequest(f"no such endpoint {environ.get('PATH_INFO', '')[:100]!r}; "
+                raise BadRequest(f"no such endpoint {shorten(path, 100)!r}; "
                                  f"try {', '.join(ROUTES)}", "404 Not Found")
-            body = route(self, self.current(), _arguments(environ))
+            endpoint, takes = route
+            args = _arguments(environ)
+            unknown = sorted(set(args) - takes)
+            if unknown:
+                raise BadRequest(f"{path} takes no {', '.join(repr(shorten(u)) for u in unknown)}"
+                                 f"; it takes {', '.join(sorted(takes)) or 'no parameters'}")
+            body = endpoint(self, self.current(), args)
             status = "200 OK"
-        except BadRequest as e:
-            status, body = e.status, {"error": str(e)}
-        except (ValueError, TypeError, DataError) as e:   # the library's checks of the input
-            status, body = "400 Bad Request", {"error": str(e)}
-        except Exception as e:                  # noqa: BLE001 - answer, never crash the server
-            status, body = "500 Internal Server Error", {"error": f"{type(e).__name__}: {e}"}
+        except ValueError as e:       # BadRequest, and the library's checks (DataError too)
+            status, body = getattr(e, "status", "400 Bad Request"), {"error": str(e)}
+        except Exception as e:        # noqa: BLE001 - a bug: answer, say it in the log
+            print(f"glocalk-np serve: unexpected {type(e).__name__} on {shorten(path, 100)}: "
+                  f"{shorten(e, 200)} (a bug in glocalk-np; please report it)",
+                  file=environ.get("wsgi.errors", sys.stderr))
+            status, body = "500 Internal Server Error", {
+                "error": "internal error (a bug in glocalk-np; the server's log names it)"}
         data = json.dumps(jsonable(body), allow_nan=False).encode()
-        start_response(status, [("Content-Type", "application/json"),
-                                ("Content-Length", str(len(data)))])
-        return [data]
+        start_response(status, headers + [("Content-Length", str(len(data)))])
+        return [] if method == "HEAD" else [data]
 
     # ----- endpoints -----------------------------------------------------
     def health(self, model, args):
@@ -111,113 +209,439 @@ class ModelServer:
         return model.info()
 
     def recommend(self, model, args):
+        user = _ids([_given(args, "user")], model.index_.users, "user")[0]
         recs, warning = model.recommend(
-            _one(args, "user"), _top(args), include_seen=_flag(args, "include_seen"),
-            items=_ids(args, "items"), filter_items=_ids(args, "exclude"))
-        return {"user": args["user"], "fallback": warning is not None,
+            user, _top(args), include_seen=_flag(args, "include_seen"),
+            items=_id_list(args, "items", model), filter_items=_id_list(args, "exclude", model))
+        return {"user": user, "fallback": warning is not None,
                 "items": [{"item": i, "score": s} for i, s in recs]}
 
     def predict(self, model, args):
         pairs = args.get("pairs")
-        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2
-                                                  for p in pairs):
-            raise BadRequest("pairs must be a list of [user, item] pairs")
+        if isinstance(pairs, _Query) or not isinstance(pairs, list) or \
+                not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise BadRequest("pairs must be a JSON list of [user, item] pairs (POST)")
         if len(pairs) > MAX_PAIRS:
             raise BadRequest(f"at most {MAX_PAIRS} pairs per request, got {len(pairs)}")
-        pred, fallback = model.predict(*([_id(p[k]) for p in pairs] for k in (0, 1)))
+        users = _ids([p[0] for p in pairs], model.index_.users, "user")
+        items = _ids([p[1] for p in pairs], model.index_.items, "item")
+        pred, fallback = model.predict(users, items)
         return {"predictions": [{"user": u, "item": i, "rating": float(r), "fallback": f or None}
-                                for (u, i), r, f in zip(pairs, pred, fallback.tolist())]}
+                                for u, i, r, f in zip(users, items, pred, fallback.tolist())]}
 
     def similar(self, model, args):
-        return {"item": args.get("item"), "similar": [
-            {"item": i, "similarity": s} for i, s in model.similar(_one(args, "item"), _top(args))]}
+        item = _ids([_given(args, "item")], model.index_.items, "item")[0]
+        return {"item": item, "similar": [
+            {"item": i, "similarity": s} for i, s in model.similar(item, _top(args))]}
 
 
-ROUTES = {f"/{name}": getattr(ModelServer, name)
-          for name in ("health", "info", "recommend", "predict", "similar")}
+# path -> (endpoint, the parameters it takes)
+ROUTES = {f"/{name}": (getattr(ModelServer, name), frozenset(takes)) for name, takes in (
+    ("health", ()), ("info", ()), ("recommend", ("user", "top", "include_seen", "items",
+                                                 "exclude")),
+    ("predict", ("pairs",)), ("similar", ("item", "top")))}
+
+
+def _body_length(length, chunked):
+    """A body's length from its Content-Length (ASCII digits, at most
+    MAX_BODY; empty or absent: none); a Transfer-Encoding is refused, as
+    wsgiref does not decode one."""
+    if chunked:
+        raise BadRequest("a body must come with a Content-Length (a Transfer-Encoding such "
+                         "as chunked is not read)", "411 Length Required")
+    if not length:
+        return 0
+    if not (length.isascii() and length.isdigit()):
+        raise BadRequest(f"Content-Length {shorten(repr(length))} is not a length "
+                         "(ASCII digits)")
+    if len(length) > 20 or int(length) > MAX_BODY:
+        raise BadRequest(f"the body is over {MAX_BODY} bytes", "413 Payload Too Large")
+    return int(length)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _arguments(environ):
-    """The request's arguments: the query string's, and a POST's JSON object."""
-    args = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    if environ.get("REQUEST_METHOD", "GET") == "POST":
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise BadRequest("bad Content-Length") from None
-        if length > MAX_BODY:
-            raise BadRequest(f"the body is over {MAX_BODY} bytes", "413 Payload Too Large")
-        raw = environ["wsgi.input"].read(length) if length else b""
-        try:
-            body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"the body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        args.update(body)
+    """The request's arguments, each given once: the query string's (as
+    _Query text) and a POST's JSON object's."""
+    try:
+        query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True,
+                          strict_parsing=True, errors="strict", max_num_fields=MAX_FIELDS)
+    except ValueError as e:                       # UnicodeDecodeError is one
+        raise BadRequest(f"bad query string: {shorten(e, 100)}") from None
+    args = {}
+    for name, value in query:
+        _put(args, name, _Query(value))
+    length = _body_length(environ.get("CONTENT_LENGTH"), "HTTP_TRANSFER_ENCODING" in environ)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    if environ.get("REQUEST_METHOD") != "POST":
+        if raw:
+            raise BadRequest("only a POST has a body (a JSON object)")
+        return args
+    try:
+        body = json.loads(raw or b"{}", parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply") from None
+    except ValueError as e:                       # UnicodeDecodeError is one
+        raise BadRequest(f"the body is not JSON: {shorten(e, 100)}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    for name, value in body.items():
+        _put(args, name, value)
     return args
 
 
-def _id(value):
-    """An id as given (JSON number or text), as text: the model maps it as
-    a ratings file's id is read (data.as_ids)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise BadRequest(f"an id must be text or an integer, got {json.dumps(value)[:50]}")
-    return str(value)
+def _put(args, name, value):
+    if name in args:
+        raise BadRequest(f"{shorten(name)!r} is given more than once")
+    args[name] = value
 
 
-def _one(args, name):
+def _shown(value):
+    """A request's value in a message: a list or an object by its kind (it
+    may be nested too deeply to print), anything else as JSON, shortened."""
+    if isinstance(value, (list, dict)):
+        return f"a JSON {'list' if isinstance(value, list) else 'object'}"
+    return shorten(json.dumps(value))
+
+
+def _given(args, name):
     if name not in args:
         raise BadRequest(f"missing {name!r}")
-    return _id(args[name])
+    return args[name]
 
 
-def _ids(args, name):
-    value = args.get(name)
-    if value is None:
+def _ids(values, known, what):
+    """``values`` (JSON integers or text) as a list of ids as the model
+    holds them, ``known`` being its user or item ids (see the module's
+    docstring)."""
+    odd = next((v for v in values if isinstance(v, bool) or not isinstance(v, (str, int))),
+               None)
+    if odd is not None:
+        raise BadRequest(f"{what} ids are text or integers, not {_shown(odd)}")
+    texts = [v if isinstance(v, str) else str(v) for v in values]
+    bad = bad_text_id(np.array(texts, dtype=object))
+    if bad is not None:
+        raise BadRequest(f"{what} id {shorten(repr(str(bad)))} is not an id: ids are not "
+                         "empty, have no blanks around them and no line break or NUL")
+    ids = as_ids(texts, "the request", what, warn=False)
+    if known.dtype.kind not in "iu":
+        return ids.astype(str).tolist()
+    if ids.dtype.kind not in "iu":
+        odd = next((t for t in texts if not PLAIN_INT.fullmatch(t)), None)
+        raise BadRequest(f"{what} id {shorten(repr(str(odd)))} is not an id of this model: "
+                         f"its {what} ids are integers" if odd is not None else
+                         f"a {what} id is beyond 64-bit integers, which this model's ids are")
+    return ids.tolist()
+
+
+def _id_list(args, name, model):
+    """The item ids of list parameter ``name``, None where not given."""
+    if name not in args:
         return None
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    if not isinstance(value, list):
-        raise BadRequest(f"{name} must be a list of ids")
-    return [_id(v) for v in value]
+    value = args[name]
+    if isinstance(value, _Query):
+        value = value.split(",")
+    elif not isinstance(value, list):
+        raise BadRequest(f"{name} must be a list of item ids, not {_shown(value)}")
+    return _ids(value, model.index_.items, "item")
 
 
 def _top(args):
-    try:
-        top = int(args.get("top", 10))
-    except (TypeError, ValueError):
-        raise BadRequest(f"top must be an integer, got {str(args.get('top'))[:50]!r}") from None
-    if not 1 <= top <= MAX_TOP:
-        raise BadRequest(f"top must be in [1, {MAX_TOP}], got {top}")
-    return top
+    """top, in [1, MAX_TOP]: a JSON integer, or in a query string an
+    integer written plainly (data.PLAIN_INT)."""
+    value = args.get("top", 10)
+    if isinstance(value, _Query):
+        if not PLAIN_INT.fullmatch(value):
+            raise BadRequest(f"top must be an integer written in ASCII digits (no sign, "
+                             f"leading zero or '_'), got {shorten(repr(str(value)))}")
+        number = int(value) if len(value) <= 20 else MAX_TOP + 1   # int() refuses 4,300 digits
+    elif type(value) is int:                       # not True, 2.9 or "5"
+        number = value
+    else:
+        raise BadRequest(f"top must be a JSON integer, got {_shown(value)}")
+    if not 1 <= number <= MAX_TOP:
+        raise BadRequest(f"top must be in [1, {MAX_TOP}], got {shorten(value)}")
+    return number
+
+
+_FLAGS = {"true": True, "false": False, "1": True, "0": False}
 
 
 def _flag(args, name):
+    """A yes/no parameter: JSON true or false; true, false, 1 or 0 in a query string."""
     value = args.get(name, False)
-    return value is True or str(value).lower() in ("1", "true", "yes")
+    if isinstance(value, _Query):
+        value = _FLAGS.get(value, value)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false, got {_shown(value)}")
+    return value
 
 
-def run(path, host="127.0.0.1", port=8000, ready=None):
-    """Serve the model at ``path`` on the standard library's threaded WSGI
-    server until interrupted; ``ready(url)`` is called once it listens.
-    Each connection has its own thread and a socket timeout, so a slow
-    client holds only its own."""
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+# ----- the server ------------------------------------------------------------
 
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        request_queue_size = 128       # socketserver's 5 makes a burst of clients wait 1 s
+def _answer(status, message):
+    """The bytes of an answer {"error": message} that closes its connection."""
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
-    class Handler(WSGIRequestHandler):
-        timeout = CLIENT_TIMEOUT_S
 
-        def log_message(self, *args):          # one line per request is for a proxy to write
+class _Handler(WSGIRequestHandler):
+    """wsgiref's handler run on a request already read whole, its answer
+    written to memory (the serving loop sends it)."""
+
+    def __init__(self, data, client_address, server):
+        self.rfile, self.wfile = io.BytesIO(data), io.BytesIO()
+        super().__init__(None, client_address, server)
+
+    def setup(self):
+        pass
+
+    def finish(self):
+        pass
+
+    def send_error(self, code, message=None, explain=None):
+        """A malformed request line or header, answered in JSON like the rest."""
+        short = self.responses.get(code, ("Error",))[0]
+        self.wfile.write(_answer(f"{code} {short}", message or short))
+
+    def log_message(self, *args):          # one line per request is for a proxy to write
+        pass
+
+
+class _Connection:
+    """A client's socket, what it sent and what it is sent, its deadline."""
+    __slots__ = ("sock", "address", "state", "data", "out", "deadline")
+
+    def __init__(self, sock, address):
+        self.sock, self.address = sock, address
+        self.state, self.data, self.out = "reading", bytearray(), b""
+        self.deadline = time.monotonic() + REQUEST_DEADLINE_S
+
+
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+
+def _request_length(data):
+    """The bytes of the request that ``data`` starts with, None while its
+    head is incomplete; BadRequest for a head that no body length can be
+    read from."""
+    end = _HEAD_END.search(data)
+    if end is None or end.end() > MAX_HEAD:
+        if len(data) > MAX_HEAD:
+            raise BadRequest(f"the request's head is over {MAX_HEAD} bytes",
+                             "431 Request Header Fields Too Large")
+        return None
+    try:
+        headers = http.client.parse_headers(io.BytesIO(data[data.index(b"\n") + 1:end.end()]))
+    except http.client.HTTPException as e:
+        raise BadRequest(f"bad headers: {shorten(e, 100)}",
+                         "431 Request Header Fields Too Large") from None
+    lengths = headers.get_all("Content-Length") or []
+    if len(lengths) > 1:
+        raise BadRequest("Content-Length is given more than once")
+    return end.end() + _body_length(lengths[0] if lengths else None,
+                                    "Transfer-Encoding" in headers)
+
+
+class _Server(WSGIServer):
+    """wsgiref's server for its socket and WSGI environment, with its own
+    serving loop (serve) in place of a thread per connection."""
+    request_queue_size = 128       # socketserver's 5 makes a burst of clients wait 1 s
+
+    def serve(self, stop=None):
+        """Serve until ``stop`` (a threading.Event) is set."""
+        self._held, self._total = {}, 0          # open connection -> bytes held for it
+        self._cap = _connection_cap()
+        self._jobs, self._done = queue.SimpleQueue(), queue.SimpleQueue()
+        self._wake, wake = socket.socketpair()
+        self._wake.setblocking(False)
+        wake.setblocking(False)
+        self._sel = selectors.DefaultSelector()
+        self.socket.setblocking(False)
+        self._sel.register(self.socket, selectors.EVENT_READ, "accept")
+        self._sel.register(wake, selectors.EVENT_READ, "wake")
+        for _ in range(WORKERS):
+            threading.Thread(target=self._work, daemon=True).start()
+        swept = time.monotonic()
+        try:
+            while stop is None or not stop.is_set():
+                for key, _ in self._sel.select(SWEEP_S):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._answered(wake)
+                    elif key.data.state == "writing":
+                        self._write(key.data)
+                    else:
+                        self._read(key.data)
+                now = time.monotonic()
+                if now - swept >= SWEEP_S:
+                    swept = now
+                    for conn in [c for c in self._held if c.state != "working"
+                                 and now > c.deadline]:
+                        self._close(conn, "408 Request Timeout" if conn.state == "reading"
+                                    else None)
+        finally:
+            for _ in range(WORKERS):
+                self._jobs.put(None)
+            for conn in list(self._held):
+                self._close(conn)
+            self._sel.close()
+            self._wake.close()
+            wake.close()
+
+    def _hold(self, conn, n_bytes):
+        self._total += n_bytes - self._held[conn]
+        self._held[conn] = n_bytes
+
+    def _accept(self):
+        for _ in range(64):                      # a burst, then the others' turn
+            try:
+                sock, address = self.socket.accept()
+            except OSError:                      # none left (or the client left)
+                return
+            sock.setblocking(False)
+            if len(self._held) >= self._cap:
+                _send_and_close(sock, _answer("503 Service Unavailable",
+                                              f"over {self._cap} connections; try again"))
+                continue
+            conn = _Connection(sock, address)
+            self._held[conn] = 0
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _read(self, conn):
+        try:
+            chunk = conn.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close(conn)
+        elif conn.state == "draining":           # late bytes of an answered request
             pass
+        elif self._total + len(chunk) > MAX_BUFFERED:
+            self._close(conn, "503 Service Unavailable", "the server holds too many bytes of "
+                        "other requests; try again")
+        else:
+            conn.data += chunk
+            self._hold(conn, len(conn.data))
+            try:
+                length = _request_length(conn.data)
+            except BadRequest as e:
+                self._reply(conn, _answer(e.status, str(e)))
+                return
+            if length is not None and len(conn.data) >= length:
+                conn.state = "working"
+                self._sel.unregister(conn.sock)
+                self._jobs.put(conn)
 
+    def _work(self):
+        """A worker: answers requests read whole, until told to stop (None)."""
+        for conn in iter(self._jobs.get, None):
+            try:
+                out = _Handler(bytes(conn.data), conn.address, self).wfile.getvalue()
+            except Exception as e:            # noqa: BLE001 - a bug: answer and say it
+                print(f"glocalk-np serve: unexpected {type(e).__name__}: {shorten(e, 200)} "
+                      "(a bug in glocalk-np; please report it)", file=sys.stderr)
+                out = _answer("500 Internal Server Error", "internal error (a bug in "
+                              "glocalk-np; the server's log names it)")
+            self._done.put((conn, out))
+            try:
+                self._wake.send(b"\0")
+            except OSError:                   # a wake-up already pending, or the server stopped
+                pass
+
+    def _answered(self, wake):
+        try:
+            wake.recv(1 << 16)
+        except OSError:
+            pass
+        while not self._done.empty():
+            conn, out = self._done.get()
+            if conn in self._held:               # not closed meanwhile
+                self._reply(conn, out)
+
+    def _reply(self, conn, out):
+        """Send ``out`` as far as the client takes it now, the rest as it
+        takes it, within REQUEST_DEADLINE_S."""
+        if conn.state == "working":
+            self._sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+        else:
+            self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        conn.state, conn.data, conn.out = "writing", bytearray(), out
+        conn.deadline = time.monotonic() + REQUEST_DEADLINE_S
+        self._hold(conn, len(out))
+        self._write(conn)
+
+    def _write(self, conn):
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        self._hold(conn, len(conn.out))
+        if conn.out:
+            return
+        # answered: the client's late bytes are read for a while, as closing
+        # with bytes unread would reset the connection under the answer
+        conn.state, conn.deadline = "draining", min(conn.deadline, time.monotonic() + LINGER_S)
+        self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+
+    def _close(self, conn, status=None, message=None):
+        """Close ``conn``, sending what it takes at once of an error answer
+        ``status`` first where given."""
+        if conn.state != "working":
+            self._sel.unregister(conn.sock)
+        self._hold(conn, 0)
+        del self._held[conn]
+        _send_and_close(conn.sock, status and _answer(status, message or (
+            f"the request did not arrive whole within {REQUEST_DEADLINE_S:g} s")))
+
+
+def _send_and_close(sock, data=None):
+    """Close ``sock``, sending first what it takes at once of ``data``."""
+    try:
+        if data:
+            sock.send(data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:                              # the client is gone
+        pass
+    sock.close()
+
+
+def _connection_cap():
+    """MAX_CONNECTIONS, fewer where the process may open fewer files."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError):               # not POSIX
+        return MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - 64))   # room for the model, logs, sockets
+
+
+def run(path, host="127.0.0.1", port=8000, ready=None, stop=None):
+    """Serve the model at ``path`` until interrupted, or until ``stop`` (a
+    threading.Event) is set; ``ready(url)`` is called once it listens. See
+    the module's docstring for what a client may hold."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port {shorten(port)} is not a port number (0 to 65535)")
     app = ModelServer(path)
-    with make_server(host, port, app, server_class=Server, handler_class=Handler) as server:
+    with _Server((host, port), _Handler) as server:
+        server.set_app(app)
         if ready is not None:
             ready(f"http://{host}:{server.server_port}")
-        server.serve_forever()
+        server.serve(stop)

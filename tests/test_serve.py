@@ -1,13 +1,14 @@
 """The WSGI application (serve.py): answers equal the API's, bad requests
-get 4xx JSON, a replaced model file is swapped in (an unusable one is not),
-and the threaded server answers while a slow client holds a connection."""
+get 4xx JSON, and the reload rules: a replaced model file is looked at after
+RECHECK_S, loaded in the background while the old one answers and swapped
+in; an unusable or oversized one is not. The server itself against hostile
+clients: test_serve_hostile.py."""
 import io
 import json
 import os
-import socket
+import shutil
 import threading
 import time
-import urllib.request
 from urllib.parse import urlencode
 from wsgiref.util import setup_testing_defaults
 
@@ -94,7 +95,7 @@ def test_answers_equal_the_api_s(app, model_file):
     ("/predict", {}, b'{"pairs": [[1, ', 400, "not JSON"),
     ("/predict", {}, b"[1, 2]", 400, "a JSON object"),
     ("/predict", {}, b'{"pairs": [[1, 2, 3]]}', 400, "[user, item] pairs"),
-    ("/predict", {}, b'{"pairs": [[1, 1.5]]}', 400, "text or an integer"),
+    ("/predict", {}, b'{"pairs": [[1, 1.5]]}', 400, "text or integers"),
     ("/predict", {}, b'{"pairs": [[1, 2]] }' + b" " * serve.MAX_BODY, 413, "over"),
     ("/predict", {}, json.dumps({"pairs": [[1, 1]] * (serve.MAX_PAIRS + 1)}).encode(), 400,
      "at most"),
@@ -105,33 +106,117 @@ def test_bad_requests_get_a_4xx_json_error(app, path, query, raw, status, messag
     assert code == status and message in body["error"] and "Traceback" not in body["error"]
 
 
-def test_a_replaced_model_is_swapped_in_and_an_unusable_one_is_not(app, model_file, tmp_path):
-    other = tmp_path / "other.npz"
-    fit(2).save(other)
-    before = call(app, "/predict", body={"pairs": [[1, 1]]})[1]
-    os.replace(other, model_file)                  # as save() replaces a file
-    after = call(app, "/predict", body={"pairs": [[1, 1]]})[1]
-    assert after != before
-    assert after["predictions"][0]["rating"] == GLocalK.load(model_file).predict([1], [1])[0][0]
-    model_file.write_bytes(b"not a model")
-    time.sleep(0.01)
-    code, health = call(app, "/health")
-    assert code == 200 and "not a glocalk-np file" in health["reload_error"]
-    assert call(app, "/predict", body={"pairs": [[1, 1]]})[1] == after
-    fit(1).save(model_file)                        # back, for the other tests
+@pytest.mark.parametrize("length", ["-1", " 5", "5 ", "+5", "1_0", "\u0665", "5,5"])
+def test_the_app_refuses_a_malformed_content_length(app, length):
+    environ = {"PATH_INFO": "/predict", "REQUEST_METHOD": "POST", "CONTENT_LENGTH": length,
+               "wsgi.input": io.BytesIO(b"{}" * 10)}
+    setup_testing_defaults(environ)
+    got = {}
+    out = json.loads(b"".join(app(environ, lambda status, headers: got.update(status=status))))
+    assert got["status"].startswith("400") and "Content-Length" in out["error"]
 
 
-def test_the_threaded_server_answers_beside_a_slow_client(model_file):
-    urls = []
-    threading.Thread(target=serve.run, args=(model_file, "127.0.0.1", 0, urls.append),
-                     daemon=True).start()
-    for _ in range(200):
-        if urls:
-            break
-        time.sleep(0.05)
-    host, port = urls[0].rsplit(":", 1)
-    slow = socket.create_connection(("127.0.0.1", int(port)))
-    slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")       # and then nothing
-    with urllib.request.urlopen(urls[0] + "/recommend?user=1&top=2", timeout=10) as r:
-        assert r.status == 200 and len(json.load(r)["items"]) == 2
-    slow.close()
+@pytest.fixture()
+def served(model_file, tmp_path, monkeypatch):
+    """(app, path): an app serving a copy of the model file, replaced at will."""
+    monkeypatch.setattr(serve, "RECHECK_S", 0.0)
+    path = tmp_path / "served.npz"
+    shutil.copy(model_file, path)
+    return serve.ModelServer(path), path
+
+
+def until(condition, timeout=60):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def rating(app):
+    return call(app, "/predict", body={"pairs": [[1, 1]]})[1]["predictions"][0]["rating"]
+
+
+def test_a_replaced_model_is_swapped_in_and_an_unusable_one_is_not(served, tmp_path):
+    app, path = served
+    before = rating(app)
+    fit(2).save(tmp_path / "other.npz")
+    os.replace(tmp_path / "other.npz", path)       # as save() replaces a file
+    want = GLocalK.load(path).predict([1], [1])[0][0]
+    until(lambda: rating(app) != before)
+    assert rating(app) == want and call(app, "/health")[1]["reload_error"] is None
+    path.write_bytes(b"not a model")
+    until(lambda: call(app, "/health")[1]["reload_error"] is not None)
+    assert "not a glocalk-np file" in call(app, "/health")[1]["reload_error"]
+    assert rating(app) == want
+
+
+def padded(data, size):
+    """An npz's bytes grown to ``size`` by a zip comment (savez writes
+    none: the end record is the last 22 bytes, its comment length the last 2)."""
+    pad = size - len(data)
+    return data[:-2] + pad.to_bytes(2, "little") + b" " * pad
+
+
+def test_a_replacement_of_the_same_size_and_times_is_seen(model_file, tmp_path, monkeypatch):
+    """In place (the same inode), the same size, the modification time set
+    back: the change time and the CRC of the file's end still tell."""
+    monkeypatch.setattr(serve, "RECHECK_S", 0.0)
+    fit(2).save(tmp_path / "other.npz")
+    old, new = model_file.read_bytes(), (tmp_path / "other.npz").read_bytes()
+    size = max(len(old), len(new))
+    path = tmp_path / "served.npz"
+    path.write_bytes(padded(old, size))
+    app = serve.ModelServer(path)
+    before, st = rating(app), os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(padded(new, size))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_ino, os.stat(path).st_size, os.stat(path).st_mtime_ns) == \
+        (st.st_ino, st.st_size, st.st_mtime_ns)
+    until(lambda: rating(app) != before)
+    assert call(app, "/health")[1]["reload_error"] is None
+
+
+def test_an_oversized_replacement_is_refused_unread(served, tmp_path, monkeypatch):
+    app, path = served
+    before = rating(app)
+    monkeypatch.setattr(serve, "RELOAD_FLOOR", 0)
+    reads = []
+    monkeypatch.setattr(serve.GLocalK, "load", lambda *a, **k: reads.append(a))
+    big = tmp_path / "big.npz"
+    with open(big, "wb") as f:
+        f.truncate(serve.RELOAD_GROWTH * path.stat().st_size + 1)
+    os.replace(big, path)
+    until(lambda: call(app, "/health")[1]["reload_error"] is not None)
+    assert "not read" in call(app, "/health")[1]["reload_error"] and not reads
+    assert rating(app) == before
+
+
+def test_requests_are_answered_by_the_old_model_while_the_new_one_loads(served, tmp_path,
+                                                                       monkeypatch):
+    app, path = served
+    before, release = rating(app), threading.Event()
+    load = serve.ModelServer._load
+
+    def slow_load(self):
+        release.wait(60)
+        return load(self)
+    monkeypatch.setattr(serve.ModelServer, "_load", slow_load)
+    fit(2).save(path)
+    for _ in range(20):                              # the load waits; requests do not
+        assert rating(app) == before
+    release.set()
+    until(lambda: rating(app) != before)
+
+
+def test_the_file_is_looked_at_only_recheck_s_after_the_last_look(served, tmp_path,
+                                                                  monkeypatch):
+    app, path = served
+    before = rating(app)
+    monkeypatch.setattr(serve, "RECHECK_S", 3600.0)
+    rating(app)                                      # a look, the last for an hour
+    fit(2).save(path)
+    time.sleep(0.2)
+    assert rating(app) == before and call(app, "/health")[1]["reload_error"] is None
+    monkeypatch.setattr(serve, "RECHECK_S", 0.0)
+    until(lambda: rating(app) != before)
