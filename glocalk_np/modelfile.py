@@ -54,13 +54,16 @@ def _json_default(value):
 def write(path, kind, arrays, meta):
     """Write ``arrays`` and the JSON-able ``meta`` to ``path`` atomically
     (safeio.atomic_output: a failure or Ctrl-C at any point leaves the
-    previous file as it was, and no temp file behind)."""
+    previous file as it was, and no temp file behind). np.savez runs with
+    the signals held: one that cut its zip archive's bookkeeping would leave
+    an archive that cannot be closed (a ValueError in place of the signal,
+    and a traceback when the archive is collected)."""
     clash = set(arrays) & set(_RESERVED)
     if clash:
         raise ValueError(f"reserved array name(s): {', '.join(sorted(clash))}")
     header = dict(kind=np.array(kind), format_version=np.int64(FORMAT_VERSION),
                   meta=np.array(json.dumps(meta, default=_json_default)))
-    with atomic_output(path) as f:
+    with atomic_output(path, hold=True) as f:
         np.savez(f, **header, **arrays)   # a file object: no '.npz' appended
 
 

@@ -16,7 +16,11 @@ name, mode 0600) in its target's folder, flushed and fsynced, then renamed
 over the target; a failure at any point, Ctrl-C and SIGTERM included,
 removes the temporary files and leaves every target as it was. A command's
 outputs are all checked (:func:`check_target`) before any is written, so a
-bad companion output never leaves the others half replaced. A target that
+bad companion output never leaves the others half replaced. What a signal
+must not cut in two runs with SIGINT and SIGTERM held (:func:`held_signals`):
+a temporary file's creation and registration, the renames that put a
+command's outputs in place (all or none), and the removal of the temporary
+files, so that a second Ctrl-C leaves none behind. A target that
 is a symbolic link is written through it (the link stays a link), a target
 that exists and is not a regular file (a folder, a device, a FIFO, a
 terminal) is refused, and :func:`check_distinct` refuses an output that is
@@ -27,8 +31,10 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import stat
 import tempfile
+import threading
 
 
 class OutputError(ValueError):
@@ -187,9 +193,10 @@ def check_target(path):
         raise OutputError(f"{shorten(path, 200)}: file name too long ({len(os.fsencode(name))} "
                           f"bytes; at most {_name_max(folder)})")
     try:      # can a file be created there? (read-only file systems, /proc, permissions)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".glocalk-np-probe.")
-        os.close(fd)
-        os.unlink(probe)
+        with held_signals():
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".glocalk-np-probe.")
+            os.close(fd)
+            os.unlink(probe)
     except OSError as e:
         raise OutputError(f"{shorten(path, 200)}: cannot write in {shorten(folder, 200)}: "
                           f"{e.strerror}") from None
@@ -231,42 +238,111 @@ def _new_file_mode(path):
         return 0o666 & ~umask
 
 
+# The signals a command ends by (console/process.py), held by held_signals
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def atomic_outputs(paths, text=False):
+def held_signals():
+    """SIGINT and SIGTERM held back while the block runs: a handler that
+    notes them stands in for theirs, and on the way out the first one noted
+    goes to the handler it replaced (Python's raises KeyboardInterrupt, the
+    command's its own exceptions; SIG_DFL ends the process). Yields the list
+    of the signals noted so far. Blocks nest. Only the main thread sets
+    handlers, and only it runs them: elsewhere the block just runs."""
+    caught = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def note(signum, frame):
+        caught.append(signum)
+
+    previous = {}
+    try:
+        for signum in _SIGNALS:
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+                previous[signum] = signal.signal(signum, note)
+        yield caught
+    finally:
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is note:     # else a handler inside chose another
+                signal.signal(signum, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
+
+
+class _DroppedOnceSignalled:
+    """A file object whose writes are dropped once a signal was held
+    (``caught``): its output is going to be removed, so that the writer
+    may as well run to its end at once."""
+
+    def __init__(self, f, caught):
+        self._f, self._caught = f, caught
+
+    def write(self, data):
+        return len(data) if self._caught else self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths, text=False, hold=False):
     """File objects (binary, or UTF-8 text when ``text``) on fresh temporary
     files, one beside each of ``paths``' targets (all checked first), renamed
-    over them when the block succeeds and removed when it fails. OSErrors
-    name the path, not the temporary file."""
+    over them when the block succeeds and removed when it fails. ``hold``:
+    the block runs with SIGINT and SIGTERM held (held_signals), for a writer
+    whose own state a signal must not cut (np.savez's zip archive then
+    cannot be closed, and says so with a traceback when it is collected);
+    once one has come, further writes are dropped so that the block ends
+    soon, and the signal acts when it has. OSErrors name the path, not the
+    temporary file."""
     paths = [os.fspath(p) for p in paths]
     targets = [check_target(p) for p in paths]
     temps, files = [], []
     try:
-        for path, target in zip(paths, targets):
-            folder, name = os.path.split(target)
-            try:
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:40]}.", suffix=".tmp")
-            except OSError as e:
-                raise OSError(e.errno, e.strerror, path) from None
-            temps.append(tmp)
-            files.append(open(fd, "w", newline="", encoding="utf-8") if text else open(fd, "wb"))
-        yield files
-        for f in files:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-        for path, target, tmp in zip(paths, targets, temps):
-            os.chmod(tmp, _new_file_mode(target))
-            if check_target(path) != target:      # replaced by something else meanwhile
-                raise OutputError(f"{path}: changed while it was being written")
-        for target, tmp in zip(targets, temps):
-            os.replace(tmp, target)
-    except BaseException as e:
-        for f in files:
-            with contextlib.suppress(OSError):
+        with held_signals():         # a temporary file is registered as soon as it exists
+            for path, target in zip(paths, targets):
+                folder, name = os.path.split(target)
+                try:
+                    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:40]}.",
+                                               suffix=".tmp")
+                except OSError as e:
+                    raise OSError(e.errno, e.strerror, path) from None
+                temps.append(tmp)
+                files.append(open(fd, "w", newline="", encoding="utf-8") if text
+                             else open(fd, "wb"))
+        if hold:
+            with held_signals() as caught:
+                yield [_DroppedOnceSignalled(f, caught) for f in files]
+        else:
+            yield files
+        # a signal stops this before the first rename, or acts after the last
+        with held_signals() as caught:
+            for f in files:
+                f.flush()
+                os.fsync(f.fileno())
                 f.close()
-        for tmp in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            for path, target, tmp in zip(paths, targets, temps):
+                os.chmod(tmp, _new_file_mode(target))
+                if check_target(path) != target:      # replaced by something else meanwhile
+                    raise OutputError(f"{path}: changed while it was being written")
+            if not caught:
+                for target, tmp in zip(targets, temps):
+                    os.replace(tmp, target)
+    except BaseException as e:
+        with held_signals():       # a second signal must not leave a temporary file behind
+            for f in files:
+                with contextlib.suppress(OSError):
+                    f.close()
+            for tmp in temps:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         if isinstance(e, OSError) and (e.filename is None or e.filename in temps):
             path = paths[temps.index(e.filename)] if e.filename in temps else paths[0]
             # NumPy's writers raise OSError('N requested and M written') without an errno
@@ -276,7 +352,7 @@ def atomic_outputs(paths, text=False):
 
 
 @contextlib.contextmanager
-def atomic_output(path, text=False):
+def atomic_output(path, text=False, hold=False):
     """:func:`atomic_outputs` for one file: its file object."""
-    with atomic_outputs([path], text) as (f,):
+    with atomic_outputs([path], text, hold=hold) as (f,):
         yield f

@@ -1090,3 +1090,82 @@ def test_many_users_to_recommend_for_take_bounded_memory(work):
                                           "--top", "5", "--out", "recs.csv", cwd=work)
     assert done.returncode == 0 and peak < PEAK_MIB, (done.stderr[-500:], peak)
     assert sum(1 for _ in open(work / "recs.csv")) == 1 + 200_000 * 5
+
+
+# ================================================================ round 3 (issue 29)
+
+# A command whose process signals itself, twice, as soon as np.savez has opened
+# the writing handle of the entry argv[1] of a zip archive: the worst moment,
+# inside the archive's bookkeeping, reached every time.
+_SIGNAL_IN_THE_ZIP = """
+import os, signal, sys, zipfile
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+entry, signum = sys.argv[1], int(sys.argv[2])
+real = zipfile.ZipFile.open
+def opened(self, name, mode="r", **kwargs):
+    handle = real(self, name, mode, **kwargs)
+    if mode == "w" and name == entry:
+        os.kill(os.getpid(), signum)
+        os.kill(os.getpid(), signum)
+    return handle
+zipfile.ZipFile.open = opened
+del sys.argv[1:3]
+from glocalk_np.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "Interrupted"),
+                                                  (signal.SIGTERM, 143, "Terminated")])
+def test_two_signals_inside_the_model_archive_s_bookkeeping_are_one_line(work, signum, status,
+                                                                         word):
+    """A signal that cut np.savez's zip bookkeeping left an archive that
+    could not be closed: 'Can't close the ZIP file', then a traceback as
+    it was collected. Now the save holds the signals, ends at once, and the
+    signal ends the command."""
+    (work / "new.csv").write_text("1,1,3\n")
+    (work / "out.npz").write_bytes((work / "m.npz").read_bytes())
+    with unchanged(work):
+        done = subprocess.run([sys.executable, "-c", _SIGNAL_IN_THE_ZIP, "param/W1.npy",
+                               str(int(signum)), "update", "m.npz", "new.csv", "--out",
+                               "out.npz"], cwd=work, capture_output=True, text=True, timeout=180)
+    assert done.returncode == status, (done.returncode, done.stderr)
+    assert done.stderr.split() == [word], done.stderr
+
+
+def test_double_ctrl_c_while_a_large_model_is_saved(tmp_path):
+    """SIGINT twice, at several moments after the save's temporary file
+    appeared: each time status 130 and one line (or, where the signals came
+    after the output was in place, a whole new model), no temporary file
+    left, and the old model as it was or whole."""
+    from glocalk_np.data import Ratings
+    from glocalk_np import modelfile
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 8_000, 40_000), rng.integers(0, 1_000, 40_000)
+    GLocalK(n_hidden=500, epochs_pretrain=0, epochs_finetune=0, validation_fraction=0).fit(
+        Ratings(users, items, np.full(users.size, 3.0), "r")).save(tmp_path / "big.npz")
+    (tmp_path / "new.csv").write_text(f"{users[0]},999999,3\n")      # a new item
+    old = (tmp_path / "big.npz").read_bytes()
+    outcomes = []
+    for delay, gap in [(0.0, 0.0005), (0.002, 0.01), (0.02, 0.0005), (0.1, 0.05), (0.3, 0.2)]:
+        (tmp_path / "out.npz").write_bytes(old)
+        proc = cli_process.start("update", "big.npz", "new.csv", "--out", "out.npz",
+                                 cwd=tmp_path)
+        try:
+            while not list(tmp_path.glob(".out.npz.*.tmp")) and proc.poll() is None:
+                time.sleep(0.001)
+            time.sleep(delay)
+            for pause in (0, gap):
+                time.sleep(pause)
+                proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode in (0, 130) and "Traceback" not in err, (delay, err)
+        assert len(err.split()) <= 1, err            # "Interrupted" (after click's blank line)
+        assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp")), delay
+        intact = (tmp_path / "out.npz").read_bytes() == old
+        if not intact:
+            modelfile.read(tmp_path / "out.npz", modelfile.MODEL)      # the new one, whole
+        outcomes.append((proc.returncode, intact))
+    assert (130, True) in outcomes, outcomes       # at least once the save itself was cut

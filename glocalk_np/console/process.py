@@ -114,6 +114,12 @@ class Main(click.Group):
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(status)
+            if own_process:
+                # The same on a normal way out: the shutdown would reset these handlers
+                # to the defaults, so a Ctrl-C as the command ends would kill it. SIG_IGN
+                # is safe now: signal.signal first runs the handler of one already pending.
+                for signum in handlers:
+                    signal.signal(signum, signal.SIG_IGN)
             sys.exit(status)
 
     def invoke(self, ctx):
