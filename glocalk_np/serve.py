@@ -414,22 +414,23 @@ class _Handler(WSGIRequestHandler):
 
 class _Connection:
     """A client's socket, what it sent and what it is sent, its deadline."""
-    __slots__ = ("sock", "address", "state", "data", "out", "deadline")
+    __slots__ = ("sock", "address", "state", "data", "length", "out", "deadline")
 
     def __init__(self, sock, address):
         self.sock, self.address = sock, address
-        self.state, self.data, self.out = "reading", bytearray(), b""
+        self.state, self.data, self.length, self.out = "reading", bytearray(), None, b""
         self.deadline = time.monotonic() + REQUEST_DEADLINE_S
 
 
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
-def _request_length(data):
+def _request_length(data, new):
     """The bytes of the request that ``data`` starts with, None while its
     head is incomplete; BadRequest for a head that no body length can be
-    read from."""
-    end = _HEAD_END.search(data)
+    read from. ``new``: how many bytes of ``data`` are new (its head's end
+    is looked for among them only: one trickled byte costs no scan of all)."""
+    end = _HEAD_END.search(data, max(0, len(data) - new - 3))
     if end is None or end.end() > MAX_HEAD:
         if len(data) > MAX_HEAD:
             raise BadRequest(f"the request's head is over {MAX_HEAD} bytes",
@@ -531,11 +532,12 @@ class _Server(WSGIServer):
             conn.data += chunk
             self._hold(conn, len(conn.data))
             try:
-                length = _request_length(conn.data)
+                if conn.length is None:          # the head is read once, when whole
+                    conn.length = _request_length(conn.data, len(chunk))
             except BadRequest as e:
                 self._reply(conn, _answer(e.status, str(e)))
                 return
-            if length is not None and len(conn.data) >= length:
+            if conn.length is not None and len(conn.data) >= conn.length:
                 conn.state = "working"
                 self._sel.unregister(conn.sock)
                 self._jobs.put(conn)

@@ -188,6 +188,17 @@ def test_a_trickling_client_is_answered_408_at_the_deadline(port, sent, trickled
     assert k < len(trickled) and status == 408 and "within" in json.loads(body)["error"]
 
 
+def test_a_request_in_pieces_within_the_deadline_is_answered(port):
+    data = b'POST /predict HTTP/1.1\r\nContent-Length: 19\r\n\r\n{"pairs": [[1, 1]]}'
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for k in range(len(data)):
+            sock.sendall(data[k:k + 1])
+            time.sleep(0.005)
+        status, _, body = parse(read_all(sock))
+    assert status == 200 and len(json.loads(body)["predictions"]) == 1
+
+
 def test_idle_and_vanishing_clients_leave_no_traceback(model_file, capfd):
     with served(model_file) as port:
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
