@@ -80,11 +80,12 @@ def _is_record(r):
             and all(ok(r[k]) for k, ok in _RECORD_TYPES.items()))
 
 
-def read_history(contents, config):
-    """The list of EpochRecords: pre-training epochs 1, 2, ... then
-    fine-tuning epochs 1, 2, ..., no more than the config has."""
+def read_history(contents, config, name="history"):
+    """The list of EpochRecords in the metadata field ``name``: pre-training
+    epochs 1, 2, ... then fine-tuning epochs 1, 2, ..., no more than the
+    config has."""
     history = [EpochRecord(**r) for r in field(
-        contents, "history", lambda v: isinstance(v, list) and all(map(_is_record, v)),
+        contents, name, lambda v: isinstance(v, list) and all(map(_is_record, v)),
         "a list of epoch records")]
     stages = [r.stage for r in history]
     pre = stages.count("pretrain")
@@ -92,7 +93,7 @@ def read_history(contents, config):
                 + [("finetune", e) for e in range(1, len(history) - pre + 1)])
     if [(r.stage, r.epoch) for r in history] != expected \
             or pre > config.epochs_pretrain or len(history) - pre > config.epochs_finetune:
-        raise contents.error("metadata field 'history' does not follow the config's schedule")
+        raise contents.error(f"metadata field {name!r} does not follow the config's schedule")
     return history
 
 
