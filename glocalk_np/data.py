@@ -28,10 +28,16 @@ class Ratings:
     """Ratings as parallel arrays, in file order.
 
     ``users`` and ``items`` hold ids: int64 when every id of the column is an
-    integer written plainly, else an object array of str (see as_ids). ``source`` is the path, for messages. ``shape`` is
+    integer written plainly, else an object array of str (see as_ids).
+    ``source`` is the path, for messages. ``shape`` is
     ``(n_users, n_items)`` when the ids are 0-based positions in a matrix of
     that size (a .mat file), so that an index can cover users and items
     without any rating, as the official code does; None for text files.
+    ``lines`` holds each rating's 1-based line in ``source`` for a text
+    file's ratings, ``rows`` its 0-based row in the table or arrays given for
+    others' (None: its position here); ``where`` names them in messages, so
+    that a rating is named where it was written after duplicates were
+    dropped or a split was made.
     """
 
     users: np.ndarray
@@ -39,6 +45,8 @@ class Ratings:
     values: np.ndarray
     source: str
     shape: tuple | None = None
+    lines: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
     def __post_init__(self):
         """Checked as a file's ratings are (DataError naming the source and
@@ -55,18 +63,25 @@ class Ratings:
         bad = first_bad_rating(self.values)
         if bad is not None:
             v = self.values[bad]
-            raise DataError(f"{self.source}: row {bad}: rating {v:g} {rating_problem(v)}")
+            raise DataError(f"{self.where(bad)}: rating {v:g} {rating_problem(v)}")
 
     def __len__(self):
         return len(self.values)
 
+    def where(self, i):
+        """Where rating ``i`` was given, for a message: 'FILE:LINE' for a
+        text file's, else 'SOURCE: row N'."""
+        if self.lines is not None:
+            return f"{self.source}:{self.lines[i]}"
+        return f"{self.source}: row {i if self.rows is None else self.rows[i]}"
+
     @classmethod
-    def checked(cls, users, items, values, source, shape=None):
+    def checked(cls, users, items, values, source, shape=None, lines=None, rows=None):
         """Ratings from arrays that a reader here has already checked by the
         same rules (held ids, float64 ratings in range): not checked again."""
         out = object.__new__(cls)
         out.__dict__.update(users=users, items=items, values=values, source=source,
-                            shape=shape)
+                            shape=shape, lines=lines, rows=rows)
         return out
 
     @classmethod
@@ -76,10 +91,12 @@ class Ratings:
         default name is absent, the one column named as MovieLens and others
         name it (userId, movieId, item_id, ...; any case) is used. Ids keep
         their kind (as_ids: integer columns as int64, whole-number floats
-        too, others as text); every rating is checked as a file's is."""
+        too, others as text); every rating is checked as a file's is, and
+        duplicate (user, item) pairs keep their last rating with a
+        DataWarning, as a file's do."""
         source = source or f"a {type(table).__name__} of ratings"
-        return cls(*table_columns(table, {"user": user, "item": item, "rating": rating},
-                                  source), source)
+        return _drop_duplicates(cls(*table_columns(
+            table, {"user": user, "item": item, "rating": rating}, source), source))
 
 
 def table_columns(table, roles, source):
@@ -237,20 +254,36 @@ def _text_ids(source, col, what, warn=True):
 
 def concatenate(*ratings):
     """One Ratings of several, in order (their ids int64 if all are, else
-    text); the first one's source, and a shape where all have one."""
+    text); the first one's source, and a shape where all have one. Where
+    they all come from that source (parts of one file, e.g. a split), each
+    rating keeps its line or row there."""
     users, items = (_union_kind([getattr(r, side) for r in ratings])
                     for side in ("users", "items"))
     shapes = [r.shape for r in ratings]
     shape = tuple(np.max(shapes, axis=0).tolist()) if all(x is not None for x in shapes) else None
+    lines = rows = None
+    if all(r.source == ratings[0].source for r in ratings):
+        if all(r.lines is not None for r in ratings):
+            lines = np.concatenate([r.lines for r in ratings])
+        elif all(r.lines is None for r in ratings):
+            rows = np.concatenate([_rows(r) for r in ratings])
     return Ratings.checked(np.concatenate(users), np.concatenate(items),
-                           np.concatenate([r.values for r in ratings]), ratings[0].source, shape)
+                           np.concatenate([r.values for r in ratings]), ratings[0].source, shape,
+                           lines, rows)
 
 
 def subset(ratings, mask):
     """The ratings selected by a boolean mask or an index array, in that
-    order (already checked: not checked again)."""
+    order (already checked: not checked again), each with its line or row."""
+    lines = None if ratings.lines is None else ratings.lines[mask]
+    rows = None if lines is not None else _rows(ratings)[mask]
     return Ratings.checked(ratings.users[mask], ratings.items[mask], ratings.values[mask],
-                           ratings.source, ratings.shape)
+                           ratings.source, ratings.shape, lines, rows)
+
+
+def _rows(ratings):
+    """Each rating's row in the table or arrays given (see Ratings)."""
+    return np.arange(len(ratings)) if ratings.rows is None else ratings.rows
 
 
 # ---------------------------------------------------------------- text files
@@ -269,8 +302,11 @@ PLAIN_INT = re.compile(r"0|-?[1-9][0-9]*")
 # The one form of a number written as text, for ratings and command-line
 # options alike: ASCII decimal with an optional sign, fraction and exponent.
 # Python's float() also takes '4_5' (45), other scripts' digits, 'inf' and
-# 'nan'; none of them is a rating anyone wrote on purpose.
-DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# 'nan'; none of them is a rating anyone wrote on purpose. No two repeats can
+# take the same digits (a '.' or 'e' stands between them), so a failing
+# fullmatch gives each digit back once: linear time. '[0-9]+\.?[0-9]*' split
+# a digit run between two repeats in every way: quadratic, 85 s on 60 KB.
+DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _NOT_DECIMAL = re.compile(r"[^0-9eE.+\- \t\n\r\f\v]")   # what no decimal (with blanks) holds
 ASCII_BLANKS = " \t\n\r\f\v"       # the blanks around a number (str.strip takes more)
 # first fields that make a lone first line of a pairs file a header
@@ -284,6 +320,10 @@ MIN_RATING = 1e-6
 # fields and ids as Python objects): 19x measured on ML-100K's u1.base, 27x
 # on ML-1M's 13-byte lines; shorter lines cost more per byte.
 TEXT_BYTES_PER_BYTE = 40
+# The most characters of a rating: 50 times a float's longest repr, so that
+# a crafted one (10 MB of digits) is refused at once for its length. Ids
+# have no bound: one costs its length (a URL as an item id is one).
+MAX_RATING_CHARS = 1000
 
 
 def read_ratings(path, sep=None):
@@ -315,7 +355,7 @@ def read_ratings(path, sep=None):
     values = _parse_ratings(tokens[2::k], where)
     users = _parse_ids(tokens[0::k], where, "user")
     items = _parse_ids(tokens[1::k], where, "item")
-    return _drop_duplicates(Ratings.checked(users, items, values, src))
+    return _drop_duplicates(Ratings.checked(users, items, values, src, lines=linenos))
 
 
 def read_pairs(path, sep=None):
@@ -347,18 +387,14 @@ def read_ids(path, sep=None, what="user"):
     read as a ratings file's ids are (blanks around them stripped, quotes
     kept, int64 when all are plain integers). ``sep`` as for read_ratings;
     detected, it is the first of '::', tab, comma and semicolon found on
-    each of the first lines, else runs of blanks if each of them has two
-    fields or more, else none (an id per line, blanks inside it kept). A
-    lone first field that names an id column (user, user_id, id, ...) is a
-    header."""
+    each of the first lines, else runs of blanks where those lines read as
+    a ratings file whose fields blanks separate, else none: an id per line,
+    blanks inside it kept ('John Smith'), as in a ratings file that
+    separates its fields otherwise. A lone first field that names an id
+    column (user, user_id, id, ...) is a header."""
     src = str(path)
     lines, linenos = _content_lines(src, f"{what} ids")
-    if sep is None:
-        sample = lines[:_DETECT_LINES]
-        sep = next((c for c in _SEP_CANDIDATES[:-1] if all(c in line for line in sample)),
-                   None if all(len(line.split()) > 1 for line in sample) else "\n")
-    else:
-        sep = _parse_sep(src, sep)
+    sep = _ids_sep(lines[:_DETECT_LINES]) if sep is None else _parse_sep(src, sep)
     first = _split_line(lines[0], sep)[0].strip().strip("\"'").lower()
     if first in _ID_COLUMN_NAMES:
         lines, linenos = lines[1:], linenos[1:]
@@ -366,6 +402,21 @@ def read_ids(path, sep=None, what="user"):
             raise DataError(f"{src}: no {what} ids (only a header line)")
     fields = [_split_line(line, sep)[0] for line in lines]
     return _parse_ids(fields, _lines_of(src, linenos), what)
+
+
+def _ids_sep(sample):
+    """The separator of a file of ids detected from its first lines (see
+    read_ids); '\\n' (found in no line) for none. Blanks separate only the
+    lines of a ratings file (3 or 4 fields, the rating a number, a header
+    allowed), for a name of two words or three is no user and item."""
+    sep = next((c for c in _SEP_CANDIDATES[:-1] if all(c in line for line in sample)), None)
+    if sep is not None:
+        return sep
+    rows = [line.split() for line in sample]
+    if _is_header(rows[0]):
+        rows = rows[1:]
+    ratings = all(len(f) in _RATING_FIELDS[0] and DECIMAL.fullmatch(f[2]) for f in rows)
+    return None if ratings else "\n"
 
 
 def _lines_of(src, linenos):
@@ -484,6 +535,10 @@ def parse_decimal(text):
 def _parse_ratings(col, where):
     """Ratings written as text (DECIMAL), as float64, each one glocalk-np
     trains on (rating_problem); ``where(i)`` locates entry i for messages."""
+    long = np.flatnonzero(np.fromiter(map(len, col), np.int64, len(col)) > MAX_RATING_CHARS)
+    if long.size:
+        raise DataError(f"{where(long[0])}: rating of {len(col[long[0]]):,} characters, more "
+                        f"than the {MAX_RATING_CHARS:,} of any number")
     try:
         values = np.fromiter(map(float, col), np.float64, len(col))
         if _NOT_DECIMAL.search(" ".join(col)):      # what float() takes and DECIMAL does not
@@ -498,7 +553,9 @@ def _parse_ratings(col, where):
     i = first_bad_rating(values)
     if i is not None:
         tok = shorten(repr(col[i].strip(ASCII_BLANKS)))
-        raise DataError(f"{where(i)}: rating {tok} {rating_problem(values[i])}")
+        # a decimal is finite: float() gives ±inf only beyond float64's range
+        v = values[i] if np.isfinite(values[i]) else np.copysign(np.finfo(float).max, values[i])
+        raise DataError(f"{where(i)}: rating {tok} {rating_problem(v)}")
     return values
 
 
@@ -574,7 +631,9 @@ def _parse_ids(col, where, what, warn=True):
     if empty is not None:
         raise DataError(f"{where(empty)}: empty {what} id")
     if warn and all(map(PLAIN_INT.fullmatch, col)):      # plain, but beyond 64 bits
-        big = next(i for i, t in enumerate(col) if abs(int(t)) > np.iinfo(np.int64).max)
+        # 20 digits are beyond 64 bits, and int() may refuse a long one (its limit)
+        big = next(i for i, t in enumerate(col)
+                   if len(t.lstrip("-")) > 19 or abs(int(t)) > np.iinfo(np.int64).max)
         warnings.warn(f"{where(big)}: {what} id {shorten(col[big])} is beyond 64-bit "
                       f"integers, so all {what} ids are read as text", DataWarning,
                       stacklevel=4)
@@ -590,8 +649,11 @@ def _parse_ids(col, where, what, warn=True):
 
 
 def _drop_duplicates(r):
-    """Keep the last rating of each (user, item) pair, warning if any repeat."""
+    """Keep the last rating of each (user, item) pair, warning if any repeat:
+    the one rule for a file's ratings and a table's."""
     n = len(r)
+    if n < 2:
+        return r
     _, u = np.unique(r.users, return_inverse=True)
     _, i = np.unique(r.items, return_inverse=True)
     key = u.astype(np.int64) * (int(i.max()) + 1) + i
@@ -885,16 +947,35 @@ def _positions(keys, ids):
     return pos.astype(np.int64), keys[pos] == ids
 
 
+def ids_in_kind(known, ratings, what):
+    """(ids, found): the ``what`` ids ('user' or 'item') of ``ratings``
+    written as the sorted ids ``known`` (an Index's) hold them, known ones
+    as stored and new ones as text where ``known`` are text, and whether
+    each is known. DataError naming the line of the first new id that is
+    not an integer where ``known`` are integers: it cannot join them."""
+    ids = getattr(ratings, f"{what}s")
+    pos, found = _positions(known, ids)
+    out = known[pos].copy()
+    new = np.flatnonzero(~found)
+    if _is_int(known) and not _is_int(ids) and new.size:
+        # the column is text for one id not written as a plain integer
+        bad = next((j for j in new.tolist() if not PLAIN_INT.fullmatch(ids[j])), new[0])
+        raise DataError(f"{ratings.where(bad)}: new {what} id {shorten(repr(ids[bad]))} is not "
+                        f"of the kind of the model's {what} ids (integers)")
+    out[new] = ids[new] if _is_int(out) else _as_text(ids[new])
+    return out, found
+
+
 # ---------------------------------------------------------------- splits
 
-def random_split(ratings, frac, seed):
+def random_split(ratings, frac, seed, name="a random part"):
     """(rest, held_out): a uniformly random ``frac`` of the ratings held out
-    (``numpy.random.default_rng(seed)``); both sides keep file order."""
+    (``numpy.random.default_rng(seed)``); both sides keep file order.
+    ``name`` names the held-out set in the DataError for a side left empty
+    (e.g. 'a validation set')."""
     n = len(ratings)
     n_out = int(round(frac * n)) if 0 < frac < 1 else 0
-    if not 0 < n_out < n:
-        raise DataError(f"{ratings.source}: cannot hold out frac={frac} of {n} ratings: "
-                        "one side of the split would be empty (frac must be in (0, 1))")
+    _check_split(ratings, frac, n_out, name)
     held = np.zeros(n, bool)
     held[np.random.default_rng(seed).permutation(n)[:n_out]] = True
     return subset(ratings, ~held), subset(ratings, held)
@@ -912,7 +993,21 @@ def ml1m_split(ratings, frac=0.1, seed=1234):
     idx = np.arange(n)
     np.random.RandomState(seed).shuffle(idx)
     n_test = int(frac * n)
-    if not 0 < n_test < n:
-        raise DataError(f"{ratings.source}: cannot hold out frac={frac} of {n} ratings: "
-                        "one side of the split would be empty")
+    _check_split(ratings, frac, n_test, "a test set")
     return subset(ratings, np.sort(idx[n_test:])), subset(ratings, np.sort(idx[:n_test]))
+
+
+def _check_split(ratings, frac, n_out, name):
+    """DataError unless holding out ``n_out`` of the ratings (``frac`` of
+    them) as the set ``name`` leaves both sides some, said in the terms of
+    the data (the file, its count, the set): the fraction may be a default
+    the user never gave."""
+    n = len(ratings)
+    them = "1 rating" if n == 1 else f"{n} ratings"
+    if not 0 < frac < 1:
+        raise DataError(f"{ratings.source}: cannot hold out {name} from {them}: the "
+                        f"fraction {frac} is not in (0, 1)")
+    if not 0 < n_out < n:
+        raise DataError(f"{ratings.source}: too few ratings to hold out {name}: {frac:g} of "
+                        f"{them} rounds to " + ("none" if n_out == 0 else
+                                                f"all {n}, leaving none to train on"))

@@ -184,6 +184,20 @@ def test_duplicates_keep_last_and_warn(tmp_path):
         (2, 1, 4.0), (1, 1, 5.0), (1, 2, 1.5)]
 
 
+def test_ratings_kept_name_their_line_or_row(tmp_path):
+    path = write(tmp_path, "r.csv", "user,item,rating\n1,1,1\n\n1,1,3\n2,1,4\n")
+    with pytest.warns(DataWarning):
+        r = read_ratings(path)
+    assert [r.where(i) for i in range(2)] == [f"{path}:4", f"{path}:5"]
+    held, rest = random_split(r, 0.5, seed=0)
+    assert {held.where(0), rest.where(0)} == {f"{path}:4", f"{path}:5"}
+    with pytest.warns(DataWarning, match="^t: 1 duplicate"):
+        table = Ratings.from_columns({"user": [1, 1, 2], "item": [1, 1, 1], "rating": [1, 3, 4]},
+                                     source="t")
+    assert [table.where(i) for i in range(2)] == ["t: row 1", "t: row 2"]
+    assert ratings([1], [1], [3]).where(0) == "mem: row 0"
+
+
 def test_no_warning_without_duplicates(tmp_path):
     path = write(tmp_path, "r.csv", "1,2,1\n2,1,2\n")
     with warnings.catch_warnings():
@@ -270,11 +284,18 @@ def test_random_split_sizes_partition_and_determinism():
     assert not np.array_equal(held.users, other.users)
 
 
-@pytest.mark.parametrize("frac, n", [(0.0, 100), (1.0, 100), (0.01, 10), (0.99, 10), (1.5, 10)])
-def test_random_split_refuses_an_empty_side(frac, n):
+@pytest.mark.parametrize("frac, n, problem", [
+    (0.0, 100, "cannot hold out a test set from 100 ratings: the fraction 0.0 is not in (0, 1)"),
+    (1.0, 100, "cannot hold out a test set from 100 ratings: the fraction 1.0 is not in (0, 1)"),
+    (1.5, 1, "cannot hold out a test set from 1 rating: the fraction 1.5 is not in (0, 1)"),
+    (0.01, 10, "too few ratings to hold out a test set: 0.01 of 10 ratings rounds to none"),
+    (0.05, 1, "too few ratings to hold out a test set: 0.05 of 1 rating rounds to none"),
+    (0.99, 10, "too few ratings to hold out a test set: 0.99 of 10 ratings rounds to all 10, "
+               "leaving none to train on")])
+def test_random_split_refuses_an_empty_side_in_the_data_s_terms(frac, n, problem):
     with pytest.raises(DataError) as e:
-        random_split(make(n), frac, seed=0)
-    assert str(e.value).startswith(f"f.csv: cannot hold out frac={frac} of {n} ratings")
+        random_split(make(n), frac, seed=0, name="a test set")
+    assert str(e.value) == f"f.csv: {problem}"
 
 
 def test_ml1m_split_is_the_legacy_recipe():
