@@ -73,3 +73,22 @@ def test_a_new_user_gets_a_column_of_their_own(model, tmp_path):
     m.save(tmp_path / "m2.npz")
     again = GLocalK.load(tmp_path / "m2.npz")
     assert np.array_equal(again.predict(np.full(8, 999), np.arange(1, 9))[0], pred)
+
+
+def test_fold_in_names_the_new_user_it_cannot_add_not_a_known_one(model, tmp_path):
+    model.save(tmp_path / "m.npz")
+    m = GLocalK.load(tmp_path / "m.npz")
+    mixed = Ratings(["1", "4242", "abc"], [1, 2, 3], [4.0, 3.0, 5.0], "new")   # a text column
+    with pytest.raises(ValueError, match=r"^new: row 2: new user id 'abc' is not of the kind"):
+        m.update(mixed, fold_in=True)
+    assert np.array_equal(m.index_.users, model.index_.users)      # nothing changed
+
+
+def test_a_model_of_text_ids_folds_in_a_user_written_as_an_integer():
+    r = low_rank_ratings(12, 10, 0.7, 2, seed=4)
+    m = GLocalK(CONFIG, validation_fraction=0, refit=False, blend=False).fit(
+        Ratings(np.array([f"u{u}" for u in r.users.tolist()], dtype=object), r.items, r.values,
+                "named"))
+    counts = m.update(Ratings([77] * 4, [1, 2, 3, 4], [5.0, 5.0, 2.0, 2.0], "new"), fold_in=True)
+    assert counts["new_users"] == 1 and "77" in m.index_.users.tolist()
+    assert m.predict(["77"], [1])[1].tolist() == [""]              # its own column
