@@ -4,9 +4,16 @@ for 1, 2 and 3 shares of the users (uneven), bit-identical repeats, a short
 fit against the one-process fit, a resumed fit, a lost worker, and the
 command line. Skipped where dask.distributed is not installed (it is in the
 'test' extra)."""
+import http.server
+import json
 import os
+import signal
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
+import time
 from contextlib import suppress
 from dataclasses import replace
 
@@ -29,6 +36,7 @@ from glocalk_np.synthetic import low_rank_ratings  # noqa: E402
 from glocalk_np.data import Index, Ratings, subset  # noqa: E402
 from glocalk_np.train import EvalSet, fit  # noqa: E402
 from problems import PROBLEMS, smooth_problem  # noqa: E402
+import cli_process  # noqa: E402
 
 TOLERANCE = 1e-12
 
@@ -219,10 +227,130 @@ def test_fit_on_local_workers_from_the_command_line(tmp_path):
 
 
 def test_local_workers_get_their_share_of_blas_threads_and_the_environment_is_restored():
-    from glocalk_np.engines.cluster import BLAS_THREAD_VARIABLES, local_cluster
+    from glocalk_np.engines.cluster import BLAS_THREAD_VARIABLES, local_cluster, usable_cpus
     before = {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES}
-    want = before["OPENBLAS_NUM_THREADS"] or str(max(1, (os.cpu_count() or 1) // 2))
+    want = before["OPENBLAS_NUM_THREADS"] or str(max(1, usable_cpus() // 2))
     with local_cluster(2, silence_logs=40) as cluster, distributed.Client(cluster) as c:
         seen = c.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
     assert sorted(seen.values()) == [want, want]
     assert {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES} == before
+
+
+# ---------------------------------------------------------------- misconfigurations
+# Dask's wait for a scheduler's answer (cluster.connect_timeout), short here
+QUICK = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+FIT = ["fit", "r.csv", "--device", "dask", "--hidden", "6", "--quiet", "--out", "m.npz"]
+
+
+@pytest.fixture
+def ratings_file(tmp_path):
+    from glocalk_np.data import ratings_csv
+    (tmp_path / "r.csv").write_text(ratings_csv(ratings_matrix()[1]))
+    return tmp_path
+
+
+def one_line(done, status, *parts):
+    """``done`` ended with ``status`` and one line on stderr holding ``parts``."""
+    lines = done.stderr.splitlines()
+    assert done.returncode == status and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("Error: ") and "Traceback" not in done.stderr
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+@pytest.mark.parametrize("count", ["many", "1000", "0", "-1"])
+def test_local_workers_beyond_the_cpus_or_below_one_are_refused_before_any_process_starts(
+        ratings_file, count):
+    from glocalk_np.engines.cluster import usable_cpus
+    count = str(usable_cpus() + 1) if count == "many" else count
+    done = cli_process.run(*FIT, "--local-workers", count, cwd=ratings_file, timeout=60)
+    one_line(done, 2, "--local-workers", count)
+    assert "give 1 to" in done.stderr or "is not in [1, " in done.stderr
+
+
+@pytest.mark.parametrize("address, why", [
+    ("inproc://x", "inproc:// address names a scheduler in the same Python process"),
+    ("tcp://127.0.0.1:99999", "is not an address SCHEME://HOST:PORT"),
+    ("tcp://127.0.0.1", "is not an address SCHEME://HOST:PORT"),
+    ("tcp://:8786", "is not an address SCHEME://HOST:PORT"),
+    ("foo://h:1", "unknown scheme foo://"),
+    ("tls://127.0.0.1:8786", "tls:// needs Dask's TLS settings")])
+def test_a_malformed_scheduler_address_is_refused_in_one_line(ratings_file, address, why):
+    done = cli_process.run(*FIT, "--scheduler", address, cwd=ratings_file, timeout=60,
+                           env=QUICK)
+    one_line(done, 2, f"--scheduler {address!r}", why)
+
+
+@pytest.mark.parametrize("address, why", [
+    ("a closed port", "no Dask scheduler answers at tcp://127.0.0.1:"),
+    ("tcp://no-such-host.invalid:8786", "is not known")])
+def test_an_address_where_no_scheduler_listens_fails_in_one_line(ratings_file, address, why):
+    if address == "a closed port":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    done = cli_process.run(*FIT, "--scheduler", address, cwd=ratings_file, timeout=60,
+                           env=QUICK)
+    one_line(done, 1, why)
+
+
+class _AnswersAtOnce(socketserver.StreamRequestHandler):
+    """An HTTP server's refusal of a request it cannot parse, sent without
+    waiting for a whole request line (http.server waits for a newline,
+    which Dask's greeting holds on some Python versions only)."""
+
+    def handle(self):
+        self.request.recv(64)
+        self.wfile.write(b"HTTP/1.0 400 Bad request\r\nContent-Type: text/html\r\n\r\nBad")
+
+
+@pytest.mark.parametrize("handler", ["http.server", "at once"])
+def test_an_http_server_is_not_taken_for_a_scheduler(ratings_file, handler):
+    """Dask's client reads an HTTP reply's first 8 bytes as a message length
+    of exbibytes (a MemoryError, once reported as 'out of memory'), and it
+    waits for ever on a server that waits for more of the request."""
+    kind = http.server.SimpleHTTPRequestHandler if handler == "http.server" else _AnswersAtOnce
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), kind) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"tcp://127.0.0.1:{server.server_address[1]}"
+        done = cli_process.run(*FIT, "--scheduler", address, cwd=ratings_file, timeout=60,
+                               env=QUICK)
+        server.shutdown()
+    one_line(done, 1, f"{address} is not a Dask scheduler", "its dashboard on 8787")
+    assert "memory" not in done.stderr
+
+
+def test_a_scheduler_killed_during_a_fit_ends_it_in_one_line_naming_the_checkpoint(
+        ratings_file):
+    """A `dask scheduler` and a `dask worker` of their own (about 10 s here):
+    the scheduler is killed once the first checkpoint is written."""
+    dask = [sys.executable, "-m", "dask"]
+    quiet = dict(cwd=ratings_file, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0",
+                                         "--no-dashboard", "--scheduler-file", "s.json"],
+                                 **quiet)
+    worker = fit = None
+    try:
+        while not (ratings_file / "s.json").exists():
+            assert scheduler.poll() is None, "the scheduler did not start"
+            time.sleep(0.1)
+        worker = subprocess.Popen(dask + ["worker", "--scheduler-file", "s.json",
+                                          "--nthreads", "1", "--memory-limit", "0",
+                                          "--no-dashboard"], **quiet)
+        address = json.loads((ratings_file / "s.json").read_text())["address"]
+        fit = cli_process.start(*FIT, "--scheduler", address, "--checkpoint-dir", "c",
+                                "--epochs-pretrain", "2", "--epochs-finetune", "200",
+                                cwd=ratings_file)
+        while not (ratings_file / "c" / "checkpoint.npz").exists():
+            assert fit.poll() is None, fit.communicate()
+            time.sleep(0.05)
+        scheduler.send_signal(signal.SIGKILL)
+        _, err = fit.communicate(timeout=60)
+    finally:
+        for p in (fit, worker, scheduler):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    done = subprocess.CompletedProcess(fit.args, fit.returncode, "", err)
+    one_line(done, 1, f"lost the Dask scheduler {address}",
+             "the last completed epoch is saved in c: --resume goes on from it")
