@@ -29,10 +29,11 @@ def test_tune_finds_a_setting_better_than_a_bad_default():
     assert default.settings["lambda_2"] == 5000.0
     rmses = [t.val_rmse for t in ranked]
     assert rmses == sorted(rmses) and ranked[0].val_rmse < default.val_rmse
-    # the best trial's Config reproduces its validation RMSE with a plain fit
+    # the best trial's Config reproduces its validation RMSE with a plain fit (of the
+    # network alone, as trials are scored: a blend would score the blended model)
     best = ranked[0]
     assert best.config.patience == 2 and best.config.epochs_finetune == best.best_epoch
-    refit = GLocalK(best.config).fit(train, val=val, select="val")
+    refit = GLocalK(best.config, blend=False).fit(train, val=val, select="val")
     assert refit.summary_["val"]["rmse"] == pytest.approx(best.val_rmse, rel=1e-9)
 
 
@@ -126,3 +127,40 @@ def test_a_trial_reports_the_settings_it_trained_with_on_a_large_file(monkeypatc
     trial = search.tune(train, val, base, trials=1, space=SMALL_SPACE)[0]
     assert trial.settings["lambda_2"] == trial.config.lambda_2 == 70.0
     assert trial.config.dot_scale == 0.5
+
+
+def test_a_trial_that_would_overrun_the_budget_stops_and_keeps_its_best_epoch(tmp_path,
+                                                                               monkeypatch):
+    """A clock that moves 10 s at each look: with --budget 1 (60 s) the first
+    trial stops after the epoch whose successor would end past the budget,
+    no trial starts after it, every epoch is printed as it ends, and the
+    settings written reproduce the stopped trial's validation RMSE."""
+    class Clock:
+        now = -10
+
+        @classmethod
+        def perf_counter(cls):
+            cls.now += 10
+            return cls.now
+
+    monkeypatch.setattr(search, "time", Clock)
+    ratings = write_ratings(tmp_path / "r.csv", synthetic_ratings(40, 30, 0.4, 2, seed=1))
+    settings = tmp_path / "t.json"
+    args = [*TINY[:6], "--epochs-finetune", "10", *TINY[8:]]
+    out = run("tune", ratings, *args, "--budget", "1", "--out", settings).stdout.splitlines()
+    assert out[0].startswith("data: 480 ratings by 40 users of 30 items; train ")
+    epochs = [line.split()[2:4] for line in out if line.split()[2:3] in (["pretrain"],
+                                                                         ["finetune"])]
+    assert epochs == [["pretrain", "1/1"], ["finetune", "1/10"], ["finetune", "2/10"],
+                      ["finetune", "3/10"]]        # the clock at 30, 40, 50 and 60 after them
+    assert sum("stopped at the budget" in line for line in out) == 2    # as it ends, ranked
+    data = json.loads(settings.read_text())
+    (trial,) = data["trials"]
+    assert trial["stopped"] and trial["coverage"] is None and trial["score"] == trial["val_rmse"]
+    assert data["config"]["epochs_pretrain"] == 1
+    assert data["config"]["epochs_finetune"] == trial["best_epoch"] <= 3
+    report = tmp_path / "m.json"
+    run("fit", ratings, "--config", settings, "--no-refit", "--no-blend", "--out",
+        tmp_path / "m.npz", "--metrics-json", report, "--quiet")
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["val"]["rmse"] == pytest.approx(trial["val_rmse"], rel=1e-9)
