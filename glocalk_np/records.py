@@ -1,7 +1,9 @@
 """What training records and reports: each epoch's record, the epoch a
-selection rule picks, a checkpoint's state, an ensemble member, and the
-progress lines that show them."""
+selection rule picks, a checkpoint's state, an ensemble member, the
+progress lines that show them, and the check of a stored summary."""
 from dataclasses import dataclass, field
+
+from .params import STAGES
 
 
 @dataclass
@@ -62,3 +64,49 @@ def epoch_line(record, total):
     """One epoch's progress line: stage, epoch of ``total``, RMSEs, seconds."""
     return (f"{record.stage:<8} {record.epoch:>3}/{total:<3}  train RMSE "
             f"{record.train_rmse:.4f}  {scores_text(record.metrics)}  {record.seconds:.1f}s")
+
+
+# ---------------------------------------------------------------- stored summaries
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# The counts among a held-out set's scores (train.held_out_scores); the
+# others are numbers (NaN where nothing was scored)
+_SCORE_COUNTS = ("n", "fallback", "unseen", "network_n")
+
+
+def _is_scores(v):
+    return isinstance(v, dict) and all(_is_count(x) if k in _SCORE_COUNTS else _is_number(x)
+                                       for k, x in v.items())
+
+
+# What the readers of a loaded model (GLocalK.info, the info command) take
+# from its summary, with the check of each. None is required, as files of
+# older versions hold fewer (format 2: no protocol, counts or baseline), and
+# the readers print what is there: whatever passes here, they can print.
+SUMMARY_FIELDS = {
+    "protocol": (lambda v: isinstance(v, str), "a text"),
+    "val_model": (lambda v: isinstance(v, str), "a text"),
+    "epochs_run": (lambda v: isinstance(v, dict) and all(
+        k in STAGES and _is_count(n) for k, n in v.items()), "a map of stages to epoch counts"),
+    "val": (_is_scores, "a map of score names to numbers"),
+    "test": (_is_scores, "a map of score names to numbers"),
+    "baseline": (lambda v: isinstance(v, dict) and all(
+        k in ("val", "test") and _is_scores(x) for k, x in v.items()),
+                 "a map of held-out sets to scores"),
+}
+
+
+def summary_problem(summary):
+    """What is wrong with a stored summary (a dict), naming its first field
+    that the readers could not use, or None."""
+    for name, (ok, expected) in SUMMARY_FIELDS.items():
+        if name in summary and not ok(summary[name]):
+            return f"summary field {name!r} is not {expected}"
+    return None

@@ -196,13 +196,14 @@ def echo_summary(est):
     elif est.stage_ == "finetune":
         click.echo(f"selected: fine-tuning epoch {s['best_epoch']} ({s['protocol']})")
     else:
-        click.echo(f"model: the pre-trained network after {est.config.epochs_pretrain} "
-                   "epochs (no fine-tuning)")
-    for stage in s.get("stopped_early", []):
-        ran = sum(r.stage == stage for r in est.history_)
-        click.echo(f"stopped early: {STAGE_LABELS[stage]} after epoch {ran} of "
-                   f"{est.config.epochs(stage)} (no better validation RMSE in "
-                   f"{est.config.patience} epochs)")
+        click.echo(f"model: the pre-trained network after {len(est.history_)} epochs "
+                   "(no fine-tuning)")
+    for stage in s.get("stopped_early", []):     # the fit that chose (its first member's)
+        whose = f"seed {s['members'][0]['seed']}'s " if "members" in s else ""
+        where = " in the fit that chose the epochs" if "refit" in s else ""
+        click.echo(f"stopped early: {whose}{STAGE_LABELS[stage]} after epoch "
+                   f"{s['epochs_run'][stage]} of {est.config_.epochs(stage)}{where} (no better "
+                   f"validation RMSE in {est.config_.patience} epochs)")
     if s.get("large_file_settings"):
         click.echo("settings for a file this large (the ML-1M preset's where not given): "
                    + ", ".join(f"{k}={v:g}" for k, v in s["large_file_settings"].items()))
@@ -211,7 +212,8 @@ def echo_summary(est):
                    f"{1 - s['blend']:.3f} x the baseline's (fitted on the validation ratings)")
     for name in ("val", "test"):
         if name in s:
-            click.echo("  " + "\n    ".join(held_out_lines(name, s[name])))
+            click.echo("  " + "\n    ".join(held_out_lines(
+                name, s[name], s.get("val_model") if name == "val" else None)))
     for share in s.get("engine", {}).get("shares", []):
         first = share["first_evaluation_s"]
         threads = share["threads"]
@@ -227,11 +229,12 @@ def echo_summary(est):
 BASELINE_LABEL = "baseline (global mean + user and item offsets)"
 
 
-def held_out_lines(name, scores):
+def held_out_lines(name, scores, model=None):
     """A held-out set's scores over all its ratings and, where fallbacks
-    predicted some, over those the network scored."""
+    predicted some, over those the network scored; ``model`` says what
+    scored them (summary_['val_model'])."""
     lines = [scores_text({name: scores}, ("rmse", "mae", "ndcg"))
-             + f"  (all {scores['n']:,} ratings)"]
+             + f"  (all {scores['n']:,} ratings" + (f"; {model}" if model else "") + ")"]
     if scores["fallback"]:
         lines.append(f"{scores['fallback']:,} predicted by a fallback ({scores['unseen']:,} with "
                      "a user or item unseen in training); the network's "
