@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import stat
+import sys
 import tempfile
 import threading
 
@@ -95,20 +96,36 @@ def open_input(path, error):
         raise
 
 
+# The path read_text takes for standard input (a command's '-'): the name
+# its messages give it
+STDIN = "<stdin>"
+
+
+def _standard_input(error):
+    """A binary file object on a copy of standard input's descriptor (closing
+    it leaves standard input open); ``error`` if there is none."""
+    try:
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    except (AttributeError, ValueError, OSError):    # None, closed, or no descriptor
+        raise error(f"{STDIN}: standard input is closed") from None
+
+
 def check_input(path, error):
     """``error`` unless ``path`` is a regular file that can be opened."""
     open_input(path, error).close()
 
 
 def read_text(path, error, bytes_per_byte, what="text"):
-    """The bytes of the regular file ``path``, to be parsed as text whose
-    parsing needs about ``bytes_per_byte`` bytes of memory per byte read:
-    refused before reading when that exceeds this machine's memory, and
-    read in chunks that stop at a NUL byte (no text file holds one)."""
+    """The bytes of the regular file ``path`` (or, for STDIN, of standard
+    input, a pipe included), to be parsed as text whose parsing needs about
+    ``bytes_per_byte`` bytes of memory per byte read: refused before reading
+    when that exceeds this machine's memory (a pipe: once what it gave
+    does), and read in chunks that stop at a NUL byte (no text file holds
+    one)."""
     path = os.fspath(path)
     memory = physical_memory()
     limit = memory // bytes_per_byte if memory else None
-    with open_input(path, error) as f:
+    with (_standard_input(error) if path == STDIN else open_input(path, error)) as f:
         size = os.fstat(f.fileno()).st_size
         if limit is not None and size > limit:
             raise error(f"{path}: {gib(size)} of {what} would need about "
@@ -203,6 +220,26 @@ def check_target(path):
     return target
 
 
+def check_folder(path):
+    """OutputError unless ``path`` is a folder where outputs can go, or names
+    none yet and can be made (its nearest existing ancestor a folder that
+    can be written): not a file, nor a symbolic link to nothing, which
+    os.makedirs would only answer with 'File exists'."""
+    path = os.fspath(path)
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    which = "" if existing == os.path.abspath(path) else f"{shorten(existing, 200)} is "
+    if os.path.islink(existing) and not os.path.exists(existing):
+        raise OutputError(f"{shorten(path, 200)}: {which}a symbolic link to "
+                          f"{shorten(os.readlink(existing), 200)}, which does not exist")
+    if not os.path.isdir(existing):
+        raise OutputError(f"{shorten(path, 200)}: {which}not a folder")
+    if which and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{shorten(path, 200)}: cannot be made: {shorten(existing, 200)} is "
+                          "not writable")
+
+
 def check_distinct(inputs, outputs):
     """OutputError if an output is one of the inputs or two outputs are the
     same file; paths are compared resolved (symlinks) and, for existing files,
@@ -292,18 +329,23 @@ class _DroppedOnceSignalled:
 
 
 @contextlib.contextmanager
-def atomic_outputs(paths, text=False, hold=False):
+def atomic_outputs(paths, text=False, remove=(), hold=False):
     """File objects (binary, or UTF-8 text when ``text``) on fresh temporary
     files, one beside each of ``paths``' targets (all checked first), renamed
-    over them when the block succeeds and removed when it fails. ``hold``:
-    the block runs with SIGINT and SIGTERM held (held_signals), for a writer
-    whose own state a signal must not cut (np.savez's zip archive then
-    cannot be closed, and says so with a traceback when it is collected);
-    once one has come, further writes are dropped so that the block ends
-    soon, and the signal acts when it has. OSErrors name the path, not the
-    temporary file."""
+    over them when the block succeeds and removed when it fails. ``remove``:
+    files (checked as outputs are) that go when the outputs are renamed into
+    place, as one step: an output of a command that this run does not have.
+    ``hold``: the block runs with SIGINT and SIGTERM held (held_signals),
+    for a writer whose own state a signal must not cut (np.savez's zip
+    archive then cannot be closed, and says so with a traceback when it is
+    collected); once one has come, further writes are dropped so that the
+    block ends soon, and the signal acts when it has. OSErrors name the
+    path, not the temporary file."""
     paths = [os.fspath(p) for p in paths]
+    remove = [os.fspath(p) for p in remove]
     targets = [check_target(p) for p in paths]
+    for path in remove:
+        check_target(path)
     temps, files = [], []
     try:
         with held_signals():         # a temporary file is registered as soon as it exists
@@ -335,6 +377,9 @@ def atomic_outputs(paths, text=False, hold=False):
             if not caught:
                 for target, tmp in zip(targets, temps):
                     os.replace(tmp, target)
+                for path in remove:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
     except BaseException as e:
         with held_signals():       # a second signal must not leave a temporary file behind
             for f in files:

@@ -5,7 +5,7 @@ import math
 import click
 
 from ..data import PLAIN_INT, DataError, parse_decimal
-from ..safeio import OutputError, check_input, check_target, shorten
+from ..safeio import OutputError, check_folder, check_input, check_target, shorten
 from ..scale import SCALES
 from ..config import DEFAULT_PATIENCE, MAX_LAYERS, OPTIMIZERS, PRESETS, Config
 
@@ -72,15 +72,33 @@ class OutFile(click.Path):
         return super().convert(value, param, ctx)
 
 
-class InFile(click.Path):
-    """A file to read: an existing regular file (a FIFO, a device or a
-    folder would hang or mislead the reader)."""
+class OutFolder(click.Path):
+    """A folder to write in: an existing one, or one that can be made (see
+    safeio.check_folder: not under a file or a symbolic link to nothing)."""
 
     def __init__(self):
-        super().__init__(exists=True, dir_okay=False)
+        super().__init__(file_okay=False)
+
+    def convert(self, value, param, ctx):
+        try:
+            check_folder(value)
+        except OutputError as e:
+            self.fail(str(e), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class InFile(click.Path):
+    """A file to read: an existing regular file (a FIFO, a device or a
+    folder would hang or mislead the reader); '-' for standard input where
+    ``dash`` (text read by safeio.read_text, as safeio.STDIN)."""
+
+    def __init__(self, dash=False):
+        super().__init__(exists=True, dir_okay=False, allow_dash=dash)
 
     def convert(self, value, param, ctx):
         value = super().convert(value, param, ctx)
+        if value == "-" and self.allow_dash:
+            return value
         try:
             check_input(value, DataError)
         except DataError as e:
@@ -111,10 +129,11 @@ def _set_threads(ctx, param, value):
     return value
 
 
-def _hyper(flag, name, kind, text):
-    """A hyper-parameter option whose help names the Config default."""
-    return click.option(flag, name, type=kind, default=None,
-                        help=f"{text} [default: {getattr(Config, name)}, or the preset's]")
+def _hyper(flag, name, kind, text, default=None):
+    """A hyper-parameter option whose help names its default: ``default``,
+    else the Config default or the preset's."""
+    default = default or f"{getattr(Config, name)}, or the preset's"
+    return click.option(flag, name, type=kind, default=None, help=f"{text} [default: {default}]")
 
 
 SEP = click.option("--sep", help="Field separator of text files: ',', tab, '::', ';' or "
@@ -149,8 +168,9 @@ HYPER = options(
            "on large fits."),
     _hyper("--patience", "patience", Number(int, 0),
            "Early stopping: end a stage after N epochs without a better validation RMSE "
-           f"(0: off; needs a validation set) [default: {DEFAULT_PATIENCE} when fitting a "
-           "ratings file without --preset, else 0]."),
+           "(0: off; needs a validation set).",
+           f"{DEFAULT_PATIENCE} for tune's trials and for fit with a validation set and no "
+           "--preset, else 0"),
     _hyper("--scale", "scale", click.Choice(SCALES),
            "auto: train on the ratings mapped from their training range onto the 1-5 scale "
 
