@@ -1,6 +1,5 @@
 """The command line: every command through click's CliRunner, a few as real
 processes, and every kind of bad input as one `Error:` line with status 2."""
-import importlib.util
 import json
 import os
 import signal
@@ -116,6 +115,28 @@ def test_fit_default_selection_and_patience(tmp_path, files, extra, select, pati
     assert ("TEST RMSE" in data["summary"]["protocol"]) == (select == "test")
     assert ("val" in data["unseen"]) == (select == "val" or patience > 0)
     assert ("refit" in data["summary"]) == ("selection_history" in data) == refit
+
+
+def test_the_summary_names_the_run_that_stopped_and_what_scored_val(tmp_path, files):
+    """After a refit: the stopping run's epochs and the patience it used
+    (not the refit's epochs and None), and the same validation scores as
+    without a refit (the choosing fit as it predicts, blended), labelled."""
+    args = ["fit", files["train"], "--hidden", "8", "--kernel-dim", "3", "--epochs-pretrain",
+            "1", "--epochs-finetune", "30", "--iters-pretrain", "2", "--iters-finetune", "2",
+            "--patience", "2", "--quiet"]
+    refit = run(*args, "--out", tmp_path / "refit.npz").stdout.splitlines()
+    alone = run(*args, "--no-refit", "--out", tmp_path / "alone.npz").stdout.splitlines()
+    est = GLocalK.load(tmp_path / "refit.npz")
+    ran = sum(r.stage == "finetune" for r in est.selection_history_)
+    assert ran < 30 and len(est.history_) == 1 + est.best_epoch_ < 1 + ran
+    assert f"stopped early: fine-tuning after epoch {ran} of 30 in the fit that chose the " \
+        "epochs (no better validation RMSE in 2 epochs)" in refit
+    assert f"stopped early: fine-tuning after epoch {ran} of 30 (no better validation RMSE in " \
+        "2 epochs)" in alone
+    val = [line for line in refit if line.startswith("  val RMSE")]
+    assert val == [line.replace(")", ", before the refit)")
+                   for line in alone if line.startswith("  val RMSE")]
+    assert val[0].endswith("ratings; the network blended with the baseline, before the refit)")
 
 
 def test_quiet_leaves_only_the_summary(tmp_path, files):
@@ -257,6 +278,20 @@ def test_predict_pairs_with_fallbacks(tmp_path, files):
     pred, _ = GLocalK.load(files["model"]).predict(np.array([1, 999, 1]), np.array([1, 1, 999]))
     np.testing.assert_allclose([float(r[2]) for r in rows], pred, atol=1e-6)
     assert run("predict", files["model"], pairs).stdout == out.read_text()   # stdout by default
+
+
+def test_predict_reads_pairs_from_standard_input_for_dash(tmp_path, files):
+    """'-' is standard input, a pipe included, read by the rules of a file
+    (it was 'File '-' does not exist'); its messages call it <stdin>."""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user,item\n1,1\n999,1\n")
+    for args in (["-"], ["-", "--out", "-"]):
+        done = cli_process.run("predict", files["model"], *args, input=pairs.read_text())
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout == run("predict", files["model"], pairs).stdout
+    done = cli_process.run("predict", files["model"], "-", input="1,1\n2\n")
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "Error: <stdin>:2: found 1 field separated by comma, expected 2 as on line 1"]
 
 
 @pytest.mark.parametrize("text, users, items", [
@@ -415,9 +450,10 @@ def test_a_test_set_of_only_unseen_users_is_scored_by_the_fallbacks(tmp_path, fi
 def test_split_leaving_an_empty_training_set(tmp_path, frac_option):
     path = tmp_path / "two.csv"
     path.write_text("1,1,4\n2,2,3\n")
-    msg = fails("fit", path, *TINY, frac_option, "0.9")
-    assert msg.startswith(f"Error: {path}: cannot hold out frac=0.9 of 2 ratings")
-    assert "would be empty" in msg
+    held_out = "a test set" if frac_option == "--test-frac" else "a validation set"
+    assert fails("fit", path, *TINY, frac_option, "0.9") == (
+        f"Error: {path}: too few ratings to hold out {held_out}: 0.9 of 2 ratings rounds to "
+        "all 2, leaving none to train on")
 
 
 def test_missing_unreadable_and_unknown_paths(tmp_path, files):
@@ -529,6 +565,14 @@ def test_fit_seed_ensemble_reports_members_and_saves_one_model(tmp_path, files):
     assert "seed ensemble of 2 models" in out and "seed 3 alone" in out and "seed 4 alone" in out
     assert GLocalK.load(model).ensemble == 2
     assert fails("fit", files["train"], *TINY, "--ensemble", "0").startswith("Error: Invalid value")
+
+
+@pytest.mark.parametrize("command", ["fit", "tune", "predict", "recommend", "evaluate"])
+def test_each_option_s_help_names_one_default(command):
+    """--patience's showed two, one of them 'None'."""
+    options = run(command, "--help").stdout.split("\nOptions:")[1].split("\n  -")[1:]
+    assert options and all(" ".join(o.split()).count("[default:") <= 1 for o in options), options
+    assert not [o for o in options if "default: None" in " ".join(o.split())]
 
 
 def test_version_option_names_the_package_version():
@@ -653,6 +697,35 @@ def test_save_split_writes_the_ratings_fit_used(tmp_path, files):
     assert "--save-split" in fails("fit", files["train"], "--save-split", tmp_path / "file")
 
 
+def test_a_second_save_split_leaves_exactly_its_own_split(tmp_path, files):
+    """A run without a validation set removes the val.csv an earlier run
+    left (a link: the link, not the file it names), in the same step as it
+    writes the others; a split file that is an input of the run is refused
+    before anything is written."""
+    split = tmp_path / "split"
+    run("fit", files["train"], *TINY, "--test-frac", "0.2", "--save-split", split,
+        "--out", tmp_path / "m.npz", "--quiet")
+    assert sorted(p.name for p in split.iterdir()) == ["test.csv", "train.csv", "val.csv"]
+    result = run("fit", files["train"], *TINY, "--val-frac", "0", "--save-split", split,
+                 "--out", tmp_path / "m.npz", "--quiet")
+    assert "split saved in " + str(split) + ": train.csv; val.csv of an earlier run removed " \
+        "(no validation set now); test.csv of an earlier run removed (no test set now)" \
+        in result.stdout
+    assert sorted(p.name for p in split.iterdir()) == ["train.csv"]
+    assert len(read_ratings(split / "train.csv")) == len(read_ratings(files["train"]))
+    kept = tmp_path / "kept.csv"
+    kept.write_text("1,1,4\n")
+    (split / "val.csv").symlink_to(kept)
+    run("fit", files["train"], *TINY, "--val-frac", "0", "--save-split", split,
+        "--out", tmp_path / "m.npz", "--quiet")
+    assert not (split / "val.csv").is_symlink() and kept.read_text() == "1,1,4\n"
+    (split / "val.csv").write_text("1,1,4\n")
+    assert fails("fit", files["train"], *TINY, "--val-frac", "0", "--test", split / "val.csv",
+                 "--save-split", split) == \
+        f"Error: {split / 'val.csv'}: this output would replace the input {split / 'val.csv'}"
+    assert (split / "val.csv").read_text() == "1,1,4\n"
+
+
 def test_resume_goes_on_into_the_refit(tmp_path, files, monkeypatch):
     """Interrupted in the refit, the resumed fit reuses the choosing fit's
     checkpoint and the refit's epochs, and ends as an uninterrupted one."""
@@ -734,13 +807,44 @@ def test_info_describes_the_model_in_words_and_json(files):
     assert fails("info", files["train"]).endswith("not a glocalk-np file (not an npz archive)")
 
 
-def test_plot_writes_the_learning_curves_or_says_what_is_missing(tmp_path, files, monkeypatch):
-    out = tmp_path / "curve.png"
-    if importlib.util.find_spec("matplotlib") is not None:
-        epochs = len(GLocalK.load(files["model"]).history_)
-        assert f"learning curves of {epochs} epochs written" in run("plot", files["model"],
-                                                                    "--out", out).stdout
-        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_plot_shows_the_choosing_fit_its_chosen_epoch_and_the_refit(tmp_path, files,
+                                                                     monkeypatch):
+    """After a default fit (a refit): the curves of the fit that chose the
+    epoch, its validation curve among them, the chosen epoch marked, the
+    refit's curves beside them; the file's name as the title, '$' and all,
+    drawn as text (mathtext failed on 'a$\\frac{$.npz')."""
+    pytest.importorskip("matplotlib", reason="plot needs the [plot] extra (matplotlib)")
+    from matplotlib.figure import Figure
+    drawn, savefig = {}, Figure.savefig
+
+    def recorded(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        drawn.update({line.get_label(): line.get_xydata() for line in ax.get_lines()},
+                     title=ax.get_title())
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recorded)
+    model, out = tmp_path / "a$\\frac{$.npz", tmp_path / "curve.png"
+    model.write_bytes(files["model"].read_bytes())
+    est = GLocalK.load(model)
+    chose, refit = est.selection_history_, est.history_
+    assert chose is not None and all("val" in r.metrics for r in chose)
+    assert f"learning curves of {len(chose)} epochs written" in run("plot", model, "--out",
+                                                                    out).stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and drawn["title"] == model.name
+    np.testing.assert_allclose(drawn["val"][:, 1], [r.metrics["val"]["rmse"] for r in chose])
+    np.testing.assert_allclose(drawn["refit: training"][:, 1], [r.train_rmse for r in refit])
+    pre = sum(r.stage == "pretrain" for r in chose)
+    assert drawn[f"chosen: fine-tuning epoch {est.best_epoch_}"][0, 0] == pre + est.best_epoch_
+    assert drawn["fine-tuning starts"][0, 0] == pre + 0.5
+
+
+def test_plot_says_what_is_missing(tmp_path, files, monkeypatch):
+    empty = tmp_path / "empty.npz"
+    run("fit", files["train"], "--epochs-pretrain", "0", "--epochs-finetune", "0", "--out",
+        empty, "--quiet")
+    assert fails("plot", empty, "--out", tmp_path / "curve.png") == \
+        f"Error: {empty}: no epoch to plot (a model fitted with 0 epochs)"
     monkeypatch.setitem(sys.modules, "matplotlib", None)     # as if not installed
     assert fails("plot", files["model"], "--out", tmp_path / "other.png").endswith(
         "plotting needs matplotlib: pip install 'glocalk-np[plot]'")

@@ -8,6 +8,7 @@ command is byte-identical after it.
 """
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -382,7 +383,7 @@ def test_messages_name_the_problem_up_front(work):
         refused(g("fit", r, "--out", ""), "an output path is empty")
         (work / "file").write_text("")
         refused(g("fit", r, *TINY_ARGS, "--checkpoint-dir", work / "file" / "ckpt",
-                  "--out", out), "cannot create the checkpoint folder")
+                  "--out", out), "'--checkpoint-dir'", f"{work / 'file'} is not a folder")
         refused(g("fit", r, "--lambda-2", "1e308", "--out", out), "lambda_2 must be a number")
         (work / "big.csv").write_text("1,1,1e308\n1,2,3\n")
         refused(g("fit", work / "big.csv", "--out", out),
@@ -930,7 +931,7 @@ def test_every_message_names_its_file_and_stays_short(work):
         measured_refusal("recommend", "m.npz", "--users", "latin1.txt", cwd=work,
                          fragments=("latin1.txt:2: not UTF-8 text (byte 0xff)",))
         measured_refusal("fit", "field.csv", "--out", "o.npz", cwd=work,
-                         fragments=("field.csv:1: rating 'xxx",))
+                         fragments=("field.csv:1: rating of 10,485,760 characters",))
         done = g("recommend", "m.npz", "--user", "u" * 100_000, cwd=work)   # a warning quotes it
     assert done.returncode == 0
     assert [len(line) <= 600 for line in done.stderr.splitlines()] == [True], done.stderr[:300]
@@ -1169,3 +1170,77 @@ def test_double_ctrl_c_while_a_large_model_is_saved(tmp_path):
             modelfile.read(tmp_path / "out.npz", modelfile.MODEL)      # the new one, whole
         outcomes.append((proc.returncode, intact))
     assert (130, True) in outcomes, outcomes       # at least once the save itself was cut
+
+
+def test_a_save_split_or_checkpoint_folder_that_is_a_dangling_link_is_named(work):
+    """os.makedirs answers a link to nothing with 'File exists': refused up
+    front, naming the option and the link (also where it is an ancestor)."""
+    (work / "gone").symlink_to(work / "nowhere")
+    with unchanged(work):
+        for option, folder in (("--save-split", "gone"), ("--save-split", "gone/sub"),
+                               ("--checkpoint-dir", "gone")):
+            line = refused(g("fit", "r.csv", *TINY_ARGS, option, folder, "--out", "x.npz",
+                             cwd=work), f"'{option}'", f"{folder}: ")
+            assert line.endswith(f"a symbolic link to {work / 'nowhere'}, which does not exist")
+    assert not (work / "x.npz").exists()
+
+
+def _format_2(src, dst, summary):
+    """``src`` as a format-2 file held it: no blend weight, no seen pattern,
+    'dropped' for 'unseen', and ``summary``."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("seen/")}
+    meta = json.loads(str(arrays["meta"]))
+    meta.pop("blend")
+    meta["dropped"] = meta.pop("unseen")
+    arrays.update(format_version=np.int64(2), meta=np.array(json.dumps({**meta,
+                                                                         "summary": summary})))
+    with open(dst, "wb") as f:
+        np.savez(f, **arrays)
+    return dst
+
+
+def test_info_and_plot_print_a_format_2_file(work):
+    """Format 2 summaries held three scores and no protocol: the loader takes
+    the file, so info and plot print it (they ended in a KeyError)."""
+    old = _format_2(work / "m.npz", work / "old.npz",
+                    {"select": "last", "best_epoch": 2, "test": {"rmse": 1.2, "mae": 0.9,
+                                                                 "ndcg": 0.8}})
+    done = g("info", old)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = {line[:16].strip(): line[17:] for line in done.stdout.splitlines()}
+    assert lines["file"].endswith("(format version 2)")
+    assert lines["epoch chosen by"] == "-" and lines["test scores"] == "RMSE 1.2000 MAE 0.9000"
+    assert json.loads(g("info", old, "--json").stdout)["scores"] == {
+        "test": {"rmse": 1.2, "mae": 0.9, "ndcg": 0.8}}
+    if importlib.util.find_spec("matplotlib") is not None:
+        done = g("plot", old, "--out", work / "old.png")
+        assert done.returncode == 0 and (work / "old.png").exists(), done.stderr
+
+
+# Summaries the loader takes (every field optional, each of its type) and
+# those it refuses, naming the field: nothing between that info cannot print
+@pytest.mark.parametrize("summary, problem", [
+    ({}, None),
+    ({"val": {}, "test": {"rmse": float("nan")}, "baseline": {}}, None),
+    ({"val": {"rmse": 1, "n": 3}, "baseline": {"val": {"mae": 0.5}}, "protocol": ""}, None),
+    ({"val": {"rmse": "1.0"}}, "summary field 'val' is not a map of score names to numbers"),
+    ({"test": {"n": -1}}, "summary field 'test' is not a map of score names to numbers"),
+    ({"test": [1.0]}, "summary field 'test' is not a map of score names to numbers"),
+    ({"baseline": []}, "summary field 'baseline' is not a map of held-out sets to scores"),
+    ({"baseline": {"val": 3}}, "summary field 'baseline' is not a map of held-out sets"),
+    ({"protocol": 5}, "summary field 'protocol' is not a text"),
+    ({"epochs_run": {"pretrain": True}}, "summary field 'epochs_run' is not a map of stages"),
+])
+def test_info_prints_every_summary_the_loader_takes(work, summary, problem):
+    bad = rewrite(work / "m.npz", work / "x.npz", meta={"summary": summary})
+    for args in (["info"], ["info", "--json"], ["plot", "--out", str(work / "x.png")]):
+        if args[0] == "plot" and importlib.util.find_spec("matplotlib") is None:
+            continue
+        result = CliRunner().invoke(cli, [args[0], str(bad), *args[1:]])
+        if problem is None:
+            assert result.exit_code == 0 and result.stderr == "", result.output
+        else:
+            lines = result.stderr.splitlines()
+            assert result.exit_code == 2 and len(lines) == 1, result.output
+            assert lines[0].startswith(f"Error: {bad}: metadata {problem}"), lines
