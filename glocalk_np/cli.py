@@ -21,7 +21,6 @@ progress, summaries).
 import contextlib
 import csv
 import json
-import logging
 import os
 import time
 from dataclasses import asdict
@@ -30,18 +29,20 @@ import click
 import numpy as np
 
 from . import __version__, datasets, metrics
-from .engines import DEVICES, EngineFailure
+from .engines import DEVICES
 from .data import (DataError, as_ids, concatenate, random_split, ratings_csv, read_any, read_ids,
                    read_pairs, read_ratings)
 from .estimator import MAX_ENSEMBLE, GLocalK, checkpoint_name, stored
 from .gradcheck import TOLERANCE, check_gradients
-from .safeio import atomic_outputs, check_distinct, parse_json, read_text, shorten
+from .safeio import STDIN, atomic_outputs, check_distinct, parse_json, read_text, shorten
+from .records import epoch_line
 from .synthetic import low_rank_ratings
 from .config import DEFAULT_PATIENCE, DEFAULT_VALIDATION, SELECTIONS, Config, default_selection
 from .tune import METRICS as TUNE_METRICS
 from .console.output import (STAGE_LABELS, check_outputs, echo_summary, human_text_to_stderr,
                              jsonable, output, train_model, write_csv_blocks, write_json)
-from .console.params import HYPER, INPUT, Number, OutFile, QUIET, SEED, SEP, THREADS
+from .console.params import (HYPER, INPUT, InFile, Number, OutFile, OutFolder, QUIET, SEED, SEP,
+                             THREADS)
 from .console.process import Main
 
 # Rows of predict --all's CSV built at a time (each row costs ~300 bytes as
@@ -81,7 +82,7 @@ def _training_data(ratings, sep, test_path, test_frac, seed):
     if test_path:
         test = read_test(test_path, sep)
     elif test_frac:
-        train, test = random_split(train, test_frac, seed)
+        train, test = random_split(train, test_frac, seed, "a test set")
     return train, test, index, preset
 
 
@@ -93,6 +94,7 @@ def ratings_inputs(ratings):
 
 
 SPLIT_FILES = ("train", "val", "test")
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 
 def split_paths(folder):
@@ -114,13 +116,21 @@ def echo_data(train, val, test):
 
 
 def save_split(folder, splits):
-    """The ratings of each split as FILE.csv in ``folder``, written together."""
+    """The ratings of each split as NAME.csv in ``folder``, written together.
+    The folder then holds exactly this run's split: the NAME.csv of a split
+    it does not have (an earlier run's val.csv) goes in the same step, as
+    the others are renamed into place (fit has checked that none of the
+    three is an input)."""
     present = {name: r for name, r in zip(SPLIT_FILES, splits) if r is not None}
-    with atomic_outputs([os.path.join(folder, f"{name}.csv") for name in present],
-                        text=True) as files:
+    stale = [name for name in SPLIT_FILES if name not in present
+             and os.path.lexists(os.path.join(folder, f"{name}.csv"))]
+    with atomic_outputs([os.path.join(folder, f"{name}.csv") for name in present], text=True,
+                        remove=[os.path.join(folder, f"{name}.csv") for name in stale]) as files:
         for f, ratings in zip(files, present.values()):
             f.write(ratings_csv(ratings))
-    click.echo(f"split saved in {folder}: {', '.join(f'{n}.csv' for n in present)}")
+    click.echo(f"split saved in {folder}: {', '.join(f'{n}.csv' for n in present)}"
+               + "".join(f"; {n}.csv of an earlier run removed (no {SPLIT_WORDS[n]} set now)"
+                         for n in stale))
 
 
 FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
@@ -142,9 +152,11 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
               help="Shrink the network's predictions toward the baseline predictor's by the "
                    "weight that fits the validation ratings best [default: on with a "
                    "validation set and no --preset].")
-@click.option("--save-split", "split_dir", type=click.Path(file_okay=False),
+@click.option("--save-split", "split_dir", type=OutFolder(),
               help="Write the train, validation and test ratings fit used as train.csv, "
-                   "val.csv and test.csv in this folder (made if missing).")
+                   "val.csv and test.csv in this folder (made if missing); one of them "
+                   "that this run has no set for is removed, so that the folder holds "
+                   "exactly this run's split.")
 @click.option("--select", type=click.Choice(SELECTIONS),
               help="Which fine-tuning epoch to keep: best val RMSE, best TEST RMSE (the "
                    "paper's protocol; optimistic) or the last [default: val with a validation "
@@ -163,7 +175,7 @@ FRACTION = Number(float, 0, 1, min_open=True, max_open=True)
               help="Write config, summary, per-epoch history (of a refit, and of the fit "
                    "that chose its epochs), unseen counts and seconds here "
                    "('-': standard output).")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False),
+@click.option("--checkpoint-dir", type=OutFolder(),
               help="Save a checkpoint after every epoch in this folder.")
 @click.option("--resume", is_flag=True, help="Go on from the checkpoint in --checkpoint-dir.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
@@ -217,28 +229,11 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
                                   "unseen": est.unseen_, "seconds": seconds})
 
 
-@contextlib.contextmanager
 def dask_client(scheduler, local_workers):
-    """A dask.distributed Client, the current one while the block runs: on
-    the scheduler at ``scheduler``, or on a cluster of ``local_workers``
-    worker processes here (the cores shared among them)."""
-    try:
-        from distributed import Client
-    except ImportError as e:
-        raise click.UsageError(f"--device dask needs dask.distributed ({e}): "
-                               "pip install 'glocalk-np[dask]'") from None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s", direct_to_workers=True)
-        except (OSError, TimeoutError) as e:
-            raise EngineFailure(f"cannot reach the Dask scheduler {scheduler}: {e}") from None
-        with client:
-            yield client
-        return
-    from .engines.cluster import local_cluster
-    with local_cluster(local_workers, silence_logs=logging.ERROR) as local, \
-            Client(local, direct_to_workers=True) as client:
-        yield client
+    """cluster.connect's Client for --scheduler or --local-workers,
+    imported here so that other commands never load the engine."""
+    from .engines.cluster import connect
+    return connect(scheduler, local_workers)
 
 
 def _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select, preset, seed,
@@ -334,7 +329,10 @@ SETTINGS_BYTES_PER_BYTE = 20
 @click.option("--val-frac", type=FRACTION, default=DEFAULT_VALIDATION, show_default=True,
               help="Fraction of the training ratings every trial is scored on.")
 @click.option("--budget", type=Number(float, 0, 1e7, min_open=True),
-              help="Minutes: start no trial that would end after them [default: 60 without "
+              help="Minutes the search keeps to: no trial starts that the mean trial so far "
+                   "says would end after them, and a trial stops at the end of an epoch when "
+                   "the next, taking as long, would (it keeps its best epoch so far; the "
+                   "first epoch and the set-up before it always run) [default: 60 without "
                    "--trials].")
 @click.option("--trials", type=Number(int, 1), help="Number of trials.")
 @click.option("--metric", type=click.Choice(TUNE_METRICS), default="rmse", show_default=True,
@@ -354,14 +352,16 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, metric, preset
     Random settings of lambda_2, lambda_s, dot_scale, the hidden width and the
     epoch budgets (the first trial: the preset's or the defaults), each fitted
     with early stopping (--patience, default 5) and scored on the validation
-    ratings; a ranked table at the end, the best settings in --out for
-    `glocalk-np fit RATINGS --config FILE`. Trials that fail are recorded.
+    ratings; a line per epoch and per trial as they run, a ranked table at
+    the end, the best settings in --out for `glocalk-np fit RATINGS --config
+    FILE`. Trials that fail are recorded.
     """
     from . import tune as search
     check_outputs([*ratings_inputs(ratings), test_path], [out])
     with human_text_to_stderr(out == "-"):
-        train, _, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
-        train, val = random_split(train, val_frac, seed + 1)
+        train, test, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
+        train, val = random_split(train, val_frac, seed + 1, "a validation set")
+        echo_data(train, val, test)       # before the first trial's first epoch, which may be long
         patience = hyper.pop("patience")
         base = Config.from_preset(preset or dataset, seed=seed, **hyper)
         budget_s = 60 * budget if budget is not None else None if trials else 3600
@@ -370,9 +370,13 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, metric, preset
             if not quiet:
                 click.echo(_trial_line(t, metric))
 
+        def epoch(number, record, epochs):
+            if not quiet:
+                click.echo(f"trial {number:3d}  {epoch_line(record, epochs)}")
+
         ranked = search.tune(train, val, base, trials=trials, budget_s=budget_s, seed=seed,
                              patience=DEFAULT_PATIENCE if patience is None else patience,
-                             index=index, callback=report, metric=metric)
+                             index=index, callback=report, on_epoch=epoch, metric=metric)
         label = "validation RMSE" if metric == "rmse" else f"validation {metric}"
         click.echo(f"\n{len(ranked)} trials, ranked by {label}:")
         for t in ranked[:10]:
@@ -380,6 +384,9 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, metric, preset
         best = ranked[0]
         if best.val_rmse is None:
             raise ValueError("every trial failed; nothing to write")
+        if best.score is None:
+            raise ValueError(f"no trial ran to its end within the budget of {budget_s / 60:g} "
+                             f"minutes to be scored by {metric}: give more --budget")
         if best.last_epoch_best:
             click.echo(f"Warning: the best trial's best fine-tuning epoch is the last of its "
                        f"budget ({best.best_epoch}): a larger --epochs-finetune may do better",
@@ -398,9 +405,11 @@ def _trial_line(t, metric="rmse"):
             f"{s['dot_scale']:6.3f}  hidden {s['n_hidden']:3d}  epochs {s['epochs_pretrain']:2d}/"
             f"{s['epochs_finetune']:2d}")
     result = (f"val RMSE {t.val_rmse:.4f}"
-              + (f" {metric} {t.score:.4f}" if metric != "rmse" else "")
+              + (f" {metric} {t.score:.4f}" if metric != "rmse" and t.score is not None else "")
               + f" (pre {t.epochs_pretrain}, fine best {t.best_epoch}"
-              + ("=last" if t.last_epoch_best else "") + f")  top-10 coverage {t.coverage:.0%}"
+              + ("=last" if t.last_epoch_best else "") + ")"
+              + ("  stopped at the budget" if t.stopped else
+                 f"  top-10 coverage {t.coverage:.0%}")
               if t.val_rmse is not None else f"failed: {t.error}")
     return f"trial {t.number:3d}  {what}  {result}  {t.seconds:.0f}s"
 
@@ -410,16 +419,22 @@ def _trial_line(t, metric="rmse"):
 @click.option("--out", type=OutFile(), required=True, help="The PNG file to write.")
 def plot(model, out):
     """A PNG of MODEL's learning curves: the RMSE after every epoch on the
-    training ratings and on each held-out set fit scored (needs matplotlib:
-    pip install 'glocalk-np[plot]')."""
+    training ratings and on each held-out set fit scored, the chosen
+    fine-tuning epoch marked; after a refit, the curves of the fit that
+    chose the epochs (its validation curve) and the refit's, dashed (needs
+    matplotlib: pip install 'glocalk-np[plot]')."""
     check_outputs([model], [out])
     from .curves import plot_history
     est = GLocalK.load(model)
+    chose = est.selection_history_ or est.history_
+    if not chose:
+        raise click.UsageError(f"{model}: no epoch to plot (a model fitted with 0 epochs)")
     try:
-        plot_history(est.history_, out, title=os.path.basename(model))
+        plot_history(chose, out, title=os.path.basename(model), chosen=est.best_epoch_,
+                     refit=est.history_ if est.selection_history_ else None)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    click.echo(f"learning curves of {len(est.history_)} epochs written to {out}")
+    click.echo(f"learning curves of {len(chose)} epochs written to {out}")
 
 
 @cli.command()
@@ -445,15 +460,16 @@ def similar(model, item, top, as_json):
 @click.argument("model", type=INPUT)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface; put a proxy in front).")
-@click.option("--port", type=Number(int, 0), default=8000, show_default=True,
+@click.option("--port", type=Number(int, 0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free one).")
 def serve(model, host, port):
     """Serve MODEL over HTTP as JSON until interrupted: /recommend, /predict,
     /similar, /info and /health (GET with query parameters or POST with a
     JSON object; see the README). The file is checked at start; when it is
-    replaced (e.g. by `update` or a new `fit --out`), the next request loads
-    the new one, and keeps the old one if the new one is unusable. The same
-    application runs under any WSGI server: glocalk_np.serve.ModelServer."""
+    replaced (e.g. by `update` or a new `fit --out`), a request at least a
+    second after the last look sees it and the new one loads in the
+    background, swapped in if usable. The same application runs under any
+    WSGI server: glocalk_np.serve.ModelServer."""
     from .serve import run as run_server
     try:
         run_server(model, host, port, ready=lambda url: click.echo(
@@ -488,11 +504,16 @@ def info(model, as_json):
                          + (f", blended with the baseline by {net['blend']:.3f}"
                             if net["blend"] is not None else "")),
              ("epoch chosen by", result["protocol"] or "-")]
-    for name, scores in result["scores"].items():
+    for name, scores in result["scores"].items():     # as much as the file holds
         base = result["baseline"].get(name, {})
-        lines.append((f"{name} scores", f"RMSE {scores['rmse']:.4f} MAE {scores['mae']:.4f} on "
-                                         f"{scores['n']:,} ratings"
-                      + (f" (baseline RMSE {base['rmse']:.4f})" if base else "")))
+        parts = [f"{k.upper()} {scores[k]:.4f}" for k in ("rmse", "mae") if k in scores]
+        if "n" in scores:
+            parts.append(f"on {scores['n']:,} ratings")
+        if "rmse" in base:
+            parts.append(f"(baseline RMSE {base['rmse']:.4f})")
+        if name == "val" and result["val_model"]:
+            parts.append(f"({result['val_model']})")
+        lines.append((f"{name} scores", " ".join(parts) or "-"))
     for label, text in lines:
         click.echo(f"{label:<16} {text}")
 
@@ -540,7 +561,7 @@ def evaluate(model, test, sep, k, as_json):
 
 @cli.command()
 @click.argument("model", type=INPUT)
-@click.argument("pairs", type=INPUT, required=False)
+@click.argument("pairs", type=InFile(dash=True), required=False)
 @click.option("--all", "all_pairs", is_flag=True, help="Every known user x item pair.")
 @click.option("--out", type=OutFile(dash=True),
               help="Output file [default: stdout; also '-']. With --all, NAME.npy gets the "
@@ -549,8 +570,8 @@ def evaluate(model, test, sep, k, as_json):
 def predict(model, pairs, all_pairs, out, sep):
     """Predicted ratings for user, item pairs, as CSV.
 
-    Writes user,item,prediction,fallback for each line of PAIRS (further
-    columns are ignored). The fallback says where the network could not be
+    Writes user,item,prediction,fallback for each line of PAIRS, a file or
+    '-' for standard input (further columns are ignored). The fallback says where the network could not be
     used: item_mean (damped) for a user without training ratings, global_mean
     when the item has none either or is unknown.
 
@@ -567,7 +588,7 @@ def predict(model, pairs, all_pairs, out, sep):
     check_outputs([model, pairs], [out, *id_files])
     est = GLocalK.load(model)
     if pairs is not None:
-        users, items = read_pairs(pairs, sep)
+        users, items = read_pairs(STDIN if pairs == "-" else pairs, sep)
         pred, fallback = est.predict(users, items)
         write_csv_blocks(out, ("user", "item", "prediction", "fallback"), (
             (users[k:k + CSV_BLOCK_ROWS], items[k:k + CSV_BLOCK_ROWS],

@@ -18,7 +18,7 @@ from . import foldin, inference, metrics, modelfile
 from . import train as training
 from .engines import DEVICES, make_engine
 from .data import (DataError, DataWarning, Index, Ratings, _positions, as_ids, concatenate,
-                   random_split, subset, table_columns)
+                   ids_in_kind, random_split, subset, table_columns)
 from .baseline import Baseline, blend_weight
 from .fallback import NETWORK, Fallback
 from .scale import RatingScale
@@ -29,7 +29,7 @@ from .schema import (field, is_fingerprint, is_weight, pack_ids, pack_matrix, pa
 from .params import layer_count, user_axes
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, PRESETS, PROTOCOLS, SELECTIONS,
                      Config, check_problem, default_selection, own_file_config)
-from .records import Member, TrainState, epoch_line
+from .records import Member, TrainState, epoch_line, summary_problem
 from .train import EvalSet
 
 
@@ -186,8 +186,11 @@ class GLocalK:
         ['stopped_early'] names the stages, ['epochs_run'] counts them). With
         refit, each model is then trained again, from its initialisation, on
         the training and validation ratings together for the epochs chosen
-        (summary_['refit']); its test scores are the refit model's, its val
-        scores the choosing fit's. Every rating given to fit counts as seen:
+        (summary_['refit'], and selection_history_ the choosing fit's
+        history); its test scores are the refit model's, its val scores the
+        choosing fit's. Either way the val scores are those of the model as
+        it predicts (an ensemble's mean, blended), and summary_['val_model']
+        says so in words. Every rating given to fit counts as seen:
         recommend leaves it out. ``callback(record, state)`` runs after every
         epoch. With ``checkpoint_dir`` every epoch ends with an atomic write
         of ``checkpoint.npz`` there (``checkpoint-k.npz`` for the k-th member
@@ -217,9 +220,14 @@ class GLocalK:
         self.blend_ = None
         first = self._train(train, {"test": test, "val": val}, index, configs, select, callback,
                             checkpoint_dir, resume, "")
+        self._set_fitted(first)
         if blend:             # fitted on the choosing fit's validation predictions
-            self._set_fitted(first)
             self.blend_ = self._blend_weight(first.evals["val"])
+        # The model as it predicts (the members' mean, the blend) scores val before a
+        # refit, which trains on val, replaces it: the same scores with a refit or without
+        as_predicted = self.ensemble > 1 or blend
+        val_scores = self._score({"val": first.evals["val"]}) \
+            if as_predicted and "val" in first.evals else {}
         final = first
         if refit:
             both = concatenate(train, val)
@@ -247,12 +255,15 @@ class GLocalK:
             self.summary_["refit"] = {"ratings": len(both),
                                       "epochs_pretrain": configs[0].epochs_pretrain,
                                       "epochs_finetune": configs[0].epochs_finetune}
-            self.selection_history_ = chosen.history
-        if self.ensemble > 1 and refit:   # the choosing fits' models are gone: their val
-            self.summary_.pop("val", None)  # scores are per member
-        if self.ensemble > 1 or blend:      # the model as it predicts
-            self.summary_.update(self._score({k: v for k, v in final.evals.items()
-                                              if k in self.summary_}))
+        self.selection_history_ = chosen.history if refit else None   # the refit's is history_
+        if as_predicted:
+            self.summary_.update(val_scores, **self._score({k: v for k, v in final.evals.items()
+                                                            if k == "test"}))
+        if "val" in self.summary_:
+            self.summary_["val_model"] = (
+                ("the members' mean" if self.ensemble > 1 else "the network")
+                + (" blended with the baseline" if blend else " alone")
+                + (", before the refit" if refit else ""))
         if blend:
             self.summary_["blend"] = self.blend_
         large = {k: getattr(config, k) for k in PRESETS["ml-1m"]
@@ -282,7 +293,7 @@ class GLocalK:
             frac = DEFAULT_VALIDATION if self.preset is None else 0.0
         if frac == 0:
             return train, None
-        return random_split(train, frac, self.config.seed + 1)
+        return random_split(train, frac, self.config.seed + 1, "a validation set")
 
     def _fit_settings(self, val, select, test, n_ratings):
         """(the Config to train with, the selection rule, whether to refit,
@@ -767,24 +778,18 @@ class GLocalK:
         low, high = self.rating_range_
         outside = np.flatnonzero((ratings.values < low) | (ratings.values > high))
         if outside.size:
-            raise DataError(f"{ratings.source}: row {outside[0]}: rating "
+            raise DataError(f"{ratings.where(outside[0])}: rating "
                             f"{ratings.values[outside[0]]:g} is outside the model's training "
                             f"range [{low:g}, {high:g}]; refit to use it")
-        # ids in the model's own kind: known ones as stored, new items' as int or text
-        i, item_known = _positions(self.index_.items, ratings.items)
-        items = self.index_.items[i].copy()
-        fresh = ratings.items[~item_known]
-        if self.index_.items.dtype.kind == "i" and fresh.dtype.kind != "i":
-            raise DataError(f"{ratings.source}: new item id {shorten(repr(fresh.tolist()[0]))} "
-                            "is not an integer like the model's item ids")
-        items[~item_known] = fresh if items.dtype.kind == "i" else fresh.astype(str)
+        items, _ = ids_in_kind(self.index_.items, ratings, "item")   # as the model has them
         # the last check before the model changes
-        new_users = self._add_users(ratings.users, ratings.source) if fold_in else 0
+        new_users = self._add_users(ratings) if fold_in else 0
         u, user_known = _positions(self.index_.users, ratings.users)
         if not user_known.all():
-            warnings.warn(f"{ratings.source}: {np.count_nonzero(~user_known)} ratings by users "
-                          "the model does not know were skipped (first: "
-                          f"{shorten(repr(ratings.users[~user_known].tolist()[0]))}); new "
+            first = np.flatnonzero(~user_known)[0]
+            warnings.warn(f"{ratings.where(first)}: {np.count_nonzero(~user_known)} ratings by "
+                          "users the model does not know were skipped (first: "
+                          f"{shorten(repr(ratings.users[first]))}); new "
                           "users need a refit or update's fold-in", DataWarning)
         # held ids from here on (Ratings.checked): as the model has them
         ratings = subset(Ratings.checked(self.index_.users[u], items, ratings.values,
@@ -819,18 +824,16 @@ class GLocalK:
                                                                           ratings.users)))
         return counts
 
-    def _add_users(self, users, source):
-        """Add the ``users`` the index lacks, in every member: a zero row of
-        the input layer's W (and the mean row of its U), the mean output
-        column, kernel vector and bias of the known users; the index, the
-        training matrix and seen_ get their columns (update then sets the
+    def _add_users(self, ratings):
+        """Add the users of ``ratings`` the index lacks, in every member: a
+        zero row of the input layer's W (and the mean row of its U), the mean
+        output column, kernel vector and bias of the known users; the index,
+        the training matrix and seen_ get their columns (update then sets the
         training data). Returns how many."""
-        fresh = np.setdiff1d(users, self.index_.users)
+        users, known = ids_in_kind(self.index_.users, ratings, "user")
+        fresh = np.unique(users[~known])
         if not fresh.size:
             return 0
-        if (self.index_.users.dtype.kind == "i") != (fresh.dtype.kind == "i"):
-            raise DataError(f"{source}: new user id {shorten(repr(fresh.tolist()[0]))} is not "
-                            "of the kind of the model's user ids (integer or text)")
         ids = np.union1d(self.index_.users, fresh)
         old = np.searchsorted(ids, self.index_.users)          # old user -> new position
         for m in self.members_:
@@ -889,6 +892,8 @@ class GLocalK:
                 "history": [asdict(r) for r in self.history_],
                 "members": [{"seed": m.seed, "params": list(m.params), "stage": m.stage,
                              "best_epoch": m.best_epoch} for m in others]}
+        if getattr(self, "selection_history_", None):     # plot shows the choosing curves
+            meta["selection_history"] = [asdict(r) for r in self.selection_history_]
         modelfile.write(path, modelfile.MODEL, arrays, meta)
 
     @classmethod
@@ -914,7 +919,12 @@ class GLocalK:
         first = model.members_[0]
         first.history = model.history_
         model.params_, model.stage_, model.best_epoch_ = first.params, first.stage, first.best_epoch
+        model.selection_history_ = read_history(f, config, "selection_history") \
+            if "selection_history" in f.meta else None     # a refit's choosing fit
         model.summary_ = field(f, "summary", lambda v: isinstance(v, dict), "an object")
+        problem = summary_problem(model.summary_)
+        if problem:                                     # info and plot would stumble on it
+            raise f.error(f"metadata {problem}")
         model.blend_ = field(f, "blend", is_weight, "null or a number in [0, 1]") \
             if "blend" in f.meta else None                # format 2: no blend
         counts = "unseen" if "unseen" in f.meta else "dropped"    # format 2 before 0.2: dropped
@@ -929,7 +939,9 @@ class GLocalK:
         """What the model holds, as a JSON-able dict: its file and format
         version (when loaded), preset and settings, the data it was fitted
         on, its network (stage, epoch, members, blend weight, parameter
-        count), how the epoch was chosen and the scores fit reported."""
+        count), how the epoch was chosen and the scores fit reported (what
+        scored val in words: val_model). Older files hold fewer scores, and
+        fields they lack are None or empty."""
         self._check_fitted()
         R = self.train_matrix_
         s = self.summary_
@@ -945,7 +957,7 @@ class GLocalK:
                         "parameters": int(sum(np.size(v) for v in self.params_.values()))},
             "protocol": s.get("protocol"), "epochs_run": s.get("epochs_run"),
             "scores": {name: s[name] for name in ("val", "test") if name in s},
-            "baseline": s.get("baseline", {}),
+            "val_model": s.get("val_model"), "baseline": s.get("baseline", {}),
         }
 
 
