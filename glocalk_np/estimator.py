@@ -377,19 +377,23 @@ class GLocalK:
         self.best_epoch_, self.history_ = first.best_epoch, first.history
 
     def _fit_member(self, config, R, evals, select, callback, checkpoint, state):
-        """Train the model of ``config`` from ``state`` (None: afresh) and
-        keep the epoch ``select`` picks."""
+        """Train the model of ``config`` from ``state`` (None: afresh; else
+        ``checkpoint``'s) and keep the epoch ``select`` picks."""
+        engine = self._model_engine()
+        if state is not None:
+            checkpoint.check_spread(engine.spread())
+
         def on_epoch(record, state):
             if self.verbose:
                 print(("" if self.ensemble == 1 else f"seed {config.seed}  ")
                       + epoch_line(record, config.epochs(record.stage)), flush=True)
             if checkpoint is not None:
-                checkpoint.save(state)
+                checkpoint.save(state, engine.spread())
             if callback is not None:
                 callback(record, state)
 
         state = training.fit(R, config, evals=evals, callback=on_epoch,
-                             state=state, engine=self._model_engine())
+                             state=state, engine=engine)
         if "last" in state.best:
             best_epoch, params = training.selected(state, select)
             stage = "finetune"
@@ -1062,6 +1066,7 @@ class Checkpoint:
     def __init__(self, path, config, fingerprint, shape):
         self.path, self.config, self.fingerprint = Path(path), config, fingerprint
         self.shape = tuple(shape)
+        self.spread = None          # the loaded checkpoint's (load, check_spread)
 
     def check_writable(self):
         """ValueError now, before any training, if the checkpoint could not
@@ -1073,9 +1078,10 @@ class Checkpoint:
                               f"{e.strerror}") from None
         check_target(self.path)
 
-    def save(self, state):
+    def save(self, state, spread=None):
         """Write ``state`` atomically: an interruption keeps the previous epoch's
-        file. The Numba thread count is recorded: parallel sums depend on it."""
+        file. The Numba thread count and the engine's ``spread`` (Engine.spread)
+        are recorded: the order of the sums depends on them."""
         arrays = pack_params("param/", state.params)
         best = {}
         for sel, pick in state.best.items():
@@ -1085,7 +1091,8 @@ class Checkpoint:
                 arrays.update(pack_params(f"best/{sel}/", pick.params))
         meta = {"config": self.config.as_dict(), "fingerprint": self.fingerprint,
                 "params": list(state.params), "best": best, "threads": numba.get_num_threads(),
-                "history": [asdict(r) for r in state.history]}
+                "history": [asdict(r) for r in state.history],
+                **({"spread": spread} if spread else {})}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         modelfile.write(self.path, modelfile.CHECKPOINT, arrays, meta)
 
@@ -1131,5 +1138,16 @@ class Checkpoint:
                           f"{numba.get_num_threads()} (--threads): parallel sums round "
                           "differently, so the result will differ slightly from an "
                           "uninterrupted run", DataWarning)
+        spread = f.meta.get("spread")
+        self.spread = spread if isinstance(spread, str) else None
         f.check_all_read()
         return TrainState(params, history, best)
+
+    def check_spread(self, spread):
+        """A DataWarning if the loaded checkpoint was written on another
+        spread of the sums than ``spread`` (Engine.spread)."""
+        if spread != self.spread:
+            warnings.warn(f"{self.path}: written on {self.spread or 'one process'}, resumed on "
+                          f"{spread or 'one process'}: the sums are split by worker and "
+                          "added in worker order, so the result will differ slightly from an "
+                          "uninterrupted run", DataWarning)

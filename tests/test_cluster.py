@@ -27,7 +27,7 @@ distributed = pytest.importorskip("distributed", reason="dask.distributed is not
 from glocalk_np.config import Config  # noqa: E402
 from glocalk_np.engines import EngineFailure, make_engine  # noqa: E402
 from glocalk_np import lbfgsb  # noqa: E402
-from glocalk_np.engines.cluster import DaskEngine, Ref  # noqa: E402
+from glocalk_np.engines.cluster import DaskEngine, Ref, usable_cpus  # noqa: E402
 from glocalk_np.engines.cpu import CpuEngine  # noqa: E402
 from glocalk_np.estimator import GLocalK  # noqa: E402
 from glocalk_np.params import STAGES, flatten, optimised  # noqa: E402
@@ -227,7 +227,7 @@ def test_fit_on_local_workers_from_the_command_line(tmp_path):
 
 
 def test_local_workers_get_their_share_of_blas_threads_and_the_environment_is_restored():
-    from glocalk_np.engines.cluster import BLAS_THREAD_VARIABLES, local_cluster, usable_cpus
+    from glocalk_np.engines.cluster import BLAS_THREAD_VARIABLES, local_cluster
     before = {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES}
     want = before["OPENBLAS_NUM_THREADS"] or str(max(1, usable_cpus() // 2))
     with local_cluster(2, silence_logs=40) as cluster, distributed.Client(cluster) as c:
@@ -261,7 +261,6 @@ def one_line(done, status, *parts):
 @pytest.mark.parametrize("count", ["many", "1000", "0", "-1"])
 def test_local_workers_beyond_the_cpus_or_below_one_are_refused_before_any_process_starts(
         ratings_file, count):
-    from glocalk_np.engines.cluster import usable_cpus
     count = str(usable_cpus() + 1) if count == "many" else count
     done = cli_process.run(*FIT, "--local-workers", count, cwd=ratings_file, timeout=60)
     one_line(done, 2, "--local-workers", count)
@@ -354,3 +353,23 @@ def test_a_scheduler_killed_during_a_fit_ends_it_in_one_line_naming_the_checkpoi
     done = subprocess.CompletedProcess(fit.args, fit.returncode, "", err)
     one_line(done, 1, f"lost the Dask scheduler {address}",
              "the last completed epoch is saved in c: --resume goes on from it")
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="two local workers need two CPUs")
+def test_resuming_on_another_worker_count_warns_that_the_result_will_differ(ratings_file):
+    """The shares' sums are added in share order: a checkpoint written on
+    2 workers and resumed on 1 (here one whose epochs are all done, so that
+    only the check runs) says so in one line."""
+    fit = [*FIT, "--epochs-pretrain", "1", "--epochs-finetune", "1", "--val-frac", "0",
+           "--checkpoint-dir", "c"]
+    first = cli_process.run(*fit, "--local-workers", "2", cwd=ratings_file)
+    assert first.returncode == 0 and not first.stderr, first.stderr[-3000:]
+    again = cli_process.run(*fit, "--local-workers", "2", "--resume", cwd=ratings_file)
+    assert again.returncode == 0 and not again.stderr, again.stderr[-3000:]
+    other = cli_process.run(*fit, "--local-workers", "1", "--resume", cwd=ratings_file)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert other.stderr.splitlines() == [
+        f"Warning: {os.path.join('c', 'checkpoint.npz')}: written on 2 Dask workers of "
+        f"{usable_cpus() // 2}, {usable_cpus() // 2} Numba threads, resumed on 1 Dask worker "
+        f"of {usable_cpus()} Numba threads: the sums are split by worker and added in worker "
+        "order, so the result will differ slightly from an uninterrupted run"]

@@ -115,3 +115,10 @@ class Engine(ABC):
         """What a user should hear of how the work was spread (a dict for
         fit's summary), or None: nothing beyond the device."""
         return None
+
+    def spread(self):
+        """How the sums of an evaluation are split beyond this process's
+        Numba threads, in words ('2 Dask workers of 1, 1 Numba threads'), or
+        None: not at all. A checkpoint records it: a fit resumed on another
+        spread adds its sums in another order, so its last bits differ."""
+        return None

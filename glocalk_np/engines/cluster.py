@@ -442,6 +442,7 @@ class DaskEngine(Engine):
         self.bounds = even_bounds(R.shape[1], count)
         self.workers = [workers[k % len(workers)] for k in range(count)]
         self._R, self._client = R, client
+        self._threads = [threads or info[worker].get("nthreads") for worker in self.workers]
         futures = []
         for k, ((lo, hi), worker) in enumerate(zip(self.bounds, self.workers)):
             X, offset = ring(R, lo, hi, halo)
@@ -449,7 +450,7 @@ class DaskEngine(Engine):
                              direct=True)                   # data, not a task's graph
             futures.append(client.submit(
                 ShareWorker, X, offset, hi - lo, R.shape[1], k == 0, self.settings,
-                threads or info[worker].get("nthreads"), count == 1, actor=True,
+                self._threads[k], count == 1, actor=True,
                 workers=[worker], pure=False))
         self.actors = [self._result(k, f.result) for k, f in enumerate(futures)]
 
@@ -576,6 +577,12 @@ class DaskEngine(Engine):
             {"worker": w, "users": [lo, hi], "threads": self._result(k, lambda a=a: a.threads_used),
              "first_evaluation_s": self._result(k, lambda a=a: a.first_seconds)}
             for k, (a, w, (lo, hi)) in enumerate(zip(self.actors, self.workers, self.bounds))]}
+
+    def spread(self):
+        """The shares and their Numba threads: the sums are added in share order."""
+        n = len(self.bounds)
+        return (f"{n} Dask worker{'s' if n > 1 else ''} of "
+                f"{', '.join(map(str, self._threads))} Numba threads")
 
     def workspace(self, n, maxcor):
         """lbfgsb's vectors for n parameters, in parts on the shares."""
