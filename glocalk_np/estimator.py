@@ -250,9 +250,11 @@ class GLocalK:
             self.selection_history_ = chosen.history
         if self.ensemble > 1 and refit:   # the choosing fits' models are gone: their val
             self.summary_.pop("val", None)  # scores are per member
-        if self.ensemble > 1 or blend:      # the model as it predicts
-            self.summary_.update(self._score({k: v for k, v in final.evals.items()
-                                              if k in self.summary_}))
+        # The held-out scores of the model as it predicts (evaluate's numbers,
+        # bit for bit): the epochs were scored by the engine, whose sums run
+        # in another order, and a blend or an ensemble changes the predictions.
+        self.summary_.update(self._score({k: v for k, v in final.evals.items()
+                                          if k in self.summary_}))
         if blend:
             self.summary_["blend"] = self.blend_
         large = {k: getattr(config, k) for k in PRESETS["ml-1m"]
