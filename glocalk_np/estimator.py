@@ -225,9 +225,7 @@ class GLocalK:
             self.blend_ = self._blend_weight(first.evals["val"])
         # The model as it predicts (the members' mean, the blend) scores val before a
         # refit, which trains on val, replaces it: the same scores with a refit or without
-        as_predicted = self.ensemble > 1 or blend
-        val_scores = self._score({"val": first.evals["val"]}) \
-            if as_predicted and "val" in first.evals else {}
+        val_scores = self._score({"val": first.evals["val"]}) if "val" in first.evals else {}
         final = first
         if refit:
             both = concatenate(train, val)
@@ -256,9 +254,11 @@ class GLocalK:
                                       "epochs_pretrain": configs[0].epochs_pretrain,
                                       "epochs_finetune": configs[0].epochs_finetune}
         self.selection_history_ = chosen.history if refit else None   # the refit's is history_
-        if as_predicted:
-            self.summary_.update(val_scores, **self._score({k: v for k, v in final.evals.items()
-                                                            if k == "test"}))
+        # The held-out scores of the model as it predicts, evaluate's numbers bit
+        # for bit: the epochs were scored by the engine, whose sums run in another
+        # order, and a blend or an ensemble changes the predictions.
+        self.summary_.update(val_scores, **self._score({k: v for k, v in final.evals.items()
+                                                        if k == "test"}))
         if "val" in self.summary_:
             self.summary_["val_model"] = (
                 ("the members' mean" if self.ensemble > 1 else "the network")

@@ -1,13 +1,17 @@
 """Runs repeat bit for bit on one machine, thread count and engine: whether
-the kernels were just compiled or loaded from Numba's cache, and whatever
-else the machine runs. Each run is a process of its own (tests/repeat_bits.py)
-printing digests of the loss, every gradient and a short fit.
+the kernels were just compiled or loaded from Numba's cache, whatever else
+the machine runs, and whatever CPU Numba was told to compile for. Each run
+is a process of its own (tests/repeat_bits.py) printing digests of the loss,
+every gradient and a short fit.
 
-Why they can: every sum in a kernel has a fixed order and width for a given
-compiled kernel (a prange loop writes disjoint outputs or per-block partial
-sums that are added in block order; the block count follows the thread
-count, not the scheduling), and one production call path compiles one
-specialisation per dtype, whose machine code is what the cache stores.
+Why they can: no kernel uses fastmath, so no compilation may change what a
+kernel computes (Numba optimises a parallel loop's body twice, once on its
+own and once inside the calling kernel, and a fresh process runs the first
+copy while a process that loaded the cache runs the second); the sums that
+need SIMD are written as explicit vectors in a fixed order (kernels/cpu.py's
+fixed_dot); and every sum has a fixed order and width (a prange loop writes
+disjoint outputs or per-block partial sums added in block order; the block
+count follows the thread count, not the scheduling).
 """
 import json
 import os
@@ -20,8 +24,8 @@ import pytest
 SCRIPT = Path(__file__).with_name("repeat_bits.py")
 
 
-def digests(cache_dir, timeout=600):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+def digests(cache_dir, timeout=600, **env):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env}
     done = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -53,6 +57,16 @@ def test_a_busy_machine_gives_the_same_bits(cache):
             hog.kill()
             hog.wait()
     assert busy == quiet
+
+
+def test_kernels_compiled_for_a_plain_x86_64_give_the_same_bits(cache):
+    """Numba's generic target (SSE2 at most, no FMA, other vector widths and
+    tuning) against this CPU's: a kernel whose result depended on how it was
+    compiled (fastmath's reassociation or contraction) would differ here on
+    any machine, where the fresh-versus-cached difference shows only on
+    some CPUs."""
+    folder, native = cache
+    assert digests(folder, NUMBA_CPU_NAME="generic") == native
 
 
 def test_cached_kernels_call_nothing_from_the_package_s_other_modules():

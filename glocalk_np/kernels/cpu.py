@@ -6,12 +6,18 @@ Every kernel but conv_neighbours (set-up, which returns its map) writes
 into output arrays the caller owns, and each is generic over float32/float64
 (one compiled specialisation per dtype, cached on disk).
 
-``fastmath`` is on only where it lets LLVM reassociate a sum for SIMD (dot
-products and axpys of finite values); nothing here relies on NaN/inf
-semantics, and the data layer rejects non-finite ratings. The order of those
-sums is the compiled kernel's, fixed for a given CPU and specialisation, so a
-run repeats bit for bit (tests/test_repeatable.py); sums written in a fixed
-order instead made an ML-1M evaluation 1.45-1.5x slower (BENCHMARKS.md).
+No kernel uses ``fastmath``: every floating-point operation is IEEE's, so
+LLVM may compile a kernel however it likes (vector width, unrolling, the
+CPU it tunes for) without changing one bit of what it computes. That is
+what makes a run repeat bit for bit whether the kernels were just compiled
+or loaded from Numba's cache (tests/test_repeatable.py): Numba links a
+parallel loop's body into the calling kernel and optimises it a second time
+there; a fresh process runs the first copy, a process that loaded the cache
+the second, and under fastmath's reassociation the two had summed in
+different orders on some CPUs. The sums that need SIMD to be fast (dot
+products, sums of squares) are written with explicit vectors in a fixed
+order instead (fixed_dot below), which is also the same order on every x86
+CPU, so results do not depend on what the compiler was told about it.
 The kernels whose products can underflow (the sparse products, pair_dot,
 the local kernel and its gradient, the convolution and its gradient, the
 output layer and the sigmoids) flush subnormals to zero in each iteration
@@ -29,8 +35,6 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
-
-FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 
 # ---------------------------------------------------------------- flush to zero
@@ -80,10 +84,158 @@ def restore_fpenv(typingctx, old):
     return types.void(types.uint32), codegen
 
 
+# ---------------------------------------------------------------- fixed-order sums
+# The loop vectoriser vectorises a sum only if it may reassociate it, and then
+# the order is whatever the compiler chose. These intrinsics write the vector
+# code themselves, in plain IEEE operations. Term k of a length-n sum goes to
+# lane k % 8 of accumulator (k // 8) % 2 while whole blocks of 16 last, then a
+# remaining whole group of 8 to accumulator 0, and the last n % 8 terms to the
+# top lanes of accumulator 1, read as the last 8 terms with the ones already
+# counted set to zero (below 8 terms in all, they are added one by one at the
+# end instead). The accumulators are added, and the lanes halved pairwise
+# (l + l+4, then +2, then +1). Vectors of 8 (two SSE or one AVX register of
+# float32) are legalised to what the CPU has lane for lane, and no
+# multiply-add is fused, so every x86-64 CPU computes the same bits. Several
+# dots with one left operand (fixed_dots4) share its loads and keep eight
+# accumulators busy; each is summed in the same order. Cost: n per sum.
+
+LANES, CHAINS = 8, 2
+
+
+def _float_vectors(arrays):
+    """The dtype of same-dtype, 1-D, C-contiguous float arrays, else None."""
+    first = arrays[0]
+    ok = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+             and a.dtype == first.dtype for a in arrays)
+    return first.dtype if ok and first.dtype in (types.float32, types.float64) else None
+
+
+def _sums_codegen(widen):
+    """Code for fixed-order sums over the length of the first array a: of
+    a[k] alone (one array), or of a[k] * b[k] for each further array b,
+    returned as one value or a tuple; in the arrays' float type or, with
+    ``widen``, each term widened to double first."""
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(t)(context, builder, v)
+                  for t, v in zip(signature.args, args)]
+        elem = context.get_value_type(signature.args[0].dtype)
+        acc = ir.DoubleType() if widen else elem
+        intp, i32 = context.get_value_type(types.intp), ir.IntType(32)
+        align = elem.get_abi_size(context.target_data)
+
+        def const(value):
+            return ir.Constant(intp, value)
+
+        def load(array, k, vector):
+            """array[k:k+8] as a vector or array[k], widened if asked."""
+            ptr = builder.gep(array.data, [k], inbounds=True)
+            if vector:
+                value = builder.load(builder.bitcast(ptr, ir.VectorType(elem, LANES).as_pointer()),
+                                     align=align)
+            else:
+                value = builder.load(ptr)
+            return builder.fpext(value, ir.VectorType(acc, LANES) if vector else acc) \
+                if widen else value
+
+        def terms(k, vector):
+            """Each sum's terms at k (a vector of 8 or a scalar)."""
+            a = load(arrays[0], k, vector)
+            return [a] if len(arrays) == 1 else [builder.fmul(a, load(b, k, vector))
+                                                 for b in arrays[1:]]
+
+        def add_to(slots, values):
+            for slot, value in zip(slots, values):
+                builder.store(builder.fadd(builder.load(slot), value), slot)
+
+        n = cgutils.unpack_tuple(builder, arrays[0].shape, 1)[0]
+        sums = max(1, len(arrays) - 1)
+        zero = ir.Constant(ir.VectorType(acc, LANES), [ir.Constant(acc, 0.0)] * LANES)
+        chains = [[cgutils.alloca_once_value(builder, zero) for _ in range(sums)]
+                  for _ in range(CHAINS)]
+        block = LANES * CHAINS
+        k_block = builder.mul(builder.udiv(n, const(block)), const(block))
+        k_group = builder.mul(builder.udiv(n, const(LANES)), const(LANES))
+        with cgutils.for_range_slice(builder, const(0), k_block, const(block), intp) as (k, _):
+            for c in range(CHAINS):
+                add_to(chains[c], terms(builder.add(k, const(c * LANES)), True))
+        with builder.if_then(builder.icmp_unsigned(">", k_group, k_block)):
+            add_to(chains[0], terms(k_block, True))
+        scalar_from = cgutils.alloca_once_value(builder, k_group)
+        partial = builder.and_(builder.icmp_unsigned(">", n, k_group),
+                               builder.icmp_unsigned(">=", n, const(LANES)))
+        with builder.if_then(partial):
+            counted = builder.trunc(builder.sub(const(LANES), builder.sub(n, k_group)), i32)
+            fresh = builder.icmp_unsigned(">=", ir.Constant(ir.VectorType(i32, LANES),
+                                                            list(range(LANES))),
+                                          _splat(builder, counted, LANES))
+            add_to(chains[1], [builder.select(fresh, t, zero)
+                               for t in terms(builder.sub(n, const(LANES)), True)])
+            builder.store(n, scalar_from)
+        totals = []
+        for s in range(sums):
+            v = builder.fadd(builder.load(chains[0][s]), builder.load(chains[1][s]))
+            while v.type.count > 1:
+                half = v.type.count // 2
+                lanes = ir.VectorType(i32, half)
+                v = builder.fadd(
+                    builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(half)))),
+                    builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(half, 2 * half)))))
+            totals.append(cgutils.alloca_once_value(
+                builder, builder.extract_element(v, ir.Constant(i32, 0))))
+        with cgutils.for_range_slice(builder, builder.load(scalar_from), n, const(1),
+                                     intp) as (k, _):
+            add_to(totals, terms(k, False))
+        values = [builder.load(t) for t in totals]
+        return values[0] if len(values) == 1 else \
+            context.make_tuple(builder, signature.return_type, values)
+    return codegen
+
+
+def _splat(builder, value, count):
+    """A vector of ``count`` copies of the scalar ``value``."""
+    i32 = ir.IntType(32)
+    one = builder.insert_element(ir.Constant(ir.VectorType(value.type, count), None), value,
+                                 ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, count), [0] * count))
+
+
+@intrinsic
+def fixed_dot(typingctx, a, b):
+    """a . b for 1-D C-contiguous arrays of one float dtype, in that dtype,
+    in the fixed order above (a's length)."""
+    dtype = _float_vectors((a, b))
+    if dtype is not None:
+        return dtype(a, b), _sums_codegen(widen=False)
+
+
+@intrinsic
+def fixed_dots4(typingctx, a, b0, b1, b2, b3):
+    """(a . b0, a . b1, a . b2, a . b3), each exactly as fixed_dot sums it."""
+    dtype = _float_vectors((a, b0, b1, b2, b3))
+    if dtype is not None:
+        return types.UniTuple(dtype, 4)(a, b0, b1, b2, b3), _sums_codegen(widen=False)
+
+
+@intrinsic
+def fixed_dot_f64(typingctx, a, b):
+    """fixed_dot with every element widened to float64 before the product."""
+    if _float_vectors((a, b)) is not None:
+        return types.float64(a, b), _sums_codegen(widen=True)
+
+
+@intrinsic
+def fixed_sum(typingctx, a):
+    """The sum of a 1-D C-contiguous float array, in its dtype, in the fixed
+    order above."""
+    dtype = _float_vectors((a,))
+    if dtype is not None:
+        return dtype(a), _sums_codegen(widen=False)
+
+
 # ---------------------------------------------------------------- kernels
 
 
-@njit(cache=True, fastmath=FAST, inline="always")
+@njit(cache=True, inline="always")
 def _row_axpy(row, B, indices, data, start, end):
     """row += sum_e data[e] * B[indices[e]] over entries start..end. Four
     entries are folded per sweep of ``row``, so it is loaded and stored once
@@ -102,33 +254,20 @@ def _row_axpy(row, B, indices, data, start, end):
             row[k] += v0 * b0[k]
 
 
-@njit(cache=True, fastmath=FAST, inline="always")
+@njit(cache=True, inline="always")
 def _row_dots(a, B, indices, start, end, out):
-    """out[e] = a . B[indices[e]] over entries start..end; four entries share
-    each load of ``a``."""
-    h = a.size
-    zero = out.dtype.type(0)
+    """out[e] = a . B[indices[e]] over entries start..end, four entries to
+    each load of ``a`` (fixed_dots4: the same sums as fixed_dot's)."""
     e = start
     while e + 4 <= end:
-        b0, b1, b2, b3 = B[indices[e]], B[indices[e + 1]], B[indices[e + 2]], B[indices[e + 3]]
-        s0 = s1 = s2 = s3 = zero
-        for k in range(h):
-            x = a[k]
-            s0 += x * b0[k]
-            s1 += x * b1[k]
-            s2 += x * b2[k]
-            s3 += x * b3[k]
-        out[e], out[e + 1], out[e + 2], out[e + 3] = s0, s1, s2, s3
+        out[e], out[e + 1], out[e + 2], out[e + 3] = fixed_dots4(
+            a, B[indices[e]], B[indices[e + 1]], B[indices[e + 2]], B[indices[e + 3]])
         e += 4
     for e in range(e, end):
-        b0 = B[indices[e]]
-        s0 = zero
-        for k in range(h):
-            s0 += a[k] * b0[k]
-        out[e] = s0
+        out[e] = fixed_dot(a, B[indices[e]])
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def spmm(indptr, indices, data, B, out, accumulate):
     """out = X @ B, or out += X @ B when ``accumulate``, for CSR X (rows
     indptr/indices/data). Cost: nnz * h. Also serves X^T @ B when given X's
@@ -141,7 +280,7 @@ def spmm(indptr, indices, data, B, out, accumulate):
         restore_fpenv(fpenv)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def sddmm(indptr, indices, A, B, out):
     """out[e] = A[i] . B[indices[e]] for each stored entry e = (i, j) of a CSR
     pattern. Cost: nnz * h."""
@@ -188,23 +327,17 @@ def copy_cast(src, dst):
         dst[t] = src[t]
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def pair_dot(rows, cols, A, B, out):
     """out[e] = A[rows[e]] . B[cols[e]] for arbitrary pairs (predictions).
     Cost: len(rows) * h."""
-    h = A.shape[1]
     for e in prange(rows.size):
         fpenv = flush_denormals()
-        a = A[rows[e]]
-        b = B[cols[e]]
-        s = out.dtype.type(0)
-        for k in range(h):
-            s += a[k] * b[k]
-        out[e] = s
+        out[e] = fixed_dot(A[rows[e]], B[cols[e]])
         restore_fpenv(fpenv)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def local_kernel(W, U, VT, K, Weff, sq_sums):
     """K = max(0, 1 - |U_i - V_j|^2), Weff = W * K, and per row i the float64
     sums of K^2 and W^2 into sq_sums[i, 0:2]. VT is V transposed (d x n_out)
@@ -222,21 +355,16 @@ def local_kernel(W, U, VT, K, Weff, sq_sums):
             for j in range(n_out):
                 diff = u - vt[j]
                 dist[j] += diff * diff
-        ksq = 0.0
-        wsq = 0.0
         for j in range(n_out):
             k = max(one - dist[j], zero)
-            w = W[i, j]
             K[i, j] = k
-            Weff[i, j] = w * k
-            ksq += k * k
-            wsq += w * w
-        sq_sums[i, 0] = ksq
-        sq_sums[i, 1] = wsq
+            Weff[i, j] = W[i, j] * k
+        sq_sums[i, 0] = fixed_dot_f64(K[i], K[i])
+        sq_sums[i, 1] = fixed_dot_f64(W[i], W[i])
         restore_fpenv(fpenv)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def local_kernel_grad(dWeff, W, K, U, VT, lambda_2, lambda_s, dW, dU, partial):
     """Chain rule through Weff = W * K with the layer's regulariser:
     dW = dWeff * K + lambda_2 W; dD = dloss/d(|U_i - V_j|^2)
@@ -257,22 +385,16 @@ def local_kernel_grad(dWeff, W, K, U, VT, lambda_2, lambda_s, dW, dU, partial):
         acc[:] = 0
         row = np.empty(n_out, dtype=W.dtype)
         for i in range((blk * n_in) // blocks, ((blk + 1) * n_in) // blocks):
-            total = zero
             for j in range(n_out):
                 k = K[i, j]
                 g = dWeff[i, j]
                 w = W[i, j]
                 dW[i, j] = g * k + lambda_2 * w
-                v = -(g * w + lambda_s * k) if k > 0 else zero
-                row[j] = v
-                total += v
+                row[j] = -(g * w + lambda_s * k) if k > 0 else zero
+            total = fixed_sum(row)
             for t in range(d):
-                vt = VT[t]
-                s = zero
-                for j in range(n_out):
-                    s += row[j] * vt[j]
                 u = U[i, t]
-                dU[i, t] = 2 * (u * total - s)
+                dU[i, t] = 2 * (u * total - fixed_dot(row, VT[t]))
                 col = acc[t]
                 for j in range(n_out):
                     col[j] += row[j] * u
@@ -406,7 +528,7 @@ def csr_to_csc(indptr, indices, x, bounds, starts, csc_rows, perm, x_csc):
                 x_csc[t] = x[c]
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def output_layer(indptr, indices, target, H, WT, b, resid, dH, sq_sums):
     """The output layer at the observed entries, forward and first backward
     product fused per item row i: resid[e] = H[i] . WT[j] + b[j] - target[e]
@@ -428,7 +550,7 @@ def output_layer(indptr, indices, target, H, WT, b, resid, dH, sq_sums):
         restore_fpenv(fpenv)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def bias_sigmoid(Z, b):
     """Z = sigmoid(Z + b) in place, row-parallel; for z < 0 it is written
     exp(z) / (1 + exp(z)) so nothing overflows. Cost: m * h."""
@@ -488,7 +610,7 @@ def bias_sigmoid_f32(Z, b):
         restore_fpenv(fpenv)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True)
 def sigmoid_backward(dH, H, dZ, row_partial):
     """dZ = dH * H * (1 - H) (the sigmoid's chain rule) and, per block of
     rows, the column sums of dZ into row_partial (the caller sums them: the
