@@ -122,8 +122,8 @@ def test_the_summary_names_the_run_that_stopped_and_what_scored_val(tmp_path, fi
     (not the refit's epochs and None), and the same validation scores as
     without a refit (the choosing fit as it predicts, blended), labelled."""
     args = ["fit", files["train"], "--hidden", "8", "--kernel-dim", "3", "--epochs-pretrain",
-            "1", "--epochs-finetune", "30", "--iters-pretrain", "2", "--iters-finetune", "2",
-            "--patience", "2", "--quiet"]
+            "1", "--epochs-finetune", "30", "--iters-pretrain", "2", "--iters-finetune", "5",
+            "--patience", "2", "--quiet"]      # stops after fine-tuning epoch 7 here
     refit = run(*args, "--out", tmp_path / "refit.npz").stdout.splitlines()
     alone = run(*args, "--no-refit", "--out", tmp_path / "alone.npz").stdout.splitlines()
     est = GLocalK.load(tmp_path / "refit.npz")

@@ -337,6 +337,8 @@ def test_a_scheduler_killed_during_a_fit_ends_it_in_one_line_naming_the_checkpoi
                                           "--nthreads", "1", "--memory-limit", "0",
                                           "--no-dashboard"], **quiet)
         address = json.loads((ratings_file / "s.json").read_text())["address"]
+        with distributed.Client(address, timeout=60) as client:   # a fit needs its worker
+            client.wait_for_workers(1, timeout=60)
         fit = cli_process.start(*FIT, "--scheduler", address, "--checkpoint-dir", "c",
                                 "--epochs-pretrain", "2", "--epochs-finetune", "200",
                                 cwd=ratings_file)

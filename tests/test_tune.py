@@ -163,4 +163,6 @@ def test_a_trial_that_would_overrun_the_budget_stops_and_keeps_its_best_epoch(tm
     run("fit", ratings, "--config", settings, "--no-refit", "--no-blend", "--out",
         tmp_path / "m.npz", "--metrics-json", report, "--quiet")
     summary = json.loads(report.read_text())["summary"]
-    assert summary["val"]["rmse"] == pytest.approx(trial["val_rmse"], rel=1e-9)
+    # the trial's epochs were scored by the engine, the model as it predicts by
+    # inference.py: float32 sums in other orders (another epoch differs by far more)
+    assert summary["val"]["rmse"] == pytest.approx(trial["val_rmse"], rel=1e-6)
