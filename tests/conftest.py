@@ -1,5 +1,7 @@
 import pytest
 
+import early
+
 from problems import PROBLEMS, smooth_problem
 
 
@@ -7,3 +9,8 @@ from problems import PROBLEMS, smooth_problem
 def problem(request):
     """A smooth random problem: (R dense, params, hyper-parameters)."""
     return smooth_problem(request.param)
+
+
+def pytest_collection_finish(session):
+    """Start the slow subprocesses the selected tests will wait for (early.py)."""
+    early.start_for([item.nodeid for item in session.items])

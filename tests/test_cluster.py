@@ -4,6 +4,7 @@ for 1, 2 and 3 shares of the users (uneven), bit-identical repeats, a short
 fit against the one-process fit, a resumed fit, a lost worker, and the
 command line. Skipped where dask.distributed is not installed (it is in the
 'test' extra)."""
+import contextlib
 import http.server
 import json
 import os
@@ -27,7 +28,8 @@ distributed = pytest.importorskip("distributed", reason="dask.distributed is not
 from glocalk_np.config import Config  # noqa: E402
 from glocalk_np.engines import EngineFailure, make_engine  # noqa: E402
 from glocalk_np import lbfgsb  # noqa: E402
-from glocalk_np.engines.cluster import DaskEngine, Ref, usable_cpus  # noqa: E402
+from glocalk_np.engines.cluster import (DaskEngine, Ref, environment_kept,  # noqa: E402
+                                        usable_cpus)
 from glocalk_np.engines.cpu import CpuEngine  # noqa: E402
 from glocalk_np.estimator import GLocalK  # noqa: E402
 from glocalk_np.params import STAGES, flatten, optimised  # noqa: E402
@@ -41,10 +43,12 @@ import cli_process  # noqa: E402
 TOLERANCE = 1e-12
 
 
+@contextlib.contextmanager
 def local_cluster(workers):
-    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                    memory_limit=0, dashboard_address=":0",
-                                    silence_logs=40)
+    with environment_kept(), distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+            dashboard_address=":0", silence_logs=40) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +234,12 @@ def test_local_workers_get_their_share_of_blas_threads_and_the_environment_is_re
     from glocalk_np.engines.cluster import BLAS_THREAD_VARIABLES, local_cluster
     before = {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES}
     want = before["OPENBLAS_NUM_THREADS"] or str(max(1, usable_cpus() // 2))
+    environ = dict(os.environ)
     with local_cluster(2, silence_logs=40) as cluster, distributed.Client(cluster) as c:
         seen = c.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
     assert sorted(seen.values()) == [want, want]
     assert {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES} == before
+    assert dict(os.environ) == environ
 
 
 # ---------------------------------------------------------------- misconfigurations

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import early
 from dense_reference import (_ae_forward, _as64, _global_kernel, dense_forward, dense_loss_grad,
                              xcorr2d_same)
 from glocalk_np import lbfgsb
@@ -180,11 +181,17 @@ def measure(make, dtype, problems):
     return report
 
 
+@early.job("cuda-sim")
+def _run_simulator():
+    """This file as a script under Numba's CUDA simulator (started early)."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    return subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
 @pytest.fixture(scope="module")
 def cuda_sim_report():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = early.result("cuda-sim")
     if proc.returncode == SKIP:
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -13,13 +13,18 @@ fixed_dot); and every sum has a fixed order and width (a prange loop writes
 disjoint outputs or per-block partial sums added in block order; the block
 count follows the thread count, not the scheduling).
 """
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+import early
 
 SCRIPT = Path(__file__).with_name("repeat_bits.py")
 
@@ -32,12 +37,18 @@ def digests(cache_dir, timeout=600, **env):
     return json.loads(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """(an empty Numba cache folder filled by a first run that compiles
-    every kernel it calls, that run's digests)."""
-    folder = tmp_path_factory.mktemp("numba-cache")
+@early.job("test_repeatable.py")
+def _first_run():
+    """(an empty Numba cache folder, removed at exit, filled by a first run
+    that compiles every kernel it calls; that run's digests): started early."""
+    folder = Path(tempfile.mkdtemp(prefix="numba-cache-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder, digests(folder)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return early.result("test_repeatable.py")
 
 
 def test_just_compiled_and_cached_kernels_give_the_same_bits(cache):
@@ -59,6 +70,14 @@ def test_a_busy_machine_gives_the_same_bits(cache):
     assert busy == quiet
 
 
+@early.job("plain_x86_64")
+def _generic_digests():
+    """Digests with every kernel compiled for Numba's generic target, in a
+    cache folder of their own (started early: a compile of everything)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return digests(folder, NUMBA_CPU_NAME="generic")
+
+
 def test_kernels_compiled_for_a_plain_x86_64_give_the_same_bits(cache):
     """Numba's generic target (SSE2 at most, no FMA, other vector widths and
     tuning) against this CPU's: a kernel whose result depended on how it was
@@ -66,7 +85,7 @@ def test_kernels_compiled_for_a_plain_x86_64_give_the_same_bits(cache):
     any machine, where the fresh-versus-cached difference shows only on
     some CPUs."""
     folder, native = cache
-    assert digests(folder, NUMBA_CPU_NAME="generic") == native
+    assert early.result("plain_x86_64") == native
 
 
 def test_cached_kernels_call_nothing_from_the_package_s_other_modules():

@@ -80,20 +80,26 @@ def local_cluster(workers, **kwargs):
     import dask
     from distributed import LocalCluster
     threads = max(1, usable_cpus() // workers)
-    given = {k: os.environ.get(k) for k in BLAS_THREAD_VARIABLES}
-    env = {k: v if v is not None else str(threads) for k, v in given.items()}
+    env = {k: os.environ.get(k, str(threads)) for k in BLAS_THREAD_VARIABLES}
+    with environment_kept(), dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v
+                                              for k, v in env.items()}):
+        with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                          memory_limit=0, dashboard_address=":0", **kwargs) as cluster:
+            yield cluster
+
+
+@contextlib.contextmanager
+def environment_kept():
+    """This process's environment as it was, whatever runs inside: Dask's
+    nanny writes its workers' settings into it (BLAS and OpenMP threads 1,
+    MALLOC_TRIM_THRESHOLD_, PYTHONHASHSEED), which every later subprocess
+    would inherit."""
+    before = dict(os.environ)
     try:
-        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v
-                              for k, v in env.items()}):
-            with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                              memory_limit=0, dashboard_address=":0", **kwargs) as cluster:
-                yield cluster
-    finally:      # the nanny wrote them into this process's environment: put it back
-        for k, v in given.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @contextlib.contextmanager
