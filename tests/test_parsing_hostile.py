@@ -79,6 +79,9 @@ def test_a_long_digit_run_in_a_numeric_option_is_answered_at_once(tmp_path):
     for value in ("1" * 120_000 + "x", DIGITS + "e" + DIGITS + "x", DIGITS + "." + DIGITS + "x"):
         refused(g("fit", "r.csv", "--test-frac", value, cwd=tmp_path),
                 "Invalid value for '--test-frac'", "is not a decimal number")
+    for value in ("1" * 400, "1e400", "-1e400"):            # decimals past float64's range
+        refused(g("fit", "r.csv", "--test-frac", value, cwd=tmp_path),
+                "Invalid value for '--test-frac'", "is too large a number")
     fine = g("fit", "r.csv", *TINY_ARGS, "--val-frac", "0", "--test-frac", "0." + "4" * 120_000,
              "--quiet", "--out", "o.npz", cwd=tmp_path)
     assert fine.returncode == 0, fine.stderr[-500:]

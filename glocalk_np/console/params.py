@@ -21,6 +21,7 @@ class Number(click.ParamType):
         self.name = "integer" if kind is int else "number"
 
     def convert(self, value, param, ctx):
+        text = None
         if isinstance(value, str):
             text = value.strip()
             if self.kind is int:
@@ -35,8 +36,9 @@ class Number(click.ParamType):
                     value = parse_decimal(text)
                 except ValueError:
                     self.fail(f"{shorten(repr(value))} is not a decimal number", param, ctx)
-        if self.kind is float and not math.isfinite(value):
-            self.fail(f"{value} is not a finite number", param, ctx)
+        if self.kind is float and not math.isfinite(value):   # a decimal past float64's range
+            self.fail(f"{shorten(text if text is not None else str(value))} is too large "
+                      "a number", param, ctx)
         low_ok = self.min is None or (value > self.min if self.min_open else value >= self.min)
         high_ok = self.max is None or (value < self.max if self.max_open else value <= self.max)
         if not (low_ok and high_ok):
