@@ -5,10 +5,15 @@ instead of before the test that needs them: the CUDA simulator's report
 
 A test module registers a job under a part of its tests' node ids; the job
 is started when a selected test's id holds that part, and ``result`` waits
-for it (or runs it then, when nothing started it)."""
+for it (or runs it then, when nothing started it). Their subprocesses run
+at a lower priority (LOWER before their command), so that the tests in the
+foreground, some of which time their own subprocesses out, keep the cores.
+"""
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 JOBS = {}          # part of a node id -> a function of no arguments
+LOWER = ["nice", "-n", "10"] if shutil.which("nice") else []   # a command's prefix
 _running = {}
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="early")
 

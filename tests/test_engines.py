@@ -185,7 +185,7 @@ def measure(make, dtype, problems):
 def _run_simulator():
     """This file as a script under Numba's CUDA simulator (started early)."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    return subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
+    return subprocess.run([*early.LOWER, sys.executable, os.path.abspath(__file__)], env=env,
                           capture_output=True, text=True, timeout=900)
 
 

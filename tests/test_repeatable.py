@@ -29,9 +29,9 @@ import early
 SCRIPT = Path(__file__).with_name("repeat_bits.py")
 
 
-def digests(cache_dir, timeout=600, **env):
+def digests(cache_dir, timeout=600, prefix=(), **env):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env}
-    done = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True,
+    done = subprocess.run([*prefix, sys.executable, str(SCRIPT)], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -43,7 +43,7 @@ def _first_run():
     that compiles every kernel it calls; that run's digests): started early."""
     folder = Path(tempfile.mkdtemp(prefix="numba-cache-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder, digests(folder)
+    return folder, digests(folder, prefix=early.LOWER)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def _generic_digests():
     """Digests with every kernel compiled for Numba's generic target, in a
     cache folder of their own (started early: a compile of everything)."""
     with tempfile.TemporaryDirectory() as folder:
-        return digests(folder, NUMBA_CPU_NAME="generic")
+        return digests(folder, prefix=early.LOWER, NUMBA_CPU_NAME="generic")
 
 
 def test_kernels_compiled_for_a_plain_x86_64_give_the_same_bits(cache):
