@@ -245,20 +245,17 @@ class GLocalK:
                          "stopped_early": training.stopped_early(chosen.history, config),
                          "epochs_run": {stage: _epochs_run(chosen.history, stage)
                                         for stage in ("pretrain", "finetune")},
-                         **{name: chosen.metrics[name] for name in ("val",)
-                            if name in chosen.metrics},
-                         **{name: v for name, v in final.members[0].metrics.items()
-                            if name != "val"}}
+                         # The held-out scores of the model as it predicts, evaluate's
+                         # numbers bit for bit: the epochs were scored by the engine, whose
+                         # sums run in another order, and a blend or an ensemble changes
+                         # the predictions.
+                         **val_scores,
+                         **self._score({k: v for k, v in final.evals.items() if k == "test"})}
         if refit:
             self.summary_["refit"] = {"ratings": len(both),
                                       "epochs_pretrain": configs[0].epochs_pretrain,
                                       "epochs_finetune": configs[0].epochs_finetune}
         self.selection_history_ = chosen.history if refit else None   # the refit's is history_
-        # The held-out scores of the model as it predicts, evaluate's numbers bit
-        # for bit: the epochs were scored by the engine, whose sums run in another
-        # order, and a blend or an ensemble changes the predictions.
-        self.summary_.update(val_scores, **self._score({k: v for k, v in final.evals.items()
-                                                        if k == "test"}))
         if "val" in self.summary_:
             self.summary_["val_model"] = (
                 ("the members' mean" if self.ensemble > 1 else "the network")
