@@ -23,13 +23,12 @@ Data: ../shared/data (see bench/README.md), or the synthetic shapes
 import common  # noqa: F401  first: sets OpenBLAS' spin before NumPy loads
 
 import argparse
-import os
 import time
 
 import numpy as np
 
 from glocalk_np.config import Config
-from glocalk_np.engines.cluster import DaskEngine
+from glocalk_np.engines.cluster import DaskEngine, usable_cpus
 from glocalk_np.engines.cpu import CpuEngine
 from glocalk_np.params import (STAGES, flatten, init_global_kernel, init_layers, layer_count,
                                optimised, user_axes)
@@ -150,7 +149,7 @@ def main():
             row["cpu"]["peak_mib"] = common.max_rss_mib()
             report(name, "cpu", row)
         for workers in args.workers:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = max(1, usable_cpus() // workers)     # local_cluster's share
             with common.local_dask(workers) as client:
                 client.run(common.reset_peak)
                 common.reset_peak()
