@@ -25,6 +25,7 @@ import common
 from glocalk_np import train as training
 from glocalk_np.estimator import GLocalK
 from glocalk_np.records import TrainState
+from glocalk_np.scoring import EvalSet
 
 DATASETS = ("ml-100k", "douban", "ml-1m")
 # the paper's single-model test RMSE (best test epoch), bench/common.PUBLISHED
@@ -59,7 +60,7 @@ def warm_refit(model, problem, epochs):
     scores = []
     training.fit(problem.matrix(problem.train),
                  replace(model.config_, epochs_finetune=chosen + epochs, patience=0),
-                 evals={"test": training.EvalSet.of_ratings(problem.test, problem.index)},
+                 evals={"test": EvalSet.of_ratings(problem.test, problem.index)},
                  state=state, callback=lambda r, _: scores.append(r.metrics["test"]["rmse"]))
     return scores
 

@@ -28,7 +28,8 @@ from glocalk_np.fallback import Fallback
 from glocalk_np.scale import RatingScale
 from glocalk_np.config import OPTIMIZERS, Config
 from glocalk_np.engines import make_engine
-from glocalk_np.train import EvalSet, fit
+from glocalk_np.scoring import EvalSet
+from glocalk_np.train import fit
 
 DEFAULT_DATASETS = ["ml-100k", "douban", "flixster", "ml-1m"]
 QUICK = dict(epochs_pretrain=1, epochs_finetune=2, iters_pretrain=2, iters_finetune=2)

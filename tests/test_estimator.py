@@ -589,7 +589,7 @@ def test_recommend_for_many_users_gives_each_single_user_list(fitted, data):
 
 
 def test_top_items_break_ties_by_item_order():
-    from glocalk_np.estimator import _best
+    from glocalk_np.ranking import _best
     scores = np.array([1.0, 3.0, 2.0, 3.0, -np.inf, 3.0, 0.5])
     best, values = _best(scores.copy(), 2)
     assert best.tolist() == [1, 3] and values.tolist() == [3.0, 3.0]
