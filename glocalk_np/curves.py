@@ -3,6 +3,7 @@ optional extra: pip install 'glocalk-np[plot]')."""
 import math
 import warnings
 
+from .records import epochs_run
 from .safeio import atomic_output
 
 
@@ -36,7 +37,7 @@ def plot_history(history, path, title="", chosen=None, refit=None):
         for name, y in curves.items():
             ax.plot(x, y, style, color=colours.setdefault(name, f"C{len(colours)}"),
                     label=f"{prefix}{name}")
-    pre = sum(r.stage == "pretrain" for r in history)
+    pre = epochs_run(history, "pretrain")
     if pre < len(history):
         ax.axvline(pre + 0.5, color="grey", linestyle=":", label="fine-tuning starts")
     if chosen is not None:

@@ -1,6 +1,7 @@
-"""What training records and reports: each epoch's record, the epoch a
-selection rule picks, a checkpoint's state, an ensemble member, the
-progress lines that show them, and the check of a stored summary."""
+"""What training records and reports: each epoch's record and the epochs
+a stage ran, the epoch a selection rule picks, a checkpoint's state, an
+ensemble member, a fit that diverged, the progress lines that show them,
+and the check of a stored summary."""
 from dataclasses import dataclass, field
 
 from .params import STAGES
@@ -15,6 +16,15 @@ class EpochRecord:
     seconds: float
     evaluations: int            # (loss, gradient) calls in this epoch
     metrics: dict = field(default_factory=dict)  # {'test': {'rmse', 'mae', 'ndcg'}, 'val': ...}
+
+
+def epochs_run(history, stage):
+    """The number of epochs of ``stage`` that ``history`` (EpochRecords) holds."""
+    return sum(r.stage == stage for r in history)
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the parameters left the finite numbers."""
 
 
 @dataclass
@@ -36,8 +46,7 @@ class TrainState:
     @property
     def done(self):
         """(pre-training epochs, fine-tuning epochs) completed."""
-        pre = sum(r.stage == "pretrain" for r in self.history)
-        return pre, len(self.history) - pre
+        return epochs_run(self.history, "pretrain"), epochs_run(self.history, "finetune")
 
 
 @dataclass

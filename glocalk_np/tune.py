@@ -21,6 +21,7 @@ import numpy as np
 from . import train as training
 from .estimator import GLocalK
 from .config import DEFAULT_PATIENCE, Config
+from .records import epochs_run
 
 # name -> ('log', low, high): log-uniform; ('choice', values): uniform
 SPACE = {
@@ -172,7 +173,7 @@ def _run(number, settings, base, patience, train, val, index, metric, deadline, 
     except (ValueError, FloatingPointError, ArithmeticError) as e:
         return Trial(number, settings, None, 0, None, time.perf_counter() - tic, config,
                      " ".join(str(e).split()))
-    pre = sum(r.stage == "pretrain" for r in history)
+    pre = epochs_run(history, "pretrain")
     trained = model.config_      # a large file takes the ML-1M settings left at defaults
     settings = {name: getattr(trained, name) for name in settings}
     return Trial(number, settings, rmse, pre, best, time.perf_counter() - tic,

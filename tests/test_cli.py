@@ -621,7 +621,7 @@ def test_failures_at_run_time_exit_1_usage_and_data_errors_2(tmp_path, files, mo
                                                              failure):
     from glocalk_np import estimator
     from glocalk_np.engines import EngineFailure
-    from glocalk_np.train import TrainingDiverged
+    from glocalk_np.records import TrainingDiverged
     error = (TrainingDiverged("training diverged: the loss is nan after pretrain epoch 1")
              if failure == "diverged" else
              EngineFailure("the Dask worker tcp://10.0.0.2:4000 (share 2 of 2) failed or "

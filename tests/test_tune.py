@@ -8,7 +8,7 @@ from glocalk_np import tune as search
 from glocalk_np.estimator import GLocalK
 from glocalk_np.synthetic import low_rank_ratings as synthetic_ratings
 from glocalk_np.config import Config
-from glocalk_np.train import TrainingDiverged
+from glocalk_np.records import TrainingDiverged
 from test_cli import TINY, fails, run, write_ratings
 from test_estimator import low_rank_ratings, three_way
 

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from ..safeio import atomic_output, check_distinct, check_target
-from ..records import epoch_line, scores_text
+from ..records import epoch_line, epochs_run, scores_text
 from ..engines.base import EngineFailure
 from .process import EXIT_INTERRUPTED, signal_behind
 
@@ -196,8 +196,8 @@ def echo_summary(est):
     elif est.stage_ == "finetune":
         click.echo(f"selected: fine-tuning epoch {s['best_epoch']} ({s['protocol']})")
     else:
-        click.echo(f"model: the pre-trained network after {len(est.history_)} epochs "
-                   "(no fine-tuning)")
+        click.echo(f"model: the pre-trained network after "
+                   f"{epochs_run(est.history_, 'pretrain')} epochs (no fine-tuning)")
     for stage in s.get("stopped_early", []):     # the fit that chose (its first member's)
         whose = f"seed {s['members'][0]['seed']}'s " if "members" in s else ""
         where = " in the fit that chose the epochs" if "refit" in s else ""

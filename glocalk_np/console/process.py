@@ -13,7 +13,7 @@ from ..datasets import DownloadError
 from ..data import DataWarning
 from ..safeio import shorten
 from ..engines.base import EngineFailure
-from ..train import TrainingDiverged
+from ..records import TrainingDiverged
 
 EXIT_ERROR = 2            # usage and data errors
 EXIT_FAILURE = 1          # failures at run time
