@@ -1,9 +1,10 @@
-"""GLocal-K's hyper-parameters (Config), the paper's presets, the epoch
-selection rules and the memory check of a network before training
-(docs/model.md §9-10). Nothing here trains: the file format, the CLI and
-the trainer all read it.
+"""GLocal-K's hyper-parameters (Config) and the range of each, the paper's
+presets, the epoch selection rules and the memory check of a network
+before training (docs/model.md §9-10). Nothing here trains: the file
+format, the CLI and the trainer all read it.
 """
 from dataclasses import asdict, dataclass, fields, replace
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,12 +65,37 @@ PROTOCOLS = {"val": "fine-tuning epoch with the best validation RMSE",
                      "test set picks the epoch, so its test scores are optimistic)",
              "last": "last fine-tuning epoch"}
 OPTIMIZERS = ("scipy", "numba")
+DTYPES = ("float32", "float64")
 # Penalties and scales beyond this leave float32's range at TF1's initial
 # weights; the presets use at most 70.
 MAX_LAMBDA = 1e6
 # Far more hidden layers than anyone trains; the bound keeps a list of
 # n_layers arrays (a crafted model file's 10^8) from being built at all.
 MAX_LAYERS = 1000
+
+
+class Range(NamedTuple):
+    """The values a numeric hyper-parameter takes: an integer or a number
+    (``kind``) in [low, high] (high None: no bound), odd where ``odd``."""
+    kind: type
+    low: int
+    high: float | None = None
+    odd: bool = False
+
+
+# What Config accepts and the CLI's options offer, read by both (in the
+# order Config checks them): the numbers' ranges, and the texts' choices.
+# patience may also be None (the estimator's choice).
+RANGES = {
+    "n_hidden": Range(int, 1), "n_layers": Range(int, 1, MAX_LAYERS),
+    "kernel_dim": Range(int, 1), "gk_size": Range(int, 1, odd=True),
+    "iters_pretrain": Range(int, 1), "iters_finetune": Range(int, 1),
+    "epochs_pretrain": Range(int, 0), "epochs_finetune": Range(int, 0),
+    "seed": Range(int, 0), "patience": Range(int, 0),
+    "lambda_2": Range(float, 0, MAX_LAMBDA), "lambda_s": Range(float, 0, MAX_LAMBDA),
+    "dot_scale": Range(float, 0, MAX_LAMBDA),
+}
+CHOICES = {"dtype": DTYPES, "optimizer": OPTIMIZERS, "scale": SCALES}
 # Memory a fit needs per parameter at least: the float64 vector and gradient,
 # scipy's 2 x maxcor history and its copies per call, the compute-dtype W,
 # K, W_eff and their gradients (an ML-10M-shaped epoch measured ~300).
@@ -102,28 +128,25 @@ class Config:
         def bad(name, expected):
             got = shorten(repr(getattr(self, name)))
             return ValueError(f"{name} must be {expected}, got {got}")
-        for name in ("n_hidden", "n_layers", "kernel_dim", "gk_size",
-                     "iters_pretrain", "iters_finetune"):
+        # every integer's kind and low end first, then their high ends, then the numbers
+        integers = {name: r for name, r in RANGES.items() if r.kind is int
+                    and not (name == "patience" and self.patience is None)}
+        for name, r in integers.items():
             value = getattr(self, name)
-            if not _is_integer(value) or value < 1:
-                raise bad(name, "a positive integer")
-        for name in ("epochs_pretrain", "epochs_finetune", "seed", "patience"):
+            if not _is_integer(value) or value < r.low:
+                raise bad(name, "a positive integer" if r.low == 1 else "a non-negative integer")
+        for name, r in integers.items():
+            if r.high is not None and getattr(self, name) > r.high:
+                raise bad(name, f"at most {r.high}")
+            if r.odd and getattr(self, name) % 2 == 0:
+                raise bad(name, "odd")
+        for name, r in RANGES.items():
             value = getattr(self, name)
-            if not (name == "patience" and value is None) and (not _is_integer(value)
-                                                              or value < 0):
-                raise bad(name, "a non-negative integer")
-        if self.n_layers > MAX_LAYERS:
-            raise bad("n_layers", f"at most {MAX_LAYERS}")
-        if self.gk_size % 2 == 0:
-            raise bad("gk_size", "odd")
-        for name in ("lambda_2", "lambda_s", "dot_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or isinstance(value, bool) \
-                    or not 0 <= value <= MAX_LAMBDA:
-                raise bad(name, f"a number in [0, {MAX_LAMBDA:g}]")
-        for name, allowed in (("dtype", ("float32", "float64")), ("optimizer", OPTIMIZERS),
-                              ("scale", SCALES)):
+            if r.kind is float and (not isinstance(value, (int, float, np.integer, np.floating))
+                                    or isinstance(value, bool)
+                                    or not r.low <= value <= r.high):
+                raise bad(name, f"a number in [{r.low}, {r.high:g}]")
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"one of {allowed}")
 

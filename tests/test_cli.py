@@ -488,7 +488,10 @@ def test_corrupt_and_truncated_model_files(tmp_path, files):
     (["--test-frac", "1.5"], "Invalid value for '--test-frac'"),
     (["--hidden", "0"], "Invalid value for '--hidden'"),
     (["--preset", "netflix"], "Invalid value for '--preset'"),
-    (["--gk-size", "2"], "gk_size must be odd, got 2"),
+    (["--gk-size", "2"], "Invalid value for '--gk-size': 2 is not odd"),
+    # the ranges Config takes (config.RANGES), refused before any data is read
+    (["--lambda-2", "1e7"], "Invalid value for '--lambda-2': 10000000.0 is not in [0, 1000000.0]"),
+    (["--layers", "1001"], "Invalid value for '--layers': 1001 is not in [1, 1000]"),
     (["--no-such-option"], "No such option"),
 ])
 def test_usage_errors_are_one_line(files, args, message):

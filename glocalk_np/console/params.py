@@ -6,19 +6,26 @@ import click
 
 from ..data import PLAIN_INT, DataError, parse_decimal
 from ..safeio import OutputError, check_folder, check_input, check_target, shorten
-from ..scale import SCALES
-from ..config import DEFAULT_PATIENCE, MAX_LAYERS, OPTIMIZERS, PRESETS, Config
+from ..config import CHOICES, DEFAULT_PATIENCE, PRESETS, RANGES, Config
+
 
 class Number(click.ParamType):
     """An integer (``kind=int``: data.PLAIN_INT) or a finite decimal
-    (``kind=float``: data.DECIMAL) within bounds, read by the rule of
-    numbers in files: '1_000', other scripts' digits, 'nan' and 'inf',
-    which int() and float() take, are refused."""
+    (``kind=float``: data.DECIMAL) within bounds, odd where ``odd``, read by
+    the rule of numbers in files: '1_000', other scripts' digits, 'nan' and
+    'inf', which int() and float() take, are refused."""
 
-    def __init__(self, kind=int, min=None, max=None, min_open=False, max_open=False):
+    def __init__(self, kind=int, min=None, max=None, min_open=False, max_open=False,
+                 odd=False):
         self.kind, self.min, self.max = kind, min, max
-        self.min_open, self.max_open = min_open, max_open
+        self.min_open, self.max_open, self.odd = min_open, max_open, odd
         self.name = "integer" if kind is int else "number"
+
+    @classmethod
+    def of(cls, name):
+        """The values of the hyper-parameter ``name`` (config.RANGES)."""
+        r = RANGES[name]
+        return cls(r.kind, r.low, r.high, odd=r.odd)
 
     def convert(self, value, param, ctx):
         text = None
@@ -43,6 +50,8 @@ class Number(click.ParamType):
         high_ok = self.max is None or (value < self.max if self.max_open else value <= self.max)
         if not (low_ok and high_ok):
             self.fail(f"{shorten(value)} is not in {self._range()}", param, ctx)
+        if self.odd and value % 2 == 0:
+            self.fail(f"{shorten(value)} is not odd", param, ctx)
         return value
 
     def _range(self):
@@ -131,16 +140,18 @@ def _set_threads(ctx, param, value):
     return value
 
 
-def _hyper(flag, name, kind, text, default=None):
-    """A hyper-parameter option whose help names its default: ``default``,
-    else the Config default or the preset's."""
+def _hyper(flag, name, text, default=None):
+    """A hyper-parameter option, of the values Config takes (config.RANGES,
+    CHOICES), whose help names its default: ``default``, else the Config
+    default or the preset's."""
+    kind = click.Choice(CHOICES[name]) if name in CHOICES else Number.of(name)
     default = default or f"{getattr(Config, name)}, or the preset's"
     return click.option(flag, name, type=kind, default=None, help=f"{text} [default: {default}]")
 
 
 SEP = click.option("--sep", help="Field separator of text files: ',', tab, '::', ';' or "
                                  "whitespace [default: detected].")
-SEED = click.option("--seed", type=Number(int, 0), default=0, show_default=True,
+SEED = click.option("--seed", type=Number.of("seed"), default=0, show_default=True,
                     help="Seed of the initialisation and of random splits.")
 THREADS = click.option("--threads", type=Number(int, 1), callback=_set_threads,
                        expose_value=False, help="Number of Numba threads [default: all].")
@@ -150,33 +161,28 @@ HYPER = options(
     click.option("--preset", type=click.Choice(sorted(PRESETS)),
                  help="The official hyper-parameters of a paper dataset; the options "
                       "below override them."),
-    _hyper("--hidden", "n_hidden", Number(int, 1), "Width of the hidden layers."),
-    _hyper("--layers", "n_layers", Number(int, 1, MAX_LAYERS), "Number of hidden layers."),
-    _hyper("--kernel-dim", "kernel_dim", Number(int, 1), "Dimension of the local kernel."),
-    _hyper("--gk-size", "gk_size", Number(int, 1), "Side of the global kernel (odd)."),
-    _hyper("--lambda-2", "lambda_2", Number(float, 0), "L2 penalty of the weights."),
-    _hyper("--lambda-s", "lambda_s", Number(float, 0), "Penalty of the local kernels."),
-    _hyper("--dot-scale", "dot_scale", Number(float, 0), "Scale of the global kernel."),
-    _hyper("--epochs-pretrain", "epochs_pretrain", Number(int, 0), "Pre-training epochs."),
-    _hyper("--epochs-finetune", "epochs_finetune", Number(int, 0), "Fine-tuning epochs."),
-    _hyper("--iters-pretrain", "iters_pretrain", Number(int, 1),
-           "L-BFGS-B iterations per pre-training epoch."),
-    _hyper("--iters-finetune", "iters_finetune", Number(int, 1),
-           "L-BFGS-B iterations per fine-tuning epoch."),
-    _hyper("--dtype", "dtype", click.Choice(["float32", "float64"]),
-           "Compute precision of the network."),
-    _hyper("--optimizer", "optimizer", click.Choice(OPTIMIZERS),
+    _hyper("--hidden", "n_hidden", "Width of the hidden layers."),
+    _hyper("--layers", "n_layers", "Number of hidden layers."),
+    _hyper("--kernel-dim", "kernel_dim", "Dimension of the local kernel."),
+    _hyper("--gk-size", "gk_size", "Side of the global kernel (odd)."),
+    _hyper("--lambda-2", "lambda_2", "L2 penalty of the weights."),
+    _hyper("--lambda-s", "lambda_s", "Penalty of the local kernels."),
+    _hyper("--dot-scale", "dot_scale", "Scale of the global kernel."),
+    _hyper("--epochs-pretrain", "epochs_pretrain", "Pre-training epochs."),
+    _hyper("--epochs-finetune", "epochs_finetune", "Fine-tuning epochs."),
+    _hyper("--iters-pretrain", "iters_pretrain", "L-BFGS-B iterations per pre-training epoch."),
+    _hyper("--iters-finetune", "iters_finetune", "L-BFGS-B iterations per fine-tuning epoch."),
+    _hyper("--dtype", "dtype", "Compute precision of the network."),
+    _hyper("--optimizer", "optimizer",
            "L-BFGS-B: scipy's, or numba, the same steps at a fraction of scipy's cost "
            "on large fits."),
-    _hyper("--patience", "patience", Number(int, 0),
+    _hyper("--patience", "patience",
            "Early stopping: end a stage after N epochs without a better validation RMSE "
            "(0: off; needs a validation set).",
            f"{DEFAULT_PATIENCE} for tune's trials and for fit with a validation set and no "
            "--preset, else 0"),
-    _hyper("--scale", "scale", click.Choice(SCALES),
+    _hyper("--scale", "scale",
            "auto: train on the ratings mapped from their training range onto the 1-5 scale "
-
-
            "the presets were tuned for (predictions and metrics mapped back; nothing changes "
            "on 1-5 data); none: train on them as given."),
 )
