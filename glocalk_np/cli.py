@@ -37,7 +37,8 @@ from .gradcheck import TOLERANCE, check_gradients
 from .safeio import STDIN, atomic_outputs, check_distinct, parse_json, read_text, shorten
 from .records import epoch_line
 from .synthetic import low_rank_ratings
-from .config import DEFAULT_PATIENCE, DEFAULT_VALIDATION, SELECTIONS, Config, default_selection
+from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, SELECTIONS, Config, check_select,
+                     default_selection)
 from .tune import METRICS as TUNE_METRICS
 from .console.output import (STAGE_LABELS, check_outputs, echo_summary, human_text_to_stderr,
                              jsonable, output, train_model, write_csv_blocks, write_json)
@@ -250,10 +251,12 @@ def _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, selec
                   **{**settings, **given, "seed": seed})   # --seed also drew the splits
     train, val = est.validation_split(train)
     select = select or default_selection(val, test, benchmark=dataset is not None)
-    held_out = {"test": test, "val": val}
-    if select in held_out and held_out[select] is None:
+    try:
+        check_select(select, val, test)
+    except ValueError:      # --select is one of SELECTIONS: its set is missing, said in options
         raise click.UsageError(f"--select {select} needs a {select} set "
-                               f"({'--val-frac' if select == 'val' else '--test or --test-frac'})")
+                               f"({'--val-frac' if select == 'val' else '--test or --test-frac'})"
+                               ) from None
     echo_data(train, val, test)
     if split_dir:
         os.makedirs(split_dir, exist_ok=True)

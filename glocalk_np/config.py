@@ -1,7 +1,8 @@
 """GLocal-K's hyper-parameters (Config) and the range of each, the paper's
-presets, the epoch selection rules and the memory check of a network
-before training (docs/model.md §9-10). Nothing here trains: the file
-format, the CLI and the trainer all read it.
+presets, the epoch selection rules, the checks of a fit's settings and
+data, and the memory check of a network before training (docs/model.md
+§9-10). Nothing here trains: the file format, the CLI and the trainer all
+read it.
 """
 from dataclasses import asdict, dataclass, fields, replace
 from typing import NamedTuple
@@ -9,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from .data import DataError
 from .safeio import gib, physical_memory, shorten
 from .scale import SCALES
 
@@ -49,6 +51,25 @@ def own_file_config(config, n_ratings):
     defaults = Config()
     return replace(config, **{k: v for k, v in PRESETS["ml-1m"].items()
                               if getattr(config, k) == getattr(defaults, k)})
+
+
+def check_select(select, val, test):
+    """ValueError unless ``select`` is a selection rule whose held-out set
+    (``val`` or ``test``; 'last' needs none) is given."""
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+    if {"test": test, "val": val}.get(select, True) is None:
+        raise ValueError(f"select={select!r} needs a {select} set")
+
+
+def check_positive_for_scale(values, scale, source):
+    """DataError unless the training ratings ``values`` (from ``source``)
+    can be trained on with ``scale``: as given ('none'), they must be > 0."""
+    if scale == "none" and values.min() <= 0:
+        raise DataError(f"{source}: ratings must be > 0 with scale='none' (the "
+                        "network reads 0 as a missing rating; the smallest is "
+                        f"{values.min():g}): use scale='auto', which maps any "
+                        "ratings onto 1-5")
 
 
 def default_selection(val, test, benchmark=False):
