@@ -37,6 +37,7 @@ from .gradcheck import TOLERANCE, check_gradients
 from .safeio import STDIN, atomic_outputs, check_distinct, parse_json, read_text, shorten
 from .records import epoch_line
 from .synthetic import low_rank_ratings
+from .serve import ENDPOINTS
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, SELECTIONS, Config, check_select,
                      default_selection)
 from .tune import METRICS as TUNE_METRICS
@@ -459,20 +460,23 @@ def similar(model, item, top, as_json):
         click.echo(f"{rank:>4}  {i!s:<10}  {sim:.4f}")
 
 
-@cli.command()
+# serve's help names serve.ENDPOINTS' paths
+_ENDPOINT_PATHS = [f"/{name}" for name in ENDPOINTS]
+
+
+@cli.command(help=f"""Serve MODEL over HTTP as JSON until interrupted:
+    {', '.join(_ENDPOINT_PATHS[:-1])} and {_ENDPOINT_PATHS[-1]} (GET with query
+    parameters or POST with a JSON object; see the README). The file is checked
+    at start; when it is replaced (e.g. by `update` or a new `fit --out`), a
+    request at least a second after the last look sees it and the new one loads
+    in the background, swapped in if usable. The same application runs under
+    any WSGI server: glocalk_np.serve.ModelServer.""")
 @click.argument("model", type=INPUT)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface; put a proxy in front).")
 @click.option("--port", type=Number(int, 0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free one).")
 def serve(model, host, port):
-    """Serve MODEL over HTTP as JSON until interrupted: /recommend, /predict,
-    /similar, /info and /health (GET with query parameters or POST with a
-    JSON object; see the README). The file is checked at start; when it is
-    replaced (e.g. by `update` or a new `fit --out`), a request at least a
-    second after the last look sees it and the new one loads in the
-    background, swapped in if usable. The same application runs under any
-    WSGI server: glocalk_np.serve.ModelServer."""
     from .serve import run as run_server
     try:
         run_server(model, host, port, ready=lambda url: click.echo(

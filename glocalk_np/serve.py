@@ -2,16 +2,9 @@
 server runs it unchanged (gunicorn, waitress, uWSGI); `glocalk-np serve`
 runs it with `run` below.
 
-Every answer is JSON. GET or HEAD (query parameters) or POST (a JSON object):
-
-    /health      {"status": "ok", "model": path, "loaded": time, "users", "items",
-                  "reload_error"}
-    /info        GLocalK.info()
-    /recommend   user, top (default 10), include_seen, items (candidates),
-                 exclude: {"user", "items": [{"item", "score"}], "fallback"}
-    /predict     pairs: [[user, item], ...] -> {"predictions": [{"user",
-                 "item", "rating", "fallback"}]}
-    /similar     item, top -> {"item", "similar": [{"item", "similarity"}]}
+Every answer is JSON. GET or HEAD (query parameters) or POST (a JSON object)
+to one of ENDPOINTS (below: each with the parameters it takes and what it
+answers).
 
 Parameters are read strictly. Each is given once (query string and body
 together) and an endpoint refuses any it does not take. Ids follow the rule
@@ -89,6 +82,20 @@ MAX_BUFFERED = 64 << 20     # bytes of requests and answers held for clients
 WORKERS = 8                 # threads computing answers
 SWEEP_S = 0.1               # how often deadlines are enforced
 _ALLOWED = "GET, HEAD, POST"
+# The endpoints, in the order the help lists them: name -> the parameters it
+# takes (what it answers in the comment by it). The routing, its 404 message
+# and `glocalk-np serve`'s help read it.
+ENDPOINTS = {
+    # {"user", "items": [{"item", "score"}], "fallback"}; top: 10 by default,
+    # items: the candidates, exclude: items left out
+    "recommend": ("user", "top", "include_seen", "items", "exclude"),
+    # {"predictions": [{"user", "item", "rating", "fallback"}]}; pairs: [[user, item], ...]
+    "predict": ("pairs",),
+    "similar": ("item", "top"),     # {"item", "similar": [{"item", "similarity"}]}
+    "info": (),                     # GLocalK.info()
+    # {"status": "ok", "model": path, "loaded": time, "users", "items", "reload_error"}
+    "health": (),
+}
 
 
 class BadRequest(ValueError):
@@ -236,10 +243,8 @@ class ModelServer:
 
 
 # path -> (endpoint, the parameters it takes)
-ROUTES = {f"/{name}": (getattr(ModelServer, name), frozenset(takes)) for name, takes in (
-    ("health", ()), ("info", ()), ("recommend", ("user", "top", "include_seen", "items",
-                                                 "exclude")),
-    ("predict", ("pairs",)), ("similar", ("item", "top")))}
+ROUTES = {f"/{name}": (getattr(ModelServer, name), frozenset(takes))
+          for name, takes in ENDPOINTS.items()}
 
 
 def _body_length(length, chunked):
