@@ -793,7 +793,3 @@ def download(name, directory):
     else:
         click.echo(f"{name}: already downloaded in {found}")
 
-
-if __name__ == "__main__":      # python -m glocalk_np.cli: as the console entry point
-    from glocalk_np.__main__ import main
-    main()

@@ -502,7 +502,7 @@ def test_usage_errors_are_one_line(files, args, message):
 # ---------------------------------------------------------------- real processes
 
 def glocalk(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "glocalk_np.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "glocalk_np", *map(str, args)],
                           capture_output=True, text=True, timeout=120, **kwargs)
 
 
