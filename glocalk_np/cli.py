@@ -219,9 +219,12 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
     cluster = dask_client(scheduler, local_workers) if device == "dask" else \
         contextlib.nullcontext()
     with human_text_to_stderr(metrics_json == "-"), cluster:
-        est, seconds = _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir,
-                            select, preset, seed, sep, config_file, out, checkpoint_dir, resume,
-                            device, ensemble, quiet, hyper)
+        est, seconds = _fit(ratings, test_path=test_path, test_frac=test_frac,
+                            val_frac=val_frac, refit=refit, blend=blend, split_dir=split_dir,
+                            select=select, preset=preset, seed=seed, sep=sep,
+                            config_file=config_file, out=out, checkpoint_dir=checkpoint_dir,
+                            resume=resume, device=device, ensemble=ensemble, quiet=quiet,
+                            hyper=hyper)
     if metrics_json:
         chosen = getattr(est, "selection_history_", None)      # a refit: the choosing fit's
         write_json(metrics_json, {"config": est.config_.as_dict(), "summary": est.summary_,
@@ -238,9 +241,10 @@ def dask_client(scheduler, local_workers):
     return connect(scheduler, local_workers)
 
 
-def _fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select, preset, seed,
-         sep, config_file, out, checkpoint_dir, resume, device, ensemble, quiet, hyper):
-    """fit's work after its checks: (the fitted estimator, seconds taken)."""
+def _fit(ratings, *, test_path, test_frac, val_frac, refit, blend, split_dir, select, preset,
+         seed, sep, config_file, out, checkpoint_dir, resume, device, ensemble, quiet, hyper):
+    """fit's work after its checks, given fit's options by name: (the
+    fitted estimator, seconds taken)."""
     tic = time.perf_counter()
     settings = read_settings(config_file) if config_file else {}
     train, test, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
