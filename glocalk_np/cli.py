@@ -582,9 +582,10 @@ def predict(model, pairs, all_pairs, out, sep):
     """Predicted ratings for user, item pairs, as CSV.
 
     Writes user,item,prediction,fallback for each line of PAIRS, a file or
-    '-' for standard input (further columns are ignored). The fallback says where the network could not be
-    used: item_mean (damped) for a user without training ratings, global_mean
-    when the item has none either or is unknown.
+    '-' for standard input (further columns are ignored). The fallback says
+    where the network could not be used: item_mean (damped) for a user
+    without training ratings, global_mean when the item has none either or
+    is unknown.
 
     With --all: user,item,prediction,rank,seen for every user (rows grouped
     by user, items in index order), rank being the item's place in that
@@ -783,8 +784,6 @@ def datasets_cmd():
 @click.argument("name", type=click.Choice(list(datasets.SOURCES)))
 @click.option("--dir", "directory", type=click.Path(file_okay=False),
               help="Cache folder [default: $GLOCALK_NP_DATA, else ~/.cache/glocalk-np]; "
-
-
                    "fit looks in the default one.")
 def download(name, directory):
     """Fetch a GroupLens zip, verify its sha256, unpack it."""
@@ -796,4 +795,3 @@ def download(name, directory):
         click.echo(f"{name}: checksum verified, unpacked in {found}")
     else:
         click.echo(f"{name}: already downloaded in {found}")
-

@@ -87,8 +87,6 @@ class Main(click.Group):
         """Run the command; ``own_process`` (the console entry point) leaves
         SIGINT and SIGTERM ignored on the way out instead of restoring them,
         as the process ends here. A SIGINT the process inherited as ignored
-
-
         (a background job) stays ignored."""
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataWarning)
