@@ -2,11 +2,11 @@
 offsets, r(u, i) ~ mu + b_u + b_i (Koren, "Factor in the neighbors", 2010,
 section 2.1; Surprise's BaselineOnly with its default ALS fit).
 
-It serves twice: as the prediction where the network has nothing to go on
-(fallback.py: an unknown item still gets its user's offset, an unknown user
-its item's), and as the yardstick every fit reports beside its own scores,
+It serves twice: as the yardstick every fit reports beside its own scores,
 so that a user sees what the network adds over a predictor that trains in
-milliseconds.
+milliseconds, and as what a blend pulls the network's predictions toward
+(blend_weight below). The fallbacks, where the network has nothing to go on,
+do not use it: fallback.py's damped means measured better there.
 
 Fit by alternating least squares on the training ratings (items x users,
 the user's units): ``epochs`` sweeps, each solving every item's offset given
