@@ -14,6 +14,7 @@ from ..records import epoch_line, epochs_run, scores_text
 from ..engines.base import EngineFailure
 from .process import EXIT_INTERRUPTED, signal_behind
 
+
 def check_outputs(inputs, outputs):
     """Before any work: no output is an input or another output, and each
     output (companions included) can be written; '-' and None skipped."""
@@ -63,11 +64,6 @@ def write_json(path, value):
     with output(path) as f:
         json.dump(jsonable(value), f, indent=2, allow_nan=False)
         f.write("\n")
-
-
-def write_csv(path, header, columns):
-    """Rows of parallel ``columns`` as CSV to ``path`` (atomically) or stdout."""
-    write_csv_blocks(path, header, [columns])
 
 
 def write_csv_blocks(path, header, blocks):
