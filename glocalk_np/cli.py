@@ -28,19 +28,18 @@ from dataclasses import asdict
 import click
 import numpy as np
 
+# The trainer, the engines and Numba are imported by the commands that train,
+# so that the others can run without loading them (datasets is light, and
+# process.py loads it anyway for DownloadError; tune loads the trainer in a trial).
 from . import __version__, datasets, metrics
-from .engines import DEVICES
+from . import tune as search
 from .data import (DataError, as_ids, concatenate, random_split, ratings_csv, read_any, read_ids,
                    read_pairs, read_ratings)
-from .estimator import MAX_ENSEMBLE, GLocalK, checkpoint_name, stored
-from .gradcheck import TOLERANCE, check_gradients
 from .safeio import STDIN, atomic_outputs, check_distinct, parse_json, read_text, shorten
 from .records import epoch_line
-from .synthetic import low_rank_ratings
 from .serve import ENDPOINTS
-from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, SELECTIONS, Config, check_select,
-                     default_selection)
-from .tune import METRICS as TUNE_METRICS
+from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, DEVICES, MAX_ENSEMBLE, SELECTIONS,
+                     Config, check_select, default_selection)
 from .console.output import (STAGE_LABELS, check_outputs, echo_summary, human_text_to_stderr,
                              jsonable, output, train_model, write_csv_blocks, write_json)
 from .console.params import (HYPER, INPUT, InFile, Number, OutFile, OutFolder, QUIET, SEED, SEP,
@@ -52,6 +51,13 @@ from .console.process import Main
 CSV_BLOCK_ROWS = 1 << 18
 # Users recommend serves at a time (their rows are held as Python objects)
 RECOMMEND_BLOCK = 1 << 14
+
+
+def load_model(path):
+    """The saved model at ``path``, as every command that only reads one
+    (or updates it) loads it."""
+    from .estimator import GLocalK
+    return GLocalK.load(path)
 
 
 def read_test(path, sep):
@@ -202,6 +208,7 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
     hyper-parameters). Datasets are looked up in $GLOCALK_NP_DATA, else
     ~/.cache/glocalk-np.
     """
+    from .estimator import checkpoint_name
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")
     if (device == "dask") != bool(scheduler or local_workers) or (scheduler and local_workers):
@@ -245,6 +252,7 @@ def _fit(ratings, *, test_path, test_frac, val_frac, refit, blend, split_dir, se
          seed, sep, config_file, out, checkpoint_dir, resume, device, ensemble, quiet, hyper):
     """fit's work after its checks, given fit's options by name: (the
     fitted estimator, seconds taken)."""
+    from .estimator import GLocalK
     tic = time.perf_counter()
     settings = read_settings(config_file) if config_file else {}
     train, test, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
@@ -294,7 +302,7 @@ def update(model, ratings, out, sep, fold_in):
     ratings in RATINGS gets their own output-layer weights fitted to all
     their ratings, everything else fixed (a few milliseconds a user)."""
     check_outputs([model, ratings], [out])
-    est = GLocalK.load(model)
+    est = load_model(model)
     counts = est.update(read_ratings(ratings, sep), fold_in=fold_in)
     est.save(out)
     click.echo(f"{counts['added']} ratings added ({counts['new_items']} on new items), "
@@ -343,7 +351,7 @@ SETTINGS_BYTES_PER_BYTE = 20
                    "first epoch and the set-up before it always run) [default: 60 without "
                    "--trials].")
 @click.option("--trials", type=Number(int, 1), help="Number of trials.")
-@click.option("--metric", type=click.Choice(TUNE_METRICS), default="rmse", show_default=True,
+@click.option("--metric", type=click.Choice(search.METRICS), default="rmse", show_default=True,
               help="What the trials are ranked by on the validation ratings: RMSE, or a "
                    "top-10 metric of the recommended lists (as evaluate computes it).")
 @HYPER
@@ -364,7 +372,6 @@ def tune(ratings, test_path, test_frac, val_frac, budget, trials, metric, preset
     the end, the best settings in --out for `glocalk-np fit RATINGS --config
     FILE`. Trials that fail are recorded.
     """
-    from . import tune as search
     check_outputs([*ratings_inputs(ratings), test_path], [out])
     with human_text_to_stderr(out == "-"):
         train, test, index, dataset = _training_data(ratings, sep, test_path, test_frac, seed)
@@ -433,7 +440,7 @@ def plot(model, out):
     matplotlib: pip install 'glocalk-np[plot]')."""
     check_outputs([model], [out])
     from .curves import plot_history
-    est = GLocalK.load(model)
+    est = load_model(model)
     chose = est.selection_history_ or est.history_
     if not chose:
         raise click.UsageError(f"{model}: no epoch to plot (a model fitted with 0 epochs)")
@@ -455,7 +462,7 @@ def similar(model, item, top, as_json):
     """The items most like an item in MODEL's own terms: the adjusted cosine
     of their predicted ratings over all users (1: the model expects the
     same users to like both more, and less, than their usual)."""
-    found = GLocalK.load(model).similar(as_ids([item], "--item", "item")[0], top)
+    found = load_model(model).similar(as_ids([item], "--item", "item")[0], top)
     if as_json:
         write_json(None, [{"item": i, "similarity": s} for i, s in found])
         return
@@ -497,7 +504,7 @@ def info(model, as_json):
     it was fitted on, its network, how its epoch was chosen and the scores
     fit reported (the baseline predictor's beside them). Reads and checks
     the file; computes nothing."""
-    result = GLocalK.load(model).info()
+    result = load_model(model).info()
     if as_json:
         write_json(None, result)
         return
@@ -550,7 +557,7 @@ def evaluate(model, test, sep, k, as_json):
     baseline predictor (the training ratings' mean plus user and item
     offsets) is scored on the same ratings.
     """
-    result = GLocalK.load(model).evaluate(read_test(test, sep), k=k)
+    result = load_model(model).evaluate(read_test(test, sep), k=k)
     if as_json:
         write_json(None, result)
         return
@@ -598,7 +605,7 @@ def predict(model, pairs, all_pairs, out, sep):
     id_files = [f"{out[:-len('.npy')]}.{kind}.txt" for kind in ("users", "items")
                 ] if as_npy else []
     check_outputs([model, pairs], [out, *id_files])
-    est = GLocalK.load(model)
+    est = load_model(model)
     if pairs is not None:
         users, items = read_pairs(STDIN if pairs == "-" else pairs, sep)
         pred, fallback = est.predict(users, items)
@@ -615,6 +622,7 @@ def predict(model, pairs, all_pairs, out, sep):
             for ids, g in zip((users, items), id_outputs):
                 g.write("".join(f"{i}\n" for i in ids.tolist()).encode("utf-8"))
         return
+    from .estimator import stored
     seen = stored(est.train_matrix_).tocsc()          # a rating of 0 is seen too
     block = max(1, CSV_BLOCK_ROWS // items.size)     # users per block of rows
 
@@ -653,7 +661,7 @@ def recommend(model, user, users_file, all_users, top, include_seen, fmt, out, s
     if sum((user is not None, users_file is not None, all_users)) != 1:
         raise click.UsageError("give --user, --users or --all-users (exactly one)")
     check_outputs([model, users_file], [out])
-    est = GLocalK.load(model)
+    est = load_model(model)
     if user is not None:            # read as one id of a ratings file is
         ids = as_ids([user], "--user", "user")
     elif users_file is not None:
@@ -709,6 +717,8 @@ def gradcheck(ctx, seed):
     until no kink of the local kernels or the convolution's ReLU is near
     and every gradient stands above round-off; exit status 1 if the worst
     relative error of a stage is above 1e-6."""
+    from .gradcheck import TOLERANCE, check_gradients
+
     def started(stage, n):
         click.echo(f"{STAGE_LABELS[stage]}: {n:,} parameters, 2 losses each ...", err=True)
 
@@ -747,6 +757,8 @@ def demo(quick, out, seed, quiet):
     The ratings (integer stars from a low-rank model plus noise) are split
     90/10 into train and test, with 10% of train held out to pick the epoch.
     """
+    from .estimator import GLocalK
+    from .synthetic import low_rank_ratings
     setup = DEMO["quick" if quick else "full"]
     ratings = low_rank_ratings(**setup["data"], seed=seed)
     train, test = random_split(ratings, 0.1, seed)

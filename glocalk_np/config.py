@@ -87,6 +87,10 @@ PROTOCOLS = {"val": "fine-tuning epoch with the best validation RMSE",
              "last": "last fine-tuning epoch"}
 OPTIMIZERS = ("scipy", "numba")
 DTYPES = ("float32", "float64")
+# Where the loss and gradient are computed (engines/: one engine each)
+DEVICES = ("cpu", "cuda", "dask")
+# The most models of a seed ensemble
+MAX_ENSEMBLE = 1000
 # Penalties and scales beyond this leave float32's range at TF1's initial
 # weights; the presets use at most 70.
 MAX_LAMBDA = 1e6

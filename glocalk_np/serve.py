@@ -62,7 +62,6 @@ import numpy as np
 
 from .console.output import jsonable
 from .data import PLAIN_INT, as_ids, bad_text_id
-from .estimator import GLocalK
 from .modelfile import ModelFileError
 from .safeio import gib, open_input, shorten
 
@@ -98,6 +97,12 @@ ENDPOINTS = {
 }
 
 
+def load_model(path):
+    """The saved model at ``path``, as the server loads every one."""
+    from .estimator import GLocalK     # here: the CLI reads ENDPOINTS without the trainer
+    return GLocalK.load(path)
+
+
 class BadRequest(ValueError):
     """A request the server refuses, with its HTTP status."""
 
@@ -131,7 +136,7 @@ class ModelServer:
 
     def _load(self):
         """The model file, checked, its forward pass done now rather than in a request."""
-        model = GLocalK.load(self.path)
+        model = load_model(self.path)
         model.recommend(model.index_.users[:1], 1)
         return model
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import train as training
-from .estimator import GLocalK
 from .config import DEFAULT_PATIENCE, Config
 from .records import epochs_run
 
@@ -33,7 +31,8 @@ SPACE = {
     "epochs_finetune": ("choice", (20, 40, 60)),
 }
 # What a search can rank by: RMSE (lower is better) or a top-N metric of the
-# lists recommend makes, on the validation ratings (higher is better)
+# lists recommend makes, on the validation ratings (higher is better). The
+# trainer is imported where a trial runs, so that the CLI reads these alone.
 METRICS = ("rmse", "ndcg@10", "precision@10", "recall@10")
 
 
@@ -131,11 +130,12 @@ class _Epochs:
         self.state = None
 
     def __call__(self, record, state):
+        from .train import stage_over
         self.state = state
         config = self.model.config_     # as fit resolved it (a large file's epochs)
         if self.report is not None:
             self.report(self.number, record, config.epochs(record.stage))
-        last = training.stage_over(state.history, record.stage, config) and (
+        last = stage_over(state.history, record.stage, config) and (
             record.stage == "finetune" or not config.epochs_finetune)
         if self.deadline is not None and not last \
                 and time.perf_counter() + record.seconds > self.deadline:
@@ -145,6 +145,7 @@ class _Epochs:
 def _run(number, settings, base, patience, train, val, index, metric, deadline, on_epoch):
     """Fit one setting with early stopping; its Trial, failures and a stop
     at the deadline included."""
+    from .estimator import GLocalK
     tic = time.perf_counter()
     config = replace(base, **settings, patience=patience)
     # the network alone: a blend fitted on these val ratings would pull every

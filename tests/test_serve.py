@@ -182,7 +182,7 @@ def test_an_oversized_replacement_is_refused_unread(served, tmp_path, monkeypatc
     before = rating(app)
     monkeypatch.setattr(serve, "RELOAD_FLOOR", 0)
     reads = []
-    monkeypatch.setattr(serve.GLocalK, "load", lambda *a, **k: reads.append(a))
+    monkeypatch.setattr(serve, "load_model", lambda *a, **k: reads.append(a))
     big = tmp_path / "big.npz"
     with open(big, "wb") as f:
         f.truncate(serve.RELOAD_GROWTH * path.stat().st_size + 1)
