@@ -11,7 +11,7 @@ import numpy as np
 
 from . import modelfile
 from .data import DataWarning
-from .records import TrainState
+from .records import TrainState, epochs_run
 from .safeio import OutputError, check_target
 from .schema import (field, is_fingerprint, pack_ids, pack_params, read_best, read_config,
                      read_history, unpack_params)
@@ -109,7 +109,7 @@ class Checkpoint:
                 raise ValueError(f"{self.path}: cannot resume, the {what} differs from "
                                  "the checkpoint's")
         history = read_history(f, self.config)
-        fine_done = sum(r.stage == "finetune" for r in history)
+        fine_done = epochs_run(history, "finetune")
         params = unpack_params(f, "param/", f.field("params"), self.config, self.shape,
                                "finetune" if fine_done else "pretrain")
         best = read_best(f, self.config, self.shape)

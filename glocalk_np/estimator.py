@@ -13,19 +13,18 @@ import scipy.sparse as sp
 from . import train as training
 from .baseline import blend_weight
 from .checkpoint import Checkpoint, checkpoint_name, fingerprints
-from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, PRESETS, PROTOCOLS, SELECTIONS,
-                     Config, check_problem, default_selection, own_file_config)
+from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, DEVICES, MAX_ENSEMBLE, PRESETS,
+                     PROTOCOLS, Config, check_positive_for_scale, check_problem, check_select,
+                     default_selection, own_file_config)
 from .data import DataError, Index, concatenate, random_split
-from .engines import DEVICES, make_engine
+from .engines import make_engine
 from .fallback import NETWORK
 from .model import Model, as_ratings
 from .ranking import stored
-from .records import Member, epoch_line
+from .records import Member, epoch_line, epochs_run
 from .safeio import shorten
 from .scoring import EvalSet, baseline_scores
 
-# The most members a seed ensemble may have (each is a whole model in memory)
-MAX_ENSEMBLE = 1000
 REFIT_PROTOCOL = ("then refit on the training and validation ratings together for the "
                   "epochs chosen")
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
@@ -188,11 +187,7 @@ class GLocalK(Model):
                             ((train, "training"), (test, "test"), (val, "validation")))
         if train is None or not len(train):
             raise DataError(f"{getattr(train, 'source', 'fit')}: no training ratings")
-        if self.config.scale == "none" and train.values.min() <= 0:
-            raise DataError(f"{train.source}: ratings must be > 0 with scale='none' (the "
-                            "network reads 0 as a missing rating; the smallest is "
-                            f"{train.values.min():g}): use scale='auto', which maps any "
-                            "ratings onto 1-5")
+        check_positive_for_scale(train.values, self.config.scale, train.source)
         train, val = self.validation_split(train, val)
         config, select, refit, blend = self._fit_settings(val, select, test, len(train))
         self.config_ = replace(config, seed=self.config.seed)   # what the engine is built with
@@ -211,7 +206,7 @@ class GLocalK(Model):
         final = first
         if refit:
             both = concatenate(train, val)
-            configs = [replace(c, epochs_pretrain=_epochs_run(m.history, "pretrain"),
+            configs = [replace(c, epochs_pretrain=epochs_run(m.history, "pretrain"),
                                epochs_finetune=m.best_epoch or 0, patience=0)
                        for c, m in zip(configs, first.members)]
             final = self._train(both, {"test": test}, index, configs, "last", callback,
@@ -225,7 +220,7 @@ class GLocalK(Model):
                          "protocol": PROTOCOLS[select] + (f", {REFIT_PROTOCOL}" if refit else ""),
                          "best_epoch": chosen.best_epoch,
                          "stopped_early": training.stopped_early(chosen.history, config),
-                         "epochs_run": {stage: _epochs_run(chosen.history, stage)
+                         "epochs_run": {stage: epochs_run(chosen.history, stage)
                                         for stage in ("pretrain", "finetune")},
                          # The held-out scores of the model as it predicts, evaluate's
                          # numbers bit for bit: the epochs were scored by the engine, whose
@@ -284,10 +279,7 @@ class GLocalK(Model):
         if patience is None:
             patience = DEFAULT_PATIENCE if own and val is not None else 0
         select = select or default_selection(val, test)
-        if select not in SELECTIONS:
-            raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
-        if {"test": test, "val": val}.get(select, True) is None:
-            raise ValueError(f"select={select!r} needs a {select} set")
+        check_select(select, val, test)
         refit = self.refit
         if refit == "auto":
             refit = own and select == "val"
@@ -418,10 +410,6 @@ class _Phase:
     members: list
     evals: dict
     baseline: dict
-
-
-def _epochs_run(history, stage):
-    return sum(r.stage == stage for r in history)
 
 
 def _seen_pattern(index, R, *ratings):

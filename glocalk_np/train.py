@@ -19,18 +19,14 @@ from scipy.optimize import minimize
 from . import lbfgsb, metrics
 from .engines import make_engine, settings
 from .fallback import Fallback
-from .config import SELECTIONS, Config, check_problem
+from .config import Config, check_problem, check_select
 from .params import (STAGES, flatten, init_global_kernel, init_layers, optimised,
                      placeholders, unflatten)
-from .records import Best, EpochRecord, TrainState
+from .records import Best, EpochRecord, TrainingDiverged, TrainState, epochs_run
 from .scoring import EvalSet, held_out_scores
 from .scale import RatingScale
 
 MAXCOR = 10          # L-BFGS-B's memory, as the official code sets it
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the parameters left the finite numbers."""
 
 
 def minimize_epoch(engine, stage, template, maxiter, optimizer="scipy", workspace=None,
@@ -163,7 +159,7 @@ def stage_over(history, stage, config):
     config.patience = N > 0, the last N epochs brought no validation RMSE
     below the stage's best (early stopping)."""
     val = [r.metrics["val"]["rmse"] for r in history if r.stage == stage and "val" in r.metrics]
-    if sum(r.stage == stage for r in history) >= config.epochs(stage):
+    if epochs_run(history, stage) >= config.epochs(stage):
         return True
     patience = config.patience or 0       # None (unresolved): no early stopping here
     return patience > 0 and len(val) > 0 and len(val) - 1 - int(np.argmin(val)) >= patience
@@ -173,7 +169,7 @@ def stopped_early(history, config):
     """The stages that early stopping ended before their last epoch."""
     return [stage for stage in STAGES
             if stage_over(history, stage, config)
-            and sum(r.stage == stage for r in history) < config.epochs(stage)]
+            and epochs_run(history, stage) < config.epochs(stage)]
 
 
 def score(engine, stage, params, train_set, evals, scale, fallback):
@@ -228,10 +224,8 @@ def _kept(params, slot):
 
 def selected(state, select):
     """(epoch, parameters) chosen by ``select`` ('test', 'val' or 'last')."""
-    if select not in SELECTIONS:
-        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
     if select not in state.best:
-        raise ValueError(f"select={select!r} needs a {select} set" if select != "last"
-                         else "no fine-tuning epoch has run")
+        check_select(select, None, None)    # an unknown rule, or a set fit was not given
+        raise ValueError("no fine-tuning epoch has run")
     return state.best[select].epoch, state.best[select].params
 
