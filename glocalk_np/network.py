@@ -1,10 +1,11 @@
 """GLocal-K's network, loss and hand-written gradient, written once
 (docs/model.md explains every step) over the operations an engine provides.
 
-An engine (engines/cpu.py, engines/cuda.py) supplies ``ops``, an object with
-the operations listed in OPERATIONS, each with one contract on every engine:
-the arrays it reads, the arrays it writes (given by the caller, allocated
-with ``ops.empty``) and what it computes. What stays with an engine is how:
+An engine (engines/cpu.py, engines/cuda.py) supplies ``ops``, an
+Operations (below; a ForwardOperations suffices for ``forward`` and
+``predict``), each method with one contract on every engine: the arrays it
+reads, the arrays it writes (given by the caller, allocated with
+``ops.empty``) and what it computes. What stays with an engine is how:
 its kernels, where arrays live, how the loss is summed, and the flat vector
 the optimiser sees.
 
@@ -26,44 +27,128 @@ process each is a no-op. Means over users (the item means, mean_backward)
 divide by all n users. The convolution reads the gk // 2 users on either
 side of a share's columns: a share keeps that halo of R from set-up on.
 """
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from .params import STAGES, layer_count
 
-OPERATIONS = {
-    "leader": "an attribute: True on the one share that adds the replicated layers' "
-              "regulariser to the loss (always on one process)",
-    "empty": "empty(name, shape) -> a work array of the compute dtype, contents undefined "
-             "(an engine may keep it between evaluations under its name; None: never)",
-    "zeros": "zeros(name, shape) -> a work array of the compute dtype holding zeros",
-    "new_loss": "new_loss() -> a loss accumulator holding 0",
-    "local_kernel": "K = max(0, 1 - |U_i - V_j|^2), Weff = W * K; loss += "
-                    "lambda_s/2 sum K^2 + lambda_2/2 sum W^2",
-    "transpose": "out = A^T",
-    "spmm": "out = X @ B for the sparse X with values x",
-    "spmm_t": "out (+)= X^T @ B",
-    "sddmm": "out = (A @ B^T) at X's entries",
-    "gemm": "out (+)= op(A) @ op(B), op = transpose when asked",
-    "bias_sigmoid": "H = sigmoid(H + b) in place",
-    "sigmoid_backward": "dH = dH * H * (1 - H) in place (dloss/d pre-activation); "
-                        "db += its column sums",
-    "output_layer": "resid = (H WoutT^T + b - R) at R's entries; dH = resid @ WoutT; "
-                    "loss += 1/2 sum resid^2",
-    "user_sums": "out += the sum of x over each user's entries of X",
-    "weight_means": "-> (w_mean, b_mean): Weff_out and b_out averaged over the users, "
-                    "b_mean an array of one",
-    "item_means": "-> mu = H w_mean + b_mean",
-    "convolve": "-> conv: the ReLU'd 'SAME' cross-correlation of R with "
-                "G = dot_scale reshape(C^T mu); conv.X, conv.x: the second pass's input",
-    "conv_backward": "-> dG (gk^2) from dloss/dconv.x, through the ReLU",
-    "global_kernel_grad": "dC = dot_scale mu dG^T; dmu = dot_scale C dG",
-    "mean_backward": "back through mu: dWoutT += H^T dmu / n (every row; n all users), "
-                     "db_out += sum(dmu) / n, dH = dmu w_mean^T",
-    "layer_grad": "dW, dU, dV from dloss/dWeff and the regulariser",
-    "pair_outputs": "out = (H WoutT^T + b) at (rows, cols)",
-    "reduce": "reduce(name, a) -> a (an array, or the loss accumulator) summed over the "
-              "shares, in place (REDUCTIONS[name]); on one process a no-op returning a",
-}
+
+class ForwardOperations(ABC):
+    """The operations of the forward pass (Network.forward, Network.predict):
+    each method's docstring is its contract, one on every engine.
+
+    Attributes: ``R``, the pattern of a share's ratings (its users' columns
+    of the matrix, all of it on one process; ``nnz``, ``shape``);
+    ``values``, the ratings at R's entries in the compute dtype; ``leader``,
+    True on the one share that adds the replicated layers' regulariser to
+    the loss (always on one process); ``own``, the names of the public
+    methods a class has beyond the contract, which only its engine calls
+    (tests/test_network.py holds every class to the contract and these)."""
+
+    leader: bool
+    own = ()
+
+    @abstractmethod
+    def empty(self, name, shape):
+        """-> a work array of the compute dtype, contents undefined (an
+        engine may keep it between evaluations under its name; None: never)."""
+
+    @abstractmethod
+    def zeros(self, name, shape):
+        """-> a work array of the compute dtype holding zeros."""
+
+    @abstractmethod
+    def new_loss(self):
+        """-> a loss accumulator holding 0."""
+
+    @abstractmethod
+    def local_kernel(self, W, U, V, K, Weff, loss):
+        """K = max(0, 1 - |U_i - V_j|^2), Weff = W * K; loss += lambda_s/2
+        sum K^2 + lambda_2/2 sum W^2 (when ``loss`` is not None)."""
+
+    @abstractmethod
+    def transpose(self, A, out):
+        """out = A^T."""
+
+    @abstractmethod
+    def spmm(self, X, x, B, out):
+        """out = X @ B for the sparse X with values x."""
+
+    @abstractmethod
+    def gemm(self, A, B, out, trans_a=False, trans_b=False, accumulate=False):
+        """out (+)= op(A) @ op(B), op = transpose when asked."""
+
+    @abstractmethod
+    def bias_sigmoid(self, H, b):
+        """H = sigmoid(H + b) in place."""
+
+    @abstractmethod
+    def weight_means(self, Weff_out, WoutT, b):
+        """-> (w_mean, b_mean): Weff_out and b_out averaged over the users,
+        b_mean an array of one."""
+
+    @abstractmethod
+    def item_means(self, H, w_mean, b_mean):
+        """-> mu = H w_mean + b_mean."""
+
+    @abstractmethod
+    def convolve(self, mu, C):
+        """-> conv: the ReLU'd 'SAME' cross-correlation of R with G =
+        dot_scale reshape(C^T mu); conv.X, conv.x: the second pass's input."""
+
+    @abstractmethod
+    def reduce(self, name, a):
+        """-> a (an array, or the loss accumulator) summed over the shares,
+        in place (REDUCTIONS[name]); on one process a no-op returning a."""
+
+    @abstractmethod
+    def pair_outputs(self, rows, cols, H, WoutT, b, out):
+        """out = (H WoutT^T + b) at (rows, cols)."""
+
+
+class Operations(ForwardOperations):
+    """The operations of the loss and its gradient (Network.loss_and_grad):
+    the forward ones and those of the backward pass."""
+
+    @abstractmethod
+    def spmm_t(self, X, x, B, out, accumulate=False):
+        """out (+)= X^T @ B."""
+
+    @abstractmethod
+    def sddmm(self, X, A, B, out):
+        """out = (A @ B^T) at X's entries."""
+
+    @abstractmethod
+    def sigmoid_backward(self, dH, H, db):
+        """dH = dH * H * (1 - H) in place (dloss/d pre-activation); db +=
+        its column sums."""
+
+    @abstractmethod
+    def output_layer(self, H, WoutT, b, resid, dH, loss):
+        """resid = (H WoutT^T + b - R) at R's entries; dH = resid @ WoutT;
+        loss += 1/2 sum resid^2."""
+
+    @abstractmethod
+    def user_sums(self, X, x, out):
+        """out += the sum of x over each user's entries of X."""
+
+    @abstractmethod
+    def conv_backward(self, conv, dx):
+        """-> dG (gk^2) from dloss/dconv.x, through the ReLU."""
+
+    @abstractmethod
+    def global_kernel_grad(self, mu, C, dG, dC, dmu):
+        """dC = dot_scale mu dG^T; dmu = dot_scale C dG."""
+
+    @abstractmethod
+    def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
+        """Back through mu: dWoutT += H^T dmu / n (every row; n all users),
+        db_out += sum(dmu) / n, dH = dmu w_mean^T."""
+
+    @abstractmethod
+    def layer_grad(self, dWeff, W, U, V, K, dW, dU, dV):
+        """dW, dU, dV from dloss/dWeff and the regulariser."""
+
 
 REDUCTIONS = {
     "loss": "the loss: each share's squared errors and the regulariser of its parameter "

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import early
 from dense_reference import (_ae_forward, _as64, _global_kernel, dense_forward, dense_loss_grad,
                              xcorr2d_same)
+from engine_contract import operations_problems
 from glocalk_np import lbfgsb
 from glocalk_np.engines import Engine, cuda_unavailable, make_engine, settings
 from glocalk_np.engines.cpu import CpuEngine
@@ -274,6 +275,7 @@ def test_every_engine_implements_the_whole_contract(cuda_sim_report):
     for cls in (CpuEngine, DenseEngine):
         assert issubclass(cls, Engine) and not cls.__abstractmethods__, cls
     assert cuda_sim_report["missing"] == []
+    assert cuda_sim_report["ops"] == []           # CudaOps against network.Operations
 
 
 @pytest.mark.parametrize("missing", ["__call__", "objective_into", "predict", "output_factors",
@@ -378,7 +380,7 @@ def main():
     except Exception as exc:
         print(f"Numba's CUDA simulator cannot be imported or set up: {exc!r}")
         sys.exit(SKIP)
-    from glocalk_np.engines.cuda import CudaEngine
+    from glocalk_np.engines.cuda import CudaEngine, CudaOps
 
     report = {dtype: measure(CudaEngine, np.dtype(dtype), SIM_PROBLEMS)
               for dtype in ("float64", "float32")}
@@ -386,6 +388,7 @@ def main():
     report["engine"] = type(make_engine(R, Config(), device="cuda")).__name__
     report["missing"] = sorted(CudaEngine.__abstractmethods__) if issubclass(
         CudaEngine, Engine) else ["not an Engine"]
+    report["ops"] = operations_problems(CudaOps)
     report["fit"] = _fit_both()
     print(json.dumps(report))
 

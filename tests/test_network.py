@@ -18,9 +18,10 @@ import scipy.sparse as sp
 
 from glocalk_np.engines.cpu import CpuEngine, CpuOps
 from glocalk_np.engines.shares import ShareOps, gather_grads, ring, share_params
-from glocalk_np.network import OPERATIONS, REDUCTIONS, Network
+from glocalk_np.network import ForwardOperations, Operations, REDUCTIONS, Network
 from glocalk_np.params import STAGES, optimised
 from glocalk_np.sparse import Pattern
+from engine_contract import operations_problems
 from problems import PROBLEMS, smooth_problem
 
 TOLERANCE = 1e-12                  # float64; only the order of the sums differs
@@ -137,6 +138,39 @@ def test_fine_tuning_asks_for_every_reduction_by_its_name():
     assert ops.names.count("input") == 2              # the first pass's and the second's
 
 
-def test_the_cpu_operations_are_all_of_network_operations():
-    missing = [name for name in OPERATIONS if not hasattr(CpuOps, name)]
-    assert missing == []
+def operations_classes():
+    """Every class of operations this process has imported (CudaOps is
+    checked under the simulator, tests/test_engines.py): the engines',
+    the tests' and inference.NumpyOps; not those a test function makes to
+    be refused."""
+    found, todo = [], [ForwardOperations]
+    while todo:
+        for cls in todo.pop().__subclasses__():
+            todo.append(cls)
+            if cls is not Operations and cls not in found and "<locals>" not in cls.__qualname__:
+                found.append(cls)
+    return found
+
+
+def test_every_class_of_operations_is_the_whole_contract_and_no_more():
+    try:
+        from glocalk_np import inference
+    except ImportError:
+        inference = None
+    classes = operations_classes()
+    assert {CpuOps, ShareOps, Recording} <= set(classes)
+    if hasattr(inference, "NumpyOps"):
+        assert inference.NumpyOps in classes
+    for cls in classes:
+        assert operations_problems(cls) == [], cls
+
+
+def test_the_contract_check_finds_what_is_missing_or_beyond():
+    class Partial(ForwardOperations):
+        own = ("absent",)
+
+        def extra(self):
+            pass
+    assert operations_problems(Partial)[:2] == ["abstract: bias_sigmoid", "abstract: convolve"]
+    assert operations_problems(Partial)[-3:] == ["beyond the contract: extra",
+                                                 "own but missing: absent", "no bool leader"]

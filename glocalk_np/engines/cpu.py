@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from ..kernels import cpu
-from ..network import Network
+from ..network import Network, Operations
 from ..params import check_for_matrix, optimised, unflatten
 from ..sparse import Pattern
 from .base import Engine, training_matrix
@@ -61,10 +61,13 @@ class _Conv:
     nbr: np.ndarray          # (rating, kernel cell) -> entry of the neighbourhood, or -1
 
 
-class CpuOps:
-    """network.OPERATIONS on the host (see there for each one's contract)."""
+class CpuOps(Operations):
+    """network.Operations on the host (see there for each one's contract)."""
 
     leader = True     # one host holds every user: it counts every term and sums nothing
+    # beyond the contract, for the engines: the convolution's pattern (CudaOps
+    # and cluster.ShareWorker read it) and the second pass's input (ShareOps's own)
+    own = ("neighbourhood", "second_input")
 
     def __init__(self, R, values, lambda_2, lambda_s, dot_scale):
         self.R, self.values = R, values

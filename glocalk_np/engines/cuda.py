@@ -26,7 +26,7 @@ from numba import cuda
 from ..kernels import cuda as kc
 from .. import lbfgsb
 from ..lbfgsb import gradient_into
-from ..network import Network
+from ..network import Network, Operations
 from .base import Engine
 from ..params import check_for_matrix, flatten, optimised, unflatten
 from .cpu import CpuEngine
@@ -55,10 +55,11 @@ def _flat(a):
     return a.reshape(a.size)
 
 
-class CudaOps:
-    """network.OPERATIONS on the GPU (see there for each one's contract)."""
+class CudaOps(Operations):
+    """network.Operations on the GPU (see there for each one's contract)."""
 
     leader = True     # one GPU holds every user: it counts every term and sums nothing
+    own = ("fill", "cast")       # CudaEngine's, on its flat vectors
 
     def __init__(self, host):
         self.host, self.dtype = host, host.dtype

@@ -63,7 +63,7 @@ def ring(R, lo, hi, halo):
 
 
 class ShareOps(CpuOps):
-    """network.OPERATIONS for a share of ``n_own`` users of ``n_users``:
+    """network.Operations for a share of ``n_own`` users of ``n_users``:
     ``ring`` holds their columns of R from column ``offset`` on, and the
     halo around them (see ring; CSR, ratings > 0); ``reduce(name, a)`` sums
     over the shares. Means over users divide by all n_users."""
