@@ -521,15 +521,6 @@ def test_subprocess_fit_evaluate_and_error(tmp_path, files):
                                         "ratings"]
 
 
-def test_the_command_line_loads_no_trainer_until_a_command_trains():
-    code = ("import sys, glocalk_np.cli; print(sorted(m for m in sys.modules if m in "
-            "('glocalk_np.estimator', 'glocalk_np.train', 'glocalk_np.gradcheck', "
-            "'glocalk_np.synthetic')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0 and done.stdout == "[]\n", done.stderr
-
-
 def test_subprocess_usage_error_and_help(tmp_path, files):
     done = glocalk("recommend", files["model"])
     assert done.returncode == 2 and \
