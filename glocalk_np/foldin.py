@@ -11,11 +11,17 @@ minimises the model's own loss restricted to those: over u's rated items I,
     L(w, v, b) = 1/2 sum_I (H_I (w * k) + b - r)^2 + lambda_2/2 |w|^2
                  + lambda_s/2 |k|^2,
 
-the terms of the training loss that hold u's output parameters, with
-L-BFGS-B (scipy). Cost per evaluation: |I| h + h d.
+the terms of the training loss that hold u's output parameters, computed by
+the network itself (Network.output_loss_and_grad on a one-user output layer,
+over inference.NumpyOps), with L-BFGS-B (scipy). Cost per evaluation:
+|I| h + h d.
 """
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import minimize
+
+from .inference import NumpyOps
+from .network import Network
 
 ITERATIONS = 50
 
@@ -25,16 +31,12 @@ def loss_and_grad(theta, H, r, U, lambda_2, lambda_s):
     activations H (|I| x h) and ratings r (model units), U the output
     layer's kernel vectors (h x d); float64."""
     h, d = U.shape
-    w, v, b = theta[:h], theta[h:h + d], theta[h + d]
-    diff = U - v
-    pre = 1.0 - np.einsum("jt,jt->j", diff, diff)
-    k = np.maximum(pre, 0.0)
-    e = H @ (w * k) + b - r
-    loss = 0.5 * (e @ e + lambda_2 * (w @ w) + lambda_s * (k @ k))
-    g = H.T @ e
-    dk = (g * w + lambda_s * k) * (pre > 0)
-    grad = np.concatenate([g * k + lambda_2 * w, 2.0 * (dk @ diff), [e.sum()]])
-    return loss, grad
+    P = {"W0": theta[:h, None], "U0": U, "V0": theta[None, h:h + d], "b0": theta[h + d:]}
+    G = {k: np.zeros(v.shape) for k, v in P.items()}
+    # the user's ratings as a |I| x 1 matrix: row k is the item of H's row k
+    R = sp.csr_matrix((r, np.zeros(r.size, np.int64), np.arange(r.size + 1)), shape=(r.size, 1))
+    loss = Network(NumpyOps(R, lambda_2, lambda_s)).output_loss_and_grad(P, H, G)
+    return loss.value, np.concatenate([G["W0"][:, 0], G["V0"][0], G["b0"]])
 
 
 def fit_user(H, r, U, w, v, b, lambda_2, lambda_s, iterations=ITERATIONS):

@@ -1,90 +1,221 @@
-"""The network's forward pass in NumPy and SciPy alone: what predict,
-recommend and evaluate need from a saved model, with no Numba kernel to
-compile (a fresh install or container answers in about a second instead of
-compiling for fifteen; see BENCHMARKS.md "Inference without a compile").
+"""The network's operations in NumPy and SciPy alone: network.py's Network
+over them gives what predict, recommend, evaluate and fold-in need from a
+saved model, with no Numba kernel to compile (a fresh install or container
+answers in about a second instead of compiling for fifteen; see
+BENCHMARKS.md "Inference without a compile").
 
-It computes what the engines' output_factors do (network.py's forward pass,
-docs/model.md §2-5), with library calls in place of the kernels: the same
-arithmetic in the same dtype, summed in other orders, so it agrees with the
-engines to that dtype's rounding. Training keeps the engines: this module
-has no gradient.
+The model is stated once, in network.py; NumpyOps is one more set of its
+operations (the contract in network.Operations), with library calls in
+place of the engines' kernels: the same arithmetic in the same dtype, summed
+in other orders, so it agrees with the engines to that dtype's rounding.
+Training keeps the engines; these operations are plain and unblocked, for
+predictions from a fitted model and for one user's output layer (fold-in),
+and complete, so that the tests hold them to the dense reference and to
+central differences like every engine's.
 
 Shapes: R is m items x n users with nnz ratings, h the hidden width, d the
 kernel dimension, gk the global kernel's side.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
+from .network import Network, Operations
 from .params import layer_count, optimised
+
+
+class _Loss:
+    """A float64 sum."""
+
+    def __init__(self):
+        self.value = 0.0
+
+    def add(self, value):
+        self.value += value
+
+
+@dataclass
+class _Conv:
+    """The ReLU'd convolution: X, x the entries it keeps (what the second
+    pass reads), G the kernel that made it."""
+    X: sp.csr_matrix
+    x: np.ndarray
+    G: np.ndarray
+
+
+class NumpyOps(Operations):
+    """network.Operations in NumPy and SciPy, on one process, for the items
+    x users CSR matrix ``R`` (its data the ratings in model units, in the
+    compute dtype)."""
+
+    leader = True     # one process holds every user
+
+    def __init__(self, R, lambda_2=0.0, lambda_s=0.0, dot_scale=1.0):
+        self.R, self.values = R, R.data
+        self.dtype = R.dtype
+        self.lambda_2, self.lambda_s, self.dot_scale = lambda_2, lambda_s, dot_scale
+
+    def empty(self, name, shape):
+        return np.empty(shape, dtype=self.dtype)
+
+    def zeros(self, name, shape):
+        return np.zeros(shape, dtype=self.dtype)
+
+    def new_loss(self):
+        return _Loss()
+
+    def local_kernel(self, W, U, V, K, Weff, loss):
+        # Cost: n_in n_out (d + 3), one n_in x n_out array at a time.
+        K.fill(0)
+        for t in range(U.shape[1]):
+            K += np.square(U[:, t, None] - V[None, :, t])
+        np.subtract(1, K, out=K)
+        np.maximum(K, 0, out=K)
+        np.multiply(W, K, out=Weff)
+        if loss is not None:
+            loss.add(0.5 * (self.lambda_s * np.sum(np.square(K), dtype=np.float64)
+                            + self.lambda_2 * np.sum(np.square(W), dtype=np.float64)))
+
+    def transpose(self, A, out):
+        out[...] = A.T
+
+    def spmm(self, X, x, B, out):
+        out[...] = _with_values(X, x) @ B                    # Cost: nnz(X) h
+
+    def spmm_t(self, X, x, B, out, accumulate=False):
+        product = _with_values(X, x).T @ B
+        if accumulate:
+            out += product
+        else:
+            out[...] = product
+
+    def sddmm(self, X, A, B, out):
+        rows, cols = _entries(X)
+        out[...] = np.einsum("ij,ij->i", A[rows], B[cols])
+
+    def gemm(self, A, B, out, trans_a=False, trans_b=False, accumulate=False):
+        a, b = (A.T if trans_a else A), (B.T if trans_b else B)
+        if accumulate:
+            out += a @ b
+        else:
+            np.matmul(a, b, out=out)
+
+    def bias_sigmoid(self, H, b):
+        H += b
+        # 1 / (1 + e^-z) without overflow: e^z / (1 + e^z) below 0
+        e = np.exp(-np.abs(H))
+        np.divide(np.where(H >= 0, 1, e).astype(H.dtype), 1 + e, out=H)
+
+    def sigmoid_backward(self, dH, H, db):
+        dH *= H * (1 - H)
+        db += dH.sum(axis=0)
+
+    def output_layer(self, H, WoutT, b, resid, dH, loss):
+        # Cost: nnz h twice (the outputs at the ratings, then dH).
+        rows, cols = _entries(self.R)
+        resid[...] = np.einsum("ij,ij->i", H[rows], WoutT[cols]) + b[cols] - self.values
+        dH[...] = _with_values(self.R, resid) @ WoutT
+        loss.add(0.5 * np.dot(resid, resid))
+
+    def user_sums(self, X, x, out):
+        out += np.bincount(_entries(X)[1], weights=x, minlength=out.size).astype(out.dtype)
+
+    def weight_means(self, Weff_out, WoutT, b):
+        n = self.dtype.type(self.R.shape[1])
+        return (Weff_out.sum(axis=1, dtype=self.dtype) / n,
+                np.array([b.sum(dtype=self.dtype) / n]))
+
+    def item_means(self, H, w_mean, b_mean):
+        return H @ w_mean + b_mean[0]
+
+    def convolve(self, mu, C):
+        """Summed in float64 and rounded once to the compute dtype.
+        Cost: gk^2 nnz, and a sort of that many entries."""
+        gk = int(round(np.sqrt(C.shape[1])))
+        G = (self.dtype.type(self.dot_scale) * (mu @ C)).reshape(gk, gk)
+        rows, cols, vals = [], [], []
+        for (a, b), i, j, inside in _taps(self.R, gk):
+            rows.append(i[inside])
+            cols.append(j[inside])
+            vals.append(np.float64(G[a, b]) * self.values[inside])
+        conv = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=self.R.shape)
+        conv.data[conv.data < 0] = 0
+        conv.eliminate_zeros()
+        X = conv.astype(self.dtype)
+        return _Conv(X, X.data, G)
+
+    def conv_backward(self, conv, dx):
+        """dG[a, b]: the sum of dx over the kept entries, each times the
+        rating its tap (a, b) read. Cost: gk^2 nnz lookups."""
+        D = _with_values(conv.X, dx)
+        dG = np.zeros(conv.G.shape, dtype=np.float64)
+        for (a, b), i, j, inside in _taps(self.R, conv.G.shape[0]):
+            dG[a, b] = np.asarray(D[i[inside], j[inside]]).ravel() @ self.values[inside]
+        return dG.ravel().astype(self.dtype)
+
+    def global_kernel_grad(self, mu, C, dG, dC, dmu):
+        np.multiply(self.dot_scale, np.outer(mu, dG), out=dC)
+        np.multiply(self.dot_scale, C @ dG, out=dmu)
+
+    def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
+        n = self.R.shape[1]
+        dWoutT += (H.T @ dmu) / n
+        db_out += dmu.sum() / n
+        np.outer(dmu, w_mean, out=dH)
+
+    def layer_grad(self, dWeff, W, U, V, K, dW, dU, dV):
+        # K = max(0, 1 - D) for the squared distances D; dD is nil where K is.
+        # Cost: n_in n_out (d + 4).
+        np.multiply(dWeff, K, out=dW)
+        dW += self.lambda_2 * W
+        dD = -(dWeff * W + self.lambda_s * K) * (K > 0)
+        np.multiply(2, U * dD.sum(axis=1)[:, None] - dD @ V, out=dU)
+        np.multiply(2, V * dD.sum(axis=0)[:, None] - dD.T @ U, out=dV)
+
+    def pair_outputs(self, rows, cols, H, WoutT, b, out):
+        out[...] = np.einsum("ij,ij->i", H[rows], WoutT[cols]) + b[cols]
+
+    @staticmethod
+    def reduce(name, a):
+        """One process holds every user: nothing to sum."""
+        return a
+
+
+def _with_values(X, x):
+    """The CSR matrix of X's pattern holding the values ``x`` (X itself
+    when they are its own)."""
+    return X if x is X.data else sp.csr_matrix((x, X.indices, X.indptr), shape=X.shape)
+
+
+def _entries(X):
+    """(rows, cols) of a CSR matrix's stored entries, in its order."""
+    return np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)), X.indices
+
+
+def _taps(R, gk):
+    """Per cell (a, b) of a gk x gk kernel: where each rating R[p, q] lands
+    in the 'SAME' cross-correlation, (i, j) = (p - (a - r), q - (b - r))
+    with r = gk // 2, and whether inside the matrix."""
+    m, n = R.shape
+    r = gk // 2
+    rows, cols = _entries(R)
+    for a in range(gk):
+        for b in range(gk):
+            i, j = rows - (a - r), cols - (b - r)
+            yield (a, b), i, j, (i >= 0) & (i < m) & (j >= 0) & (j < n)
 
 
 def output_factors(stage, params, R, dtype, dot_scale):
     """(H, WoutT, b), float64, such that the network's output at (item i,
     user j) is H[i] . WoutT[j] + b[j], for the ``stage`` network with
     ``params`` (checked by the caller) on the items x users CSR matrix ``R``
-    of ratings in model units, computed in ``dtype``.
+    of ratings in model units, computed in ``dtype`` by Network.forward.
     Cost: the engines' forward pass: L n h d + nnz h (twice when fine-tuned,
     the second on the convolution's kept entries) + (L-2) m h^2."""
     dtype = np.dtype(dtype)
     P = {k: np.asarray(v, dtype=dtype) for k, v in optimised(stage, params).items()}
-    L = layer_count(P)
-    Weff = [effective_weight(P[f"W{l}"], P[f"U{l}"], P[f"V{l}"]) for l in range(L)]
-    X = sp.csr_matrix(R, dtype=dtype)
-    H = encode(X, P, Weff)
-    if stage == "finetune":
-        w_mean = Weff[-1].sum(axis=1, dtype=dtype) / dtype.type(R.shape[1])
-        mu = H @ w_mean + P[f"b{L - 1}"].sum(dtype=dtype) / dtype.type(R.shape[1])
-        gk = int(round(np.sqrt(P["C"].shape[1])))
-        G = (dtype.type(dot_scale) * (mu @ P["C"])).reshape(gk, gk)
-        H = encode(global_convolution(X, G), P, Weff)
-    return tuple(np.array(a, dtype=np.float64) for a in (H, Weff[-1].T, P[f"b{L - 1}"]))
-
-
-def effective_weight(W, U, V):
-    """W * K with the local kernel K = max(0, 1 - |U_i - V_j|^2).
-    Cost: n_in n_out (d + 3), one n_in x n_out array at a time."""
-    dist = np.zeros(W.shape, dtype=W.dtype)
-    for t in range(U.shape[1]):
-        dist += np.square(U[:, t, None] - V[None, :, t])
-    np.subtract(1, dist, out=dist)
-    np.maximum(dist, 0, out=dist)
-    return np.multiply(W, dist, out=dist)
-
-
-def encode(X, P, Weff):
-    """The last hidden layer's activations (m x h) of the sparse input X:
-    sigmoid(X Weff0 + b0), then each hidden layer's GEMM."""
-    H = sigmoid(X @ Weff[0] + P["b0"])
-    for l in range(1, len(Weff) - 1):
-        H = sigmoid(H @ Weff[l] + P[f"b{l}"])
-    return H
-
-
-def sigmoid(Z):
-    """1 / (1 + e^-z) without overflow (e^z / (1 + e^z) below 0), in place."""
-    e = np.exp(-np.abs(Z))
-    return np.divide(np.where(Z >= 0, 1, e).astype(Z.dtype), 1 + e, out=Z)
-
-
-def global_convolution(X, G):
-    """The ReLU'd 'SAME' cross-correlation of the sparse X with the gk x gk
-    kernel G, conv[i, j] = sum_ab G[a, b] X[i+a-r, j+b-r] (r = gk // 2, zero
-    padding), as a sparse matrix of its positive entries: what the second
-    pass reads. Summed in float64 and rounded once to X's dtype.
-    Cost: gk^2 nnz, and a sort of that many entries."""
-    m, n = X.shape
-    r = G.shape[0] // 2
-    C = X.tocoo()
-    rows, cols, vals = [], [], []
-    for a in range(G.shape[0]):
-        for b in range(G.shape[1]):
-            i, j = C.row - (a - r), C.col - (b - r)   # where X[p, q] lands for this tap
-            inside = (i >= 0) & (i < m) & (j >= 0) & (j < n)
-            rows.append(i[inside])
-            cols.append(j[inside])
-            vals.append(np.float64(G[a, b]) * C.data[inside])
-    conv = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(m, n))
-    conv.data[conv.data < 0] = 0
-    conv.eliminate_zeros()
-    return conv.astype(X.dtype)
+    fwd = Network(NumpyOps(sp.csr_matrix(R, dtype=dtype), dot_scale=dot_scale)).forward(stage, P)
+    return tuple(np.array(a, dtype=np.float64)
+                 for a in (fwd.hidden[-1], fwd.WoutT, P[f"b{layer_count(P) - 1}"]))

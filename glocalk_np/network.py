@@ -219,6 +219,18 @@ class Network:
         self.layer_grads(P, G, fwd, back)
         return self.ops.reduce("loss", loss)
 
+    def output_loss_and_grad(self, P, H, G):
+        """The loss accumulator of the output layer alone, ``P`` holding it
+        as layer 0 (W0, U0, V0, b0), fed the fixed last hidden activations
+        ``H`` (ops.R's rows): the terms of the training loss that hold its
+        parameters (squared errors and its regulariser), the gradient into
+        ``G``. What fold-in fits one user's column with (foldin.py)."""
+        loss = self.ops.new_loss()
+        fwd = self.weights(P, loss)
+        fwd.hidden = [H]
+        self.layer_grads(P, G, fwd, self.output_layer(P, G, fwd, loss))
+        return self.ops.reduce("loss", loss)
+
     # ----- the phases -------------------------------------------------------
     def weights(self, P, loss):
         """Each layer's local kernel and effective weight, and the output
