@@ -36,6 +36,7 @@ from . import tune as search
 from .data import (DataError, as_ids, concatenate, random_split, ratings_csv, read_any, read_ids,
                    read_pairs, read_ratings)
 from .safeio import STDIN, atomic_outputs, check_distinct, parse_json, read_text, shorten
+from .ranking import stored
 from .records import epoch_line
 from .serve import ENDPOINTS
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, DEVICES, MAX_ENSEMBLE, SELECTIONS,
@@ -208,7 +209,7 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
     hyper-parameters). Datasets are looked up in $GLOCALK_NP_DATA, else
     ~/.cache/glocalk-np.
     """
-    from .estimator import checkpoint_name
+    from .checkpoint import checkpoint_name
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")
     if (device == "dask") != bool(scheduler or local_workers) or (scheduler and local_workers):
@@ -622,7 +623,6 @@ def predict(model, pairs, all_pairs, out, sep):
             for ids, g in zip((users, items), id_outputs):
                 g.write("".join(f"{i}\n" for i in ids.tolist()).encode("utf-8"))
         return
-    from .estimator import stored
     seen = stored(est.train_matrix_).tocsc()          # a rating of 0 is seen too
     block = max(1, CSV_BLOCK_ROWS // items.size)     # users per block of rows
 
