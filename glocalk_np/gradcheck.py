@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .engines.cpu import CpuEngine
+from .inference import kernel_preactivation
 from .params import (STAGES, flatten, init_global_kernel, init_layers, layer_count, optimised,
                      unflatten)
 
@@ -49,8 +50,7 @@ def screened_problem(seed, **hyper):
 
 def _is_smooth(engine, params):
     for l in range(layer_count(params)):
-        U, V = params[f"U{l}"], params[f"V{l}"]
-        if (np.abs(1.0 - ((U[:, None, :] - V[None, :, :]) ** 2).sum(axis=2)) < KINK).any():
+        if (np.abs(kernel_preactivation(params[f"U{l}"], params[f"V{l}"])) < KINK).any():
             return False
     return not (np.abs(engine.conv_preactivation(params)) < KINK).any()
 

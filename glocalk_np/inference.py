@@ -67,10 +67,7 @@ class NumpyOps(Operations):
 
     def local_kernel(self, W, U, V, K, Weff, loss):
         # Cost: n_in n_out (d + 3), one n_in x n_out array at a time.
-        K.fill(0)
-        for t in range(U.shape[1]):
-            K += np.square(U[:, t, None] - V[None, :, t])
-        np.subtract(1, K, out=K)
+        kernel_preactivation(U, V, out=K)
         np.maximum(K, 0, out=K)
         np.multiply(W, K, out=Weff)
         if loss is not None:
@@ -181,6 +178,16 @@ class NumpyOps(Operations):
     def reduce(name, a):
         """One process holds every user: nothing to sum."""
         return a
+
+
+def kernel_preactivation(U, V, out=None):
+    """1 - |U_i - V_j|^2 (n_in x n_out, into ``out`` if given): the local
+    kernel before its max(0, .)."""
+    out = np.zeros((U.shape[0], V.shape[0]), U.dtype) if out is None else out
+    out.fill(0)
+    for t in range(U.shape[1]):
+        out += np.square(U[:, t, None] - V[None, :, t])
+    return np.subtract(1, out, out=out)
 
 
 def _with_values(X, x):
