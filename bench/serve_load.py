@@ -39,7 +39,7 @@ from glocalk_np.estimator import GLocalK
 
 def start_server(model):
     """(process, port) of `glocalk-np serve MODEL --port 0`, once it listens."""
-    proc = subprocess.Popen([sys.executable, "-m", "glocalk_np.cli", "serve", str(model),
+    proc = subprocess.Popen([sys.executable, "-m", "glocalk_np", "serve", str(model),
                              "--port", "0"], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()          # "serving MODEL on http://127.0.0.1:PORT ..."
     return proc, int(line.split("http://127.0.0.1:")[1].split()[0])
@@ -194,7 +194,7 @@ def main():
             path = Path(tmp) / "train.csv"
             path.write_text(ratings_csv(train))
             model = Path(tmp) / "ml1m.npz"
-            subprocess.run([sys.executable, "-m", "glocalk_np.cli", "fit", str(path), "--preset",
+            subprocess.run([sys.executable, "-m", "glocalk_np", "fit", str(path), "--preset",
                             "ml-1m", "--epochs-pretrain", "1", "--epochs-finetune", "1",
                             "--optimizer", "numba", "--out", str(model), "--quiet"], check=True)
         tic = time.perf_counter()

@@ -36,6 +36,7 @@ from . import tune as search
 from .data import (DataError, as_ids, concatenate, random_split, ratings_csv, read_any, read_ids,
                    read_pairs, read_ratings)
 from .safeio import STDIN, atomic_outputs, check_distinct, parse_json, read_text, shorten
+from .model import Model
 from .ranking import stored
 from .records import epoch_line
 from .serve import ENDPOINTS
@@ -56,9 +57,8 @@ RECOMMEND_BLOCK = 1 << 14
 
 def load_model(path):
     """The saved model at ``path``, as every command that only reads one
-    (or updates it) loads it."""
-    from .estimator import GLocalK
-    return GLocalK.load(path)
+    (or updates it) loads it: a Model, without the trainer."""
+    return Model.load(path)
 
 
 def read_test(path, sep):

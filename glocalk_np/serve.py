@@ -62,6 +62,7 @@ import numpy as np
 
 from .console.output import jsonable
 from .data import PLAIN_INT, as_ids, bad_text_id
+from .model import Model
 from .modelfile import ModelFileError
 from .safeio import gib, open_input, shorten
 
@@ -98,9 +99,9 @@ ENDPOINTS = {
 
 
 def load_model(path):
-    """The saved model at ``path``, as the server loads every one."""
-    from .estimator import GLocalK     # here: the CLI reads ENDPOINTS without the trainer
-    return GLocalK.load(path)
+    """The saved model at ``path``, as the server loads every one: a Model,
+    without the trainer."""
+    return Model.load(path)
 
 
 class BadRequest(ValueError):

@@ -384,7 +384,8 @@ def test_messages_name_the_problem_up_front(work):
         (work / "file").write_text("")
         refused(g("fit", r, *TINY_ARGS, "--checkpoint-dir", work / "file" / "ckpt",
                   "--out", out), "'--checkpoint-dir'", f"{work / 'file'} is not a folder")
-        refused(g("fit", r, "--lambda-2", "1e308", "--out", out), "lambda_2 must be a number")
+        refused(g("fit", r, "--lambda-2", "1e308", "--out", out), "'--lambda-2'",
+                "1e+308 is not in [0, 1000000.0]")
         (work / "big.csv").write_text("1,1,1e308\n1,2,3\n")
         refused(g("fit", work / "big.csv", "--out", out),
                 "big.csv:1: rating '1e308' is beyond ±1e+06")
