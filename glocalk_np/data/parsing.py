@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .safeio import shorten
+from ..safeio import shorten
 
 
 class DataError(ValueError):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .ids import _union_kind, as_ids
 from .parsing import DataError, DataWarning, _rating_values, first_bad_rating, rating_problem
-from .safeio import shorten
+from ..safeio import shorten
 
 
 @dataclass(eq=False)

@@ -7,7 +7,7 @@ import numpy as np
 
 from .parsing import DECIMAL, DataError, _is_number, _parse_ids, _parse_ratings
 from .ratings import Ratings, _drop_duplicates
-from .safeio import read_text, shorten
+from ..safeio import read_text, shorten
 
 
 _SEP_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";",

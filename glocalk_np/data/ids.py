@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .parsing import PLAIN_INT, DataError, _parse_ids
-from .safeio import shorten
+from ..safeio import shorten
 
 
 def as_ids(ids, source="ids", what="user", warn=True):

@@ -6,7 +6,7 @@ import numpy as np
 
 from .parsing import MAX_RATING, DataError, first_bad_rating, rating_problem
 from .ratings import Ratings
-from .safeio import gib, open_input, physical_memory, shorten
+from ..safeio import gib, open_input, physical_memory, shorten
 from .textfiles import read_ratings
 
 
