@@ -7,7 +7,7 @@ Each engine is measured on the same small problems (tests/problems.py: drawn
 away from the kinks of max(0, .) and the ReLU) by ``measure``, against the
 dense float64 reference: loss, gradient and predictions at every pair;
 directional central differences of its own loss; the objective scipy sees;
-the arrays it refuses. The simulator must be on before numba.cuda is first
+the arrays it refuses; the parameters it hands the trainer. The simulator must be on before numba.cuda is first
 imported, so the CUDA engine is measured in a fresh interpreter (this file
 run as a script with NUMBA_ENABLE_CUDASIM=1) that prints one JSON report.
 """
@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import early
 from dense_reference import (_ae_forward, _as64, _global_kernel, dense_forward, dense_loss_grad,
                              xcorr2d_same)
-from engine_contract import operations_problems
+from engine_contract import operations_problems, parameters_problems
 from glocalk_np import lbfgsb
 from glocalk_np.engines import Engine, cuda_unavailable, make_engine, settings
 from glocalk_np.engines.cpu import CpuEngine
@@ -65,30 +65,13 @@ class DenseEngine(Engine):
         check_for_matrix(params, stage, *self.shape)
         return dense_forward(stage, params, self.R, dot_scale=self.hp["dot_scale"])[rows, cols]
 
-    def output_factors(self, stage, params):
-        check_for_matrix(params, stage, *self.shape)
-        return self._last_pass(stage, params)[:3]
-
     def conv_preactivation(self, params):
         check_for_matrix(params, "finetune", *self.shape)
-        pre = self._last_pass("finetune", params)[3]
+        p = _as64(params)
+        _, G = _global_kernel(p, _ae_forward(p, self.R)[0], self.hp["dot_scale"])
+        pre = xcorr2d_same(self.R, G)
         S = Pattern.from_csr(self.R).neighbourhood(int(round(np.sqrt(params["C"].shape[1]))))
         return pre[np.repeat(np.arange(S.shape[0]), np.diff(S.indptr)), S.indices]
-
-    def _last_pass(self, stage, params):
-        """The output layer's input H, weight transposed and bias in the pass
-        that gives the output, and the convolution before its ReLU (None in
-        pre-training)."""
-        p = _as64(params)
-        out, caches = _ae_forward(p, self.R)
-        pre = None
-        if stage == "finetune":
-            _, G = _global_kernel(p, out, self.hp["dot_scale"])
-            pre = xcorr2d_same(self.R, G)
-            _, caches = _ae_forward(p, np.maximum(pre, 0.0))
-        H, K, _, _ = caches[-1]
-        last = len(caches) - 1
-        return H, (p[f"W{last}"] * K).T, p[f"b{last}"], pre
 
 
 def _rel(a, b):
@@ -111,14 +94,6 @@ def _refusals(engine, params, stage):
         except ValueError as e:
             out[key] = (f"{key} must be" if key == "C" else f"{key} has shape") in str(e)
     return out
-
-
-def _output_factors(engine, stage, params, R, hp):
-    """[all float64 host arrays, error of H WoutT^T + b against the dense outputs]."""
-    factors = engine.output_factors(stage, params)
-    H, WoutT, b = factors
-    return [all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in factors),
-            _rel(H @ WoutT.T + b, dense_forward(stage, params, R, dot_scale=hp["dot_scale"]))]
 
 
 def _workspace(engine, stage, template, iterations=2, maxcor=3):
@@ -163,7 +138,7 @@ def measure(make, dtype, problems):
                  "objective_into": [float(loss_into) == float(o_loss),
                                     bool(np.array_equal(g_into, o_grad))],
                  "refusals": _refusals(engine, params, stage),
-                 "output_factors": _output_factors(engine, stage, params, R, hp),
+                 "parameters": parameters_problems(engine, stage, params, rows, cols),
                  "workspace": _workspace(engine, stage, template),
                  "settings": engine.settings == settings(Config(dtype=np.dtype(dtype).name, **hp)),
                  "shape": list(engine.shape) == [m, n]}
@@ -247,11 +222,12 @@ def test_misshaped_arrays_are_refused_by_name(engine_report):
         assert all(r["refusals"].values()), (case, r["refusals"])
 
 
-def test_output_factors_give_every_output(engine_report):
+def test_the_parameters_handed_to_the_trainer_are_a_dict_or_the_whole_protocol(engine_report):
+    """What parameters_in gives the trainer is a plain dict of the arrays
+    placed, or base.RemoteParams that serve every use train.py makes of them."""
     name, dtype, report = engine_report
     for case, r in report.items():
-        as_arrays, error = r["output_factors"]
-        assert as_arrays and error < TOLERANCE[dtype], (case, r["output_factors"])
+        assert r["parameters"] == [], (case, r["parameters"])
 
 
 def test_the_engine_s_workspace_runs_the_optimiser(engine_report):
@@ -271,14 +247,14 @@ def test_conv_preactivation_is_the_convolution_before_its_relu(engine_report):
 def test_every_engine_implements_the_whole_contract(cuda_sim_report):
     """Engine names every method the library calls, and each engine has all."""
     assert set(Engine.__abstractmethods__) == {"__call__", "objective_into", "predict",
-                                               "output_factors", "conv_preactivation"}
+                                               "conv_preactivation"}
     for cls in (CpuEngine, DenseEngine):
         assert issubclass(cls, Engine) and not cls.__abstractmethods__, cls
     assert cuda_sim_report["missing"] == []
     assert cuda_sim_report["ops"] == []           # CudaOps against network.Operations
 
 
-@pytest.mark.parametrize("missing", ["__call__", "objective_into", "predict", "output_factors",
+@pytest.mark.parametrize("missing", ["__call__", "objective_into", "predict",
                                      "conv_preactivation"])
 def test_an_engine_lacking_a_method_cannot_be_built(missing):
     methods = {name: lambda self, *args: None

@@ -5,9 +5,9 @@ training matrix; this is the one place where an engine's device is chosen.
 optional extra (pip install 'glocalk-np[cuda]') and an NVIDIA GPU, or Numba's
 CUDA simulator (NUMBA_ENABLE_CUDASIM=1, for tests); 'dask' is DaskEngine
 (cluster.py), which needs the 'dask' extra and a running dask.distributed
-Client (the current one: distributed.default_client()). numba.cuda and dask
-are imported only when asked for, so the package never needs them
-otherwise.
+Client (the current one: distributed.default_client()). Every engine is
+imported only when asked for: the package never needs numba.cuda or dask
+otherwise, and importing it (or base.py, for EngineFailure) loads no Numba.
 
 What every engine provides, and all that the library calls on one, is the
 abstract base class Engine in base.py.
@@ -15,7 +15,6 @@ abstract base class Engine in base.py.
 import numpy as np
 
 from .base import Engine, EngineFailure
-from .cpu import CpuEngine
 
 __all__ = ["DEVICES", "Engine", "EngineFailure", "cuda_unavailable", "make_engine", "settings"]
 
@@ -36,6 +35,7 @@ def make_engine(train, config, device="cpu"):
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     kwargs = settings(config)
     if device == "cpu":
+        from .cpu import CpuEngine
         return CpuEngine(train, **kwargs)
     if device == "dask":
         return _dask_engine(train, config, kwargs)

@@ -3,23 +3,27 @@ called on one (by the trainer, the estimator, gradcheck and the benchmarks).
 
 An engine computes GLocal-K's loss, gradient and predictions for one training
 matrix, the sparse items x users matrix R it was built with. ``params`` is
-always a dict of arrays in params.py's layout, checked by the engine
-(params.check_for_matrix: a misshaped array is a ValueError naming it);
-``stage`` is 'pretrain' or 'finetune'. tests/test_engines.py holds every
-engine (CPU float32/float64, CUDA, the dense reference) to each method.
+a dict of arrays in params.py's layout, checked by the engine
+(params.check_for_matrix: a misshaped array is a ValueError naming it), or
+what the engine's own parameters_in handed the trainer; ``stage`` is
+'pretrain' or 'finetune'. tests/test_engines.py holds every engine (CPU
+float32/float64, CUDA, the dense reference) to each method.
 
 A new engine subclasses Engine and implements the abstract methods; the
-two concrete ones serve any engine whose vectors live in host memory. The
-model itself is written once, in network.py, over an engine's operations
-(network.OPERATIONS): an engine that provides those gets its loss and
-gradient from network.Network.
+concrete ones serve any engine whose vectors live in host memory. The model
+itself is written once, in network.py, over an engine's operations
+(network.Operations): an engine that provides those gets its loss and
+gradient from network.Network. An engine whose vectors live elsewhere (on
+workers) hands the trainer its parameters there as RemoteParams.
+
+Nothing here imports Numba: the read-only commands import EngineFailure.
 """
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
 
-from .. import lbfgsb
 from ..params import flatten, unflatten
 
 
@@ -74,12 +78,6 @@ class Engine(ABC):
         host array in compute dtype."""
 
     @abstractmethod
-    def output_factors(self, stage, params):
-        """(H, WoutT, b), float64 host arrays with the output at (item i,
-        user j) equal to H[i] . WoutT[j] + b[j]: every pair at once (top-N
-        lists are one GEMM per block of users)."""
-
-    @abstractmethod
     def conv_preactivation(self, params):
         """The fine-tuning convolution before its ReLU, on the neighbourhood
         pattern of the ratings (its entries in Pattern.neighbourhood's
@@ -96,19 +94,22 @@ class Engine(ABC):
     def workspace(self, n, maxcor):
         """lbfgsb's vectors for n parameters where this engine wants them
         (host memory here; the GPU's for the CUDA engine)."""
+        from .. import lbfgsb          # Numba's: not at import (see the module docstring)
         return lbfgsb.Workspace(n, maxcor)
 
     def place(self, workspace, x, params):
-        """Write the arrays ``params`` (params.flatten's order) into the
-        vector ``x`` of this engine's ``workspace``."""
+        """Write the parameters ``params`` (params.flatten's order: a dict
+        of arrays, or what this engine's parameters_in gave, maybe
+        with_arrays) into the vector ``x`` of this engine's ``workspace``."""
         workspace.vectors.assign(x, flatten(params))
 
     def parameters_in(self, workspace, x, template):
         """The parameters in the vector ``x`` of this engine's ``workspace``,
-        laid out like ``template``: a mapping of arrays, which later steps on
-        x leave alone, and which predict accepts. Host copies here; an engine
-        whose vectors live away from the host may leave them there until
-        they are read (DaskEngine)."""
+        laid out like ``template``, which later steps on x leave alone: what
+        the trainer holds between epochs and gives back to predict and
+        place. A plain dict of host arrays (host copies here), or, for an
+        engine whose vectors live away from the host, RemoteParams that
+        stay there until they are read (DaskEngine's SharedParams)."""
         return unflatten(workspace.vectors.to_host(x), template)
 
     def report(self):
@@ -122,3 +123,28 @@ class Engine(ABC):
         None: not at all. A checkpoint records it: a fit resumed on another
         spread adds its sums in another order, so its last bits differ."""
         return None
+
+
+class RemoteParams(Mapping):
+    """Parameters an engine keeps where its vectors live (on workers), as
+    its parameters_in hands them to the trainer instead of a dict. Read as
+    a mapping of names to host arrays (a checkpoint, the fitted model) they
+    are fetched; the engine's predict and place take them as they are; and
+    the trainer (train.py, params.placeholders) reaches them only through
+    the three methods below, none of which fetches them."""
+
+    @abstractmethod
+    def placeholders(self):
+        """params.placeholders of these parameters: {name: an array of its
+        shape and dtype that holds no memory}, in order."""
+
+    @abstractmethod
+    def with_arrays(self, arrays):
+        """These parameters and the host arrays ``arrays`` (the global
+        kernel, where fine-tuning begins), still kept where they are."""
+
+    @abstractmethod
+    def kept(self, slot):
+        """A copy made where they are, under the name ``slot`` (one per
+        selection rule: the best epoch's parameters), which later epochs
+        leave alone."""

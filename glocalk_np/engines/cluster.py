@@ -19,11 +19,11 @@ replicated arrays on the first share only, so that each entry counts once),
 runs lbfgsb's O(n) steps on it and returns partial dot products, summed on
 the driver in share order. The driver keeps the small matrices and the line
 search. The trainer's parameters stay on the shares between epochs too
-(place, parameters_in, SharedParams): each epoch starts from them there,
-is scored there, and the best epoch's copy is made there; where
-pre-training hands over to fine-tuning, the shares carry them over into
-the new layout themselves. The driver gathers them for a checkpoint and
-for the fitted model, never the optimiser's memory.
+(place, parameters_in, SharedParams, base.RemoteParams): each epoch starts
+from them there, is scored there, and the best epoch's copy is made there;
+where pre-training hands over to fine-tuning, the shares carry them over
+into the new layout themselves. The driver gathers them for a checkpoint
+and for the fitted model, never the optimiser's memory.
 """
 import asyncio
 import contextlib
@@ -34,7 +34,6 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +46,7 @@ from ..params import (check_for_matrix, flatten, optimised, placeholders, unflat
                       user_axes)
 from ..sparse import Pattern
 from ..safeio import shorten
-from .base import Engine, EngineFailure, training_matrix
+from .base import Engine, EngineFailure, RemoteParams, training_matrix
 from .shares import ShareOps, even_bounds, gather_grads, ring, share_params
 
 
@@ -286,7 +285,7 @@ class ShareWorker:
         return a
 
     def start(self, task, stage, P, rows=None, cols=None):
-        """Begin ``task`` ('loss_and_grad', 'predict', 'output_factors' or
+        """Begin ``task`` ('loss_and_grad', 'predict' or
         'conv_preactivation') at the share's parameters P, or
         'loss_and_grad_into' at P = (x, g, the replicated arrays, every
         parameter's name in order); returns the first step (see resume)."""
@@ -413,11 +412,8 @@ class ShareWorker:
             return network.loss_and_grad(stage, P, G).value, G
         if task == "predict":
             return np.array(network.predict(stage, P, rows, cols))
-        fwd = network.forward(stage, P)
-        if task == "output_factors":
-            b = P[f"b{len(fwd.Weff) - 1}"]
-            return tuple(np.array(a, dtype=np.float64) for a in (fwd.hidden[-1], fwd.WoutT, b))
         if task == "conv_preactivation":     # at the halo pattern's entries in own columns
+            fwd = network.forward(stage, P)
             S = self.ops.neighbourhood(int(round(np.sqrt(P["C"].shape[1]))))[0]
             lo = self.ops.offset
             own = (S.indices >= lo) & (S.indices < lo + self.ops.R.shape[1])
@@ -651,11 +647,6 @@ class DaskEngine(Engine):
             out[p] = part
         return out
 
-    def output_factors(self, stage, params):
-        parts = self._run("output_factors", stage, self._params(stage, params))
-        return (parts[0][0], np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] for p in parts]))
-
     def conv_preactivation(self, params):
         parts = self._run("conv_preactivation", "finetune", self._params("finetune", params))
         S = Pattern.from_csr(self._R).neighbourhood(int(round(np.sqrt(params["C"].shape[1]))))
@@ -722,7 +713,7 @@ class ShardedVectors:
         self._all("store_pair", g, r, stp, d, s_out, y_out)
 
 
-class SharedParams(Mapping):
+class SharedParams(RemoteParams):
     """The parameters in a vector of a DaskEngine's shares, laid out like
     ``template`` (DaskEngine.parameters_in): predict reads each share's part
     where it is; read as a mapping (a checkpoint, the fitted model) they are

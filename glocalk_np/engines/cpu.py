@@ -278,15 +278,6 @@ class CpuEngine(Engine):
                                     np.asarray(rows, dtype=np.int64),
                                     np.asarray(cols, dtype=np.int64))
 
-    def output_factors(self, stage, params):
-        """(H, WoutT, b), float64 host copies, such that the network's output
-        at (item i, user j) is H[i] . WoutT[j] + b[j]: one forward pass for
-        every item, then any block of users is one GEMM (top-N lists)."""
-        P = self._compute_params(stage, params)
-        fwd = self.network.forward(stage, P)
-        b = P[f"b{len(fwd.Weff) - 1}"]
-        return tuple(np.array(a, dtype=np.float64) for a in (fwd.hidden[-1], fwd.WoutT, b))
-
     def conv_preactivation(self, params):
         """The global convolution before its ReLU, on the neighbourhood
         pattern of the ratings (where it can be non-zero): what the ReLU sees."""

@@ -407,10 +407,6 @@ class CudaEngine(Engine):
         loss, grad = self.objective(stage, template)(flatten(template))
         return loss, unflatten(grad, template, dtype=self.dtype)
 
-    def output_factors(self, stage, params):
-        """The CPU engine's (H, WoutT, b): one forward pass, on the host."""
-        return self.host.output_factors(stage, params)
-
     def predict(self, stage, params, rows, cols):
         """Predictions of the stage's network output at (item, user) pairs."""
         return self.network.predict(stage, self._on_device(stage, params),
