@@ -363,8 +363,8 @@ class GLocalK(Model):
             if callback is not None:
                 callback(record, state)
 
-        state = training.fit(R, config, evals=evals, callback=on_epoch,
-                             state=state, engine=engine)
+        state = training.fit(R, config, evals=evals, callback=on_epoch, state=state,
+                             engine=engine, known=(self.scale_, self._fallback))
         if "last" in state.best:
             best_epoch, params = training.selected(state, select)
             stage = "finetune"

@@ -71,7 +71,8 @@ def initial_state(train, config):
                                   config.kernel_dim, seed=config.seed))
 
 
-def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine=None):
+def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine=None,
+        known=None):
     """Train GLocal-K on the sparse items x users matrix ``train``.
 
     The network trains on the ratings mapped by ``config.scale``
@@ -91,6 +92,8 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     device='cuda'), to share one among fits; the CPU engine by default. It
     must have been built for the mapped ``train`` with ``config``'s settings,
     and its caller checked the problem's size (config.check_problem).
+    known: (RatingScale, Fallback) of ``train``, when the caller has them
+    (the estimator keeps both for its predictions); else built here.
     Returns the final TrainState; ``state.best[sel]`` holds the fine-tuning epoch
     and parameters picked by each available selection ('test': best test RMSE,
     the paper's protocol; 'val': best validation RMSE; 'last').
@@ -100,7 +103,7 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
         check_problem(config, train)
     if config.patience and "val" not in (evals or {}):
         raise ValueError(f"patience={config.patience} (early stopping) needs a validation set")
-    scale = RatingScale.of(train.data, config.scale)
+    scale, fallback = known or (RatingScale.of(train.data, config.scale), Fallback(train))
     engine = engine or make_engine(scale.matrix_to_model(train), config)
     if engine.settings != settings(config) or engine.shape != train.shape:
         raise ValueError(f"the engine was built with {engine.settings} for a matrix of "
@@ -109,7 +112,6 @@ def fit(train, config=Config(), *, evals=None, callback=None, state=None, engine
     evals = {name: m if isinstance(m, EvalSet) else EvalSet.of_matrix(m)
              for name, m in (evals or {}).items()}
     low, high = scale.low, scale.high
-    fallback = Fallback(train)
     train_set = EvalSet.of_matrix(train)
     done_pre, done_fine = state.done
     schedule = [("pretrain", config.epochs_pretrain, config.iters_pretrain, done_pre),
