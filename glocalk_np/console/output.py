@@ -1,5 +1,6 @@
 """What commands write: outputs checked before any work and written
-atomically, JSON and CSV, and the training progress and summary lines."""
+atomically, JSON, CSV and recommendation tables, and the training progress
+and summary lines."""
 import contextlib
 import csv
 import json
@@ -75,6 +76,16 @@ def write_csv_blocks(path, header, blocks):
         writer.writerow(header)
         for columns in blocks:
             writer.writerows(zip(*(np.asarray(c).tolist() for c in columns)))
+
+
+def table_lines(ranks, items, scores, users=None, header=True):
+    """Lines of a recommendation table; a user column when ``users`` is given."""
+    lines = [("user        " if users is not None else "") + "rank  item        predicted"
+             ][:int(header)]
+    for k, (rank, item, score) in enumerate(zip(ranks, items, scores)):
+        lead = f"{users[k]!s:<10}  " if users is not None else ""
+        lines.append(f"{lead}{rank:>4}  {item!s:<10}  {score:.3f}")
+    return lines
 
 
 STAGE_LABELS = {"pretrain": "pre-training", "finetune": "fine-tuning"}
