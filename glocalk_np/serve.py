@@ -34,34 +34,28 @@ says why in reload_error, the old model is served on, and that file is not
 tried again until it changes. GLocalK.save writes atomically, so a half
 written file is not seen.
 
-`run` serves on the standard library's sockets so that no client can tie it
-up: one thread reads every request and writes every answer without
-blocking, and WORKERS threads compute answers, so a slow client costs a
-socket and its bytes, never a thread. A request must arrive whole within
-REQUEST_DEADLINE_S of its connection (else 408 and closed), and its answer
-be taken within as long; at most MAX_CONNECTIONS connections are open (more
-get 503 at once) and MAX_BUFFERED bytes of requests and answers held; a
-request's head is at most MAX_HEAD bytes (431).
+`run` serves on the standard library's sockets (httpd.py) so that no client
+can tie it up: one thread reads every request and writes every answer
+without blocking, and WORKERS threads compute answers, so a slow client
+costs a socket and its bytes, never a thread. A request must arrive whole
+within REQUEST_DEADLINE_S of its connection (else 408 and closed), and its
+answer be taken within as long; at most MAX_CONNECTIONS connections are
+open (more get 503 at once) and MAX_BUFFERED bytes of requests and answers
+held; a request's head is at most MAX_HEAD bytes (431).
 """
-import http.client
-import io
 import json
 import os
-import queue
-import re
-import selectors
-import socket
 import sys
 import threading
 import time
 import zlib
 from urllib.parse import parse_qsl
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import numpy as np
 
 from .console.output import jsonable
 from .data import PLAIN_INT, as_ids, bad_text_id
+from .httpd import BadRequest, Limits, body_length, serve_app
 from .model import Model
 from .modelfile import ModelFileError
 from .safeio import gib, open_input, shorten
@@ -80,7 +74,6 @@ LINGER_S = 2.0              # after an answer, how long the client's late bytes 
 MAX_CONNECTIONS = 512       # open at once (and below the process's file limit)
 MAX_BUFFERED = 64 << 20     # bytes of requests and answers held for clients
 WORKERS = 8                 # threads computing answers
-SWEEP_S = 0.1               # how often deadlines are enforced
 _ALLOWED = "GET, HEAD, POST"
 # The endpoints, in the order the help lists them: name -> the parameters it
 # takes (what it answers in the comment by it). The routing, its 404 message
@@ -102,14 +95,6 @@ def load_model(path):
     """The saved model at ``path``, as the server loads every one: a Model,
     without the trainer."""
     return Model.load(path)
-
-
-class BadRequest(ValueError):
-    """A request the server refuses, with its HTTP status."""
-
-    def __init__(self, message, status="400 Bad Request"):
-        super().__init__(message)
-        self.status = status
 
 
 class _Query(str):
@@ -253,23 +238,6 @@ ROUTES = {f"/{name}": (getattr(ModelServer, name), frozenset(takes))
           for name, takes in ENDPOINTS.items()}
 
 
-def _body_length(length, chunked):
-    """A body's length from its Content-Length (ASCII digits, at most
-    MAX_BODY; empty or absent: none); a Transfer-Encoding is refused, as
-    wsgiref does not decode one."""
-    if chunked:
-        raise BadRequest("a body must come with a Content-Length (a Transfer-Encoding such "
-                         "as chunked is not read)", "411 Length Required")
-    if not length:
-        return 0
-    if not (length.isascii() and length.isdigit()):
-        raise BadRequest(f"Content-Length {shorten(repr(length))} is not a length "
-                         "(ASCII digits)")
-    if len(length) > 20 or int(length) > MAX_BODY:
-        raise BadRequest(f"the body is over {MAX_BODY} bytes", "413 Payload Too Large")
-    return int(length)
-
-
 def _no_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
@@ -285,7 +253,8 @@ def _arguments(environ):
     args = {}
     for name, value in query:
         _put(args, name, _Query(value))
-    length = _body_length(environ.get("CONTENT_LENGTH"), "HTTP_TRANSFER_ENCODING" in environ)
+    length = body_length(environ.get("CONTENT_LENGTH"), "HTTP_TRANSFER_ENCODING" in environ,
+                         MAX_BODY)
     raw = environ["wsgi.input"].read(length) if length else b""
     if environ.get("REQUEST_METHOD") != "POST":
         if raw:
@@ -391,270 +360,13 @@ def _flag(args, name):
     return value
 
 
-# ----- the server ------------------------------------------------------------
-
-def _answer(status, message):
-    """The bytes of an answer {"error": message} that closes its connection."""
-    body = json.dumps({"error": message}).encode()
-    return (f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
-
-
-class _Handler(WSGIRequestHandler):
-    """wsgiref's handler run on a request already read whole, its answer
-    written to memory (the serving loop sends it)."""
-
-    def __init__(self, data, client_address, server):
-        self.rfile, self.wfile = io.BytesIO(data), io.BytesIO()
-        super().__init__(None, client_address, server)
-
-    def setup(self):
-        pass
-
-    def finish(self):
-        pass
-
-    def send_error(self, code, message=None, explain=None):
-        """A malformed request line or header, answered in JSON like the rest."""
-        short = self.responses.get(code, ("Error",))[0]
-        self.wfile.write(_answer(f"{code} {short}", message or short))
-
-    def log_message(self, *args):          # one line per request is for a proxy to write
-        pass
-
-
-class _Connection:
-    """A client's socket, what it sent and what it is sent, its deadline."""
-    __slots__ = ("sock", "address", "state", "data", "length", "out", "deadline")
-
-    def __init__(self, sock, address):
-        self.sock, self.address = sock, address
-        self.state, self.data, self.length, self.out = "reading", bytearray(), None, b""
-        self.deadline = time.monotonic() + REQUEST_DEADLINE_S
-
-
-_HEAD_END = re.compile(rb"\n\r?\n")
-
-
-def _request_length(data, new):
-    """The bytes of the request that ``data`` starts with, None while its
-    head is incomplete; BadRequest for a head that no body length can be
-    read from. ``new``: how many bytes of ``data`` are new (its head's end
-    is looked for among them only: one trickled byte costs no scan of all)."""
-    end = _HEAD_END.search(data, max(0, len(data) - new - 3))
-    if end is None or end.end() > MAX_HEAD:
-        if len(data) > MAX_HEAD:
-            raise BadRequest(f"the request's head is over {MAX_HEAD} bytes",
-                             "431 Request Header Fields Too Large")
-        return None
-    try:
-        headers = http.client.parse_headers(io.BytesIO(data[data.index(b"\n") + 1:end.end()]))
-    except http.client.HTTPException as e:
-        raise BadRequest(f"bad headers: {shorten(e, 100)}",
-                         "431 Request Header Fields Too Large") from None
-    lengths = headers.get_all("Content-Length") or []
-    if len(lengths) > 1:
-        raise BadRequest("Content-Length is given more than once")
-    return end.end() + _body_length(lengths[0] if lengths else None,
-                                    "Transfer-Encoding" in headers)
-
-
-class _Server(WSGIServer):
-    """wsgiref's server for its socket and WSGI environment, with its own
-    serving loop (serve) in place of a thread per connection."""
-    request_queue_size = 128       # socketserver's 5 makes a burst of clients wait 1 s
-
-    def serve(self, stop=None):
-        """Serve until ``stop`` (a threading.Event) is set."""
-        self._held, self._total = {}, 0          # open connection -> bytes held for it
-        self._cap = _connection_cap()
-        self._jobs, self._done = queue.SimpleQueue(), queue.SimpleQueue()
-        self._wake, wake = socket.socketpair()
-        self._wake.setblocking(False)
-        wake.setblocking(False)
-        self._sel = selectors.DefaultSelector()
-        self.socket.setblocking(False)
-        self._sel.register(self.socket, selectors.EVENT_READ, "accept")
-        self._sel.register(wake, selectors.EVENT_READ, "wake")
-        for _ in range(WORKERS):
-            threading.Thread(target=self._work, daemon=True).start()
-        swept = time.monotonic()
-        try:
-            while stop is None or not stop.is_set():
-                for key, _ in self._sel.select(SWEEP_S):
-                    if key.data == "accept":
-                        self._accept()
-                    elif key.data == "wake":
-                        self._answered(wake)
-                    elif key.data.state == "writing":
-                        self._write(key.data)
-                    else:
-                        self._read(key.data)
-                now = time.monotonic()
-                if now - swept >= SWEEP_S:
-                    swept = now
-                    for conn in [c for c in self._held if c.state != "working"
-                                 and now > c.deadline]:
-                        self._close(conn, "408 Request Timeout" if conn.state == "reading"
-                                    else None)
-        finally:
-            for _ in range(WORKERS):
-                self._jobs.put(None)
-            for conn in list(self._held):
-                self._close(conn)
-            self._sel.close()
-            self._wake.close()
-            wake.close()
-
-    def _hold(self, conn, n_bytes):
-        self._total += n_bytes - self._held[conn]
-        self._held[conn] = n_bytes
-
-    def _accept(self):
-        for _ in range(64):                      # a burst, then the others' turn
-            try:
-                sock, address = self.socket.accept()
-            except OSError:                      # none left (or the client left)
-                return
-            sock.setblocking(False)
-            if len(self._held) >= self._cap:
-                _send_and_close(sock, _answer("503 Service Unavailable",
-                                              f"over {self._cap} connections; try again"))
-                continue
-            conn = _Connection(sock, address)
-            self._held[conn] = 0
-            self._sel.register(sock, selectors.EVENT_READ, conn)
-
-    def _read(self, conn):
-        try:
-            chunk = conn.sock.recv(1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._close(conn)
-        elif conn.state == "draining":           # late bytes of an answered request
-            pass
-        elif self._total + len(chunk) > MAX_BUFFERED:
-            self._close(conn, "503 Service Unavailable", "the server holds too many bytes of "
-                        "other requests; try again")
-        else:
-            conn.data += chunk
-            self._hold(conn, len(conn.data))
-            try:
-                if conn.length is None:          # the head is read once, when whole
-                    conn.length = _request_length(conn.data, len(chunk))
-            except BadRequest as e:
-                self._reply(conn, _answer(e.status, str(e)))
-                return
-            if conn.length is not None and len(conn.data) >= conn.length:
-                conn.state = "working"
-                self._sel.unregister(conn.sock)
-                self._jobs.put(conn)
-
-    def _work(self):
-        """A worker: answers requests read whole, until told to stop (None)."""
-        for conn in iter(self._jobs.get, None):
-            try:
-                out = _Handler(bytes(conn.data), conn.address, self).wfile.getvalue()
-            except Exception as e:            # noqa: BLE001 - a bug: answer and say it
-                print(f"glocalk-np serve: unexpected {type(e).__name__}: {shorten(e, 200)} "
-                      "(a bug in glocalk-np; please report it)", file=sys.stderr)
-                out = _answer("500 Internal Server Error", "internal error (a bug in "
-                              "glocalk-np; the server's log names it)")
-            self._done.put((conn, out))
-            try:
-                self._wake.send(b"\0")
-            except OSError:                   # a wake-up already pending, or the server stopped
-                pass
-
-    def _answered(self, wake):
-        try:
-            wake.recv(1 << 16)
-        except OSError:
-            pass
-        while not self._done.empty():
-            conn, out = self._done.get()
-            if conn in self._held:               # not closed meanwhile
-                self._reply(conn, out)
-
-    def _reply(self, conn, out):
-        """Send ``out`` as far as the client takes it now, the rest as it
-        takes it, within REQUEST_DEADLINE_S."""
-        if conn.state == "working":
-            self._sel.register(conn.sock, selectors.EVENT_WRITE, conn)
-        else:
-            self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
-        conn.state, conn.data, conn.out = "writing", bytearray(), out
-        conn.deadline = time.monotonic() + REQUEST_DEADLINE_S
-        self._hold(conn, len(out))
-        self._write(conn)
-
-    def _write(self, conn):
-        try:
-            sent = conn.sock.send(conn.out)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._close(conn)
-            return
-        conn.out = conn.out[sent:]
-        self._hold(conn, len(conn.out))
-        if conn.out:
-            return
-        # answered: the client's late bytes are read for a while, as closing
-        # with bytes unread would reset the connection under the answer
-        conn.state, conn.deadline = "draining", min(conn.deadline, time.monotonic() + LINGER_S)
-        self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(conn)
-
-    def _close(self, conn, status=None, message=None):
-        """Close ``conn``, sending what it takes at once of an error answer
-        ``status`` first where given."""
-        if conn.state != "working":
-            self._sel.unregister(conn.sock)
-        self._hold(conn, 0)
-        del self._held[conn]
-        _send_and_close(conn.sock, status and _answer(status, message or (
-            f"the request did not arrive whole within {REQUEST_DEADLINE_S:g} s")))
-
-
-def _send_and_close(sock, data=None):
-    """Close ``sock``, sending first what it takes at once of ``data``."""
-    try:
-        if data:
-            sock.send(data)
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:                              # the client is gone
-        pass
-    sock.close()
-
-
-def _connection_cap():
-    """MAX_CONNECTIONS, fewer where the process may open fewer files."""
-    try:
-        import resource
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError):               # not POSIX
-        return MAX_CONNECTIONS
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, soft - 64))   # room for the model, logs, sockets
-
-
 def run(path, host="127.0.0.1", port=8000, ready=None, stop=None):
     """Serve the model at ``path`` until interrupted, or until ``stop`` (a
     threading.Event) is set; ``ready(url)`` is called once it listens. See
     the module's docstring for what a client may hold."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port {shorten(port)} is not a port number (0 to 65535)")
-    app = ModelServer(path)
-    with _Server((host, port), _Handler) as server:
-        server.set_app(app)
-        if ready is not None:
-            ready(f"http://{host}:{server.server_port}")
-        server.serve(stop)
+    limits = Limits(deadline_s=REQUEST_DEADLINE_S, linger_s=LINGER_S,
+                    connections=MAX_CONNECTIONS, buffered=MAX_BUFFERED, head=MAX_HEAD,
+                    body=MAX_BODY, workers=WORKERS)
+    serve_app(ModelServer(path), host, port, limits, ready, stop)
