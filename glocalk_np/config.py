@@ -12,7 +12,6 @@ import scipy.sparse as sp
 
 from .data import DataError
 from .safeio import gib, physical_memory, shorten
-from .scale import SCALES
 
 # docs/model.md §9; the n_hidden, n_layers, kernel_dim and gk_size defaults are common to all.
 PRESETS = {
@@ -64,7 +63,8 @@ def check_select(select, val, test):
 
 def check_positive_for_scale(values, scale, source):
     """DataError unless the training ratings ``values`` (from ``source``)
-    can be trained on with ``scale``: as given ('none'), they must be > 0."""
+    can be trained on with ``scale``: as given ('none'), they must be > 0
+    (the one statement of it: scale.RatingScale.of calls it too)."""
     if scale == "none" and values.min() <= 0:
         raise DataError(f"{source}: ratings must be > 0 with scale='none' (the "
                         "network reads 0 as a missing rating; the smallest is "
@@ -86,6 +86,8 @@ PROTOCOLS = {"val": "fine-tuning epoch with the best validation RMSE",
                      "test set picks the epoch, so its test scores are optimistic)",
              "last": "last fine-tuning epoch"}
 OPTIMIZERS = ("scipy", "numba")
+# Config.scale (scale.py): map the training ratings onto [1, 5], or train on them as given
+SCALES = ("auto", "none")
 DTYPES = ("float32", "float64")
 # Where the loss and gradient are computed (engines/: one engine each)
 DEVICES = ("cpu", "cuda", "dask")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCALES = ("auto", "none")   # Config.scale: map onto [1, 5], or train on the ratings as given
+from .config import SCALES, check_positive_for_scale
+
 TARGET_LOW, TARGET_HIGH = 1.0, 5.0
 
 
@@ -30,21 +31,18 @@ class RatingScale:
     offset: float = 0.0
 
     @classmethod
-    def of(cls, ratings, scale="auto"):
+    def of(cls, ratings, scale="auto", source="the training ratings"):
         """The scale of the training ratings (any array of them) under the
         Config's ``scale``: 'auto' maps [low, high] onto [1, 5]; constant
         ratings, which have no range to map, are shifted to 3 (predictions
-        are then that constant); 'none' leaves them as they are."""
+        are then that constant); 'none' leaves them as they are, and
+        refuses them (DataError naming ``source``) unless all are > 0."""
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         values = np.asarray(ratings, dtype=np.float64)
+        check_positive_for_scale(values, scale, source)
         low, high = float(values.min()), float(values.max())
         if scale == "none":
-            if low <= 0:
-                raise ValueError(f"scale='none' trains on the ratings as given, where the "
-                                 f"network reads 0 as a missing rating, so they must be > 0 "
-                                 f"(the smallest is {low:g}): use scale='auto', which maps "
-                                 "any ratings onto 1-5")
             return cls(low, high)
         if high == low:
             return cls(low, high, 1.0, (TARGET_LOW + TARGET_HIGH) / 2 - low)

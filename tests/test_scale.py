@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from glocalk_np.data import Ratings
+from glocalk_np.data import DataError, Ratings
 from glocalk_np.estimator import GLocalK
 from glocalk_np.scale import RatingScale
-from glocalk_np.config import Config
+from glocalk_np.config import Config, check_positive_for_scale
 from test_estimator import CONFIG, low_rank_ratings, three_way
 
 
@@ -44,6 +44,18 @@ def test_an_unknown_scale_is_refused_by_name():
         RatingScale.of([1.0], "log")
     with pytest.raises(ValueError, match="scale must be one of"):
         Config(scale="log")
+
+
+def test_ratings_of_0_or_below_are_refused_with_scale_none_in_one_wording():
+    """RatingScale.of states the check by config.check_positive_for_scale,
+    naming the source and the fix."""
+    message = r"^r\.csv: ratings must be > 0 with scale='none' .*the smallest is -1\): use " \
+        r"scale='auto'"
+    with pytest.raises(DataError, match=message):
+        RatingScale.of([-1.0, 3.0], "none", "r.csv")
+    with pytest.raises(DataError, match=message):
+        check_positive_for_scale(np.array([-1.0, 3.0]), "none", "r.csv")
+    assert RatingScale.of([-1.0, 3.0]).low == -1.0           # 'auto' takes them
 
 
 def test_1_to_5_ratings_give_the_same_fit_with_and_without_the_map():
