@@ -1,14 +1,15 @@
-"""What several test files ask of engines, each as a list of problems ([]
-for none) that the CUDA simulator's report can carry: what an engine hands
-the trainer as parameters (engines.base.RemoteParams), and whether a class
-of operations is whole (network.Operations)."""
+"""What several test files ask of engines: what an engine hands the
+trainer as parameters (engines.base.RemoteParams) and whether a class of
+operations is whole (network.Operations), each as a list of problems ([]
+for none) that the CUDA simulator's report can carry; and every number an
+engine computes, to hold two engines to each other."""
 import inspect
 
 import numpy as np
 
 from glocalk_np.engines.base import RemoteParams
 from glocalk_np.network import ForwardOperations, Operations
-from glocalk_np.params import optimised, placeholders
+from glocalk_np.params import STAGES, flatten, optimised, placeholders
 from glocalk_np.train import holding
 
 
@@ -69,3 +70,23 @@ def parameters_problems(engine, stage, params, rows, cols):
         problems += [f"with_arrays: {k}" for k in _differ(
             dict(engine.parameters_in(ws, x, placeholders(more))), {**half, "C": C})]
     return problems
+
+
+def every_output(engine, params):
+    """{name: number or array}: all an engine computes at ``params``, both
+    stages: loss, gradient, the outputs at every pair, the loss and flat
+    gradient objective_into gives, and the convolution before its ReLU."""
+    m, n = engine.shape
+    rows, cols = np.divmod(np.arange(m * n), n)
+    out = {"conv_preactivation": engine.conv_preactivation(params)}
+    for stage in STAGES:
+        template = optimised(stage, params)
+        loss, grads = engine(stage, params)
+        x = flatten(template)
+        g = np.full_like(x, np.nan)
+        out.update({f"{stage}/loss": loss,
+                    f"{stage}/predict": engine.predict(stage, params, rows, cols),
+                    f"{stage}/into": engine.objective_into(stage, template)(x, g),
+                    f"{stage}/into.g": g, f"{stage}/flat": flatten(grads)})
+        out.update({f"{stage}/{k}": v for k, v in grads.items()})
+    return out

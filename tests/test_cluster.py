@@ -28,8 +28,8 @@ distributed = pytest.importorskip("distributed", reason="dask.distributed is not
 from glocalk_np.config import Config  # noqa: E402
 from glocalk_np.engines import EngineFailure, make_engine  # noqa: E402
 from glocalk_np import lbfgsb  # noqa: E402
-from glocalk_np.engines.cluster import (DaskEngine, Ref, environment_kept,  # noqa: E402
-                                        usable_cpus)
+from glocalk_np.engines.cluster import DaskEngine, environment_kept, usable_cpus  # noqa: E402
+from glocalk_np.engines.sharded import Ref  # noqa: E402
 from glocalk_np.engines.cpu import CpuEngine  # noqa: E402
 from glocalk_np.estimator import GLocalK  # noqa: E402
 from glocalk_np.params import STAGES, flatten, optimised  # noqa: E402
@@ -38,7 +38,8 @@ from glocalk_np.synthetic import low_rank_ratings  # noqa: E402
 from glocalk_np.data import Index, Ratings, subset  # noqa: E402
 from glocalk_np.train import EvalSet, fit  # noqa: E402
 from problems import PROBLEMS, smooth_problem  # noqa: E402
-from engine_contract import parameters_problems  # noqa: E402
+from engine_contract import every_output, parameters_problems  # noqa: E402
+from thread_transport import thread_engine  # noqa: E402
 import cli_process  # noqa: E402
 
 TOLERANCE = 1e-12
@@ -135,6 +136,18 @@ def test_the_parameters_handed_to_the_trainer_implement_the_whole_protocol(clien
     engine = DaskEngine(sp.csr_matrix(R), client=client, shares=3, dtype=np.float64, **hyper)
     rows, cols = np.divmod(np.arange(R.size), R.shape[1])
     assert parameters_problems(engine, stage, params, rows, cols) == []
+
+
+def test_the_shares_in_threads_of_one_process_give_the_workers_bits(client):
+    """The sharded engine over threads (tests/thread_transport.py) and over
+    Dask, one Numba thread a share either way, the same shares: every bit
+    alike, the transport changes nothing of the numbers."""
+    R, params, hyper = smooth_problem(PROBLEMS[2])
+    X = sp.csr_matrix(R)
+    want = every_output(DaskEngine(X, client=client, shares=3, dtype=np.float64, **hyper), params)
+    got = every_output(thread_engine(X, shares=3, threads=1, dtype=np.float64, **hyper), params)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def ratings_matrix():

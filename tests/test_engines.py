@@ -1,7 +1,8 @@
 """The contract every engine is held to (glocalk_np/engines/base.py), one
 suite for all of them: the CPU engine in float64 and float32, the CUDA
-engine under Numba's CUDA simulator in both, and the dense reference
-(tests/dense_reference.py) wrapped as an engine.
+engine under Numba's CUDA simulator in both, the sharded engine on three
+shares in threads of this process (tests/thread_transport.py) in both, and
+the dense reference (tests/dense_reference.py) wrapped as an engine.
 
 Each engine is measured on the same small problems (tests/problems.py: drawn
 away from the kinks of max(0, .) and the ReLU) by ``measure``, against the
@@ -27,11 +28,13 @@ from engine_contract import operations_problems, parameters_problems
 from glocalk_np import lbfgsb
 from glocalk_np.engines import Engine, cuda_unavailable, make_engine, settings
 from glocalk_np.engines.cpu import CpuEngine
+from glocalk_np.engines.sharded import ShardedEngine
 from glocalk_np.lbfgsb import gradient_into
 from glocalk_np.params import STAGES, check_for_matrix, flatten, optimised
 from glocalk_np.sparse import Pattern
 from glocalk_np.config import Config
 from problems import PROBLEMS, smooth_problem
+from thread_transport import thread_engine
 
 # float64 engines agree with the reference to round-off (measured: 7e-16 CPU,
 # 2e-15 CUDA); float32 ones to float32's precision (measured: 4e-7)
@@ -42,7 +45,8 @@ DIRECTIONS = 3
 SKIP = 77                # the script's exit status when the simulator is not there
 # the problems each engine is measured on: all of them, or two for the simulator
 SIM_PROBLEMS = PROBLEMS[:2]
-ENGINES = ["cpu/float64", "cpu/float32", "dense/float64", "cuda-sim/float64", "cuda-sim/float32"]
+ENGINES = ["cpu/float64", "cpu/float32", "dense/float64", "sharded/float64", "sharded/float32",
+           "cuda-sim/float64", "cuda-sim/float32"]
 
 
 class DenseEngine(Engine):
@@ -174,7 +178,8 @@ def cuda_sim_report():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-IN_PROCESS = {"cpu": CpuEngine, "dense": DenseEngine}
+IN_PROCESS = {"cpu": CpuEngine, "dense": DenseEngine,
+              "sharded": lambda R, **kwargs: thread_engine(R, shares=3, **kwargs)}
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -248,7 +253,7 @@ def test_every_engine_implements_the_whole_contract(cuda_sim_report):
     """Engine names every method the library calls, and each engine has all."""
     assert set(Engine.__abstractmethods__) == {"__call__", "objective_into", "predict",
                                                "conv_preactivation"}
-    for cls in (CpuEngine, DenseEngine):
+    for cls in (CpuEngine, DenseEngine, ShardedEngine):
         assert issubclass(cls, Engine) and not cls.__abstractmethods__, cls
     assert cuda_sim_report["missing"] == []
     assert cuda_sim_report["ops"] == []           # CudaOps against network.Operations

@@ -109,7 +109,7 @@ class Engine(ABC):
         the trainer holds between epochs and gives back to predict and
         place. A plain dict of host arrays (host copies here), or, for an
         engine whose vectors live away from the host, RemoteParams that
-        stay there until they are read (DaskEngine's SharedParams)."""
+        stay there until they are read (ShardedEngine's SharedParams)."""
         return unflatten(workspace.vectors.to_host(x), template)
 
     def report(self):

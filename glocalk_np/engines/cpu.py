@@ -66,7 +66,7 @@ class CpuOps(Operations):
 
     leader = True     # one host holds every user: it counts every term and sums nothing
     # beyond the contract, for the engines: the convolution's pattern (CudaOps
-    # and cluster.ShareWorker read it) and the second pass's input (ShareOps's own)
+    # and sharded.Share read it) and the second pass's input (ShareOps's own)
     own = ("neighbourhood", "second_input")
 
     def __init__(self, R, values, lambda_2, lambda_s, dot_scale):
