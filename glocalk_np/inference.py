@@ -21,18 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .network import Network, Operations
+from .hostops import HostOperations
+from .network import Network
 from .params import layer_count, optimised
-
-
-class _Loss:
-    """A float64 sum."""
-
-    def __init__(self):
-        self.value = 0.0
-
-    def add(self, value):
-        self.value += value
 
 
 @dataclass
@@ -44,16 +35,14 @@ class _Conv:
     G: np.ndarray
 
 
-class NumpyOps(Operations):
+class NumpyOps(HostOperations):
     """network.Operations in NumPy and SciPy, on one process, for the items
     x users CSR matrix ``R`` (its data the ratings in model units, in the
     compute dtype)."""
 
-    leader = True     # one process holds every user
-
     def __init__(self, R, lambda_2=0.0, lambda_s=0.0, dot_scale=1.0):
         self.R, self.values = R, R.data
-        self.dtype = R.dtype
+        self.dtype, self.n_users = R.dtype, R.shape[1]
         self.lambda_2, self.lambda_s, self.dot_scale = lambda_2, lambda_s, dot_scale
 
     def empty(self, name, shape):
@@ -61,9 +50,6 @@ class NumpyOps(Operations):
 
     def zeros(self, name, shape):
         return np.zeros(shape, dtype=self.dtype)
-
-    def new_loss(self):
-        return _Loss()
 
     def local_kernel(self, W, U, V, K, Weff, loss):
         # Cost: n_in n_out (d + 3), one n_in x n_out array at a time.
@@ -91,13 +77,6 @@ class NumpyOps(Operations):
         rows, cols = _entries(X)
         out[...] = np.einsum("ij,ij->i", A[rows], B[cols])
 
-    def gemm(self, A, B, out, trans_a=False, trans_b=False, accumulate=False):
-        a, b = (A.T if trans_a else A), (B.T if trans_b else B)
-        if accumulate:
-            out += a @ b
-        else:
-            np.matmul(a, b, out=out)
-
     def bias_sigmoid(self, H, b):
         H += b
         # 1 / (1 + e^-z) without overflow: e^z / (1 + e^z) below 0
@@ -117,14 +96,6 @@ class NumpyOps(Operations):
 
     def user_sums(self, X, x, out):
         out += np.bincount(_entries(X)[1], weights=x, minlength=out.size).astype(out.dtype)
-
-    def weight_means(self, Weff_out, WoutT, b):
-        n = self.dtype.type(self.R.shape[1])
-        return (Weff_out.sum(axis=1, dtype=self.dtype) / n,
-                np.array([b.sum(dtype=self.dtype) / n]))
-
-    def item_means(self, H, w_mean, b_mean):
-        return H @ w_mean + b_mean[0]
 
     def convolve(self, mu, C):
         """Summed in float64 and rounded once to the compute dtype.
@@ -152,16 +123,6 @@ class NumpyOps(Operations):
             dG[a, b] = np.asarray(D[i[inside], j[inside]]).ravel() @ self.values[inside]
         return dG.ravel().astype(self.dtype)
 
-    def global_kernel_grad(self, mu, C, dG, dC, dmu):
-        np.multiply(self.dot_scale, np.outer(mu, dG), out=dC)
-        np.multiply(self.dot_scale, C @ dG, out=dmu)
-
-    def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
-        n = self.R.shape[1]
-        dWoutT += (H.T @ dmu) / n
-        db_out += dmu.sum() / n
-        np.outer(dmu, w_mean, out=dH)
-
     def layer_grad(self, dWeff, W, U, V, K, dW, dU, dV):
         # K = max(0, 1 - D) for the squared distances D; dD is nil where K is.
         # Cost: n_in n_out (d + 4).
@@ -173,11 +134,6 @@ class NumpyOps(Operations):
 
     def pair_outputs(self, rows, cols, H, WoutT, b, out):
         out[...] = np.einsum("ij,ij->i", H[rows], WoutT[cols]) + b[cols]
-
-    @staticmethod
-    def reduce(name, a):
-        """One process holds every user: nothing to sum."""
-        return a
 
 
 def kernel_preactivation(U, V, out=None):

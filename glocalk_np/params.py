@@ -149,7 +149,8 @@ def placeholders(params):
     """Arrays of ``params``' shapes and dtypes that hold no memory (one
     broadcast zero each): all that objective_into, parameters_in and the
     like need to know of parameters kept in a workspace's vector. Such
-    parameters (engines.cluster.SharedParams) give their own, unread."""
+    parameters (engines.base.RemoteParams, which imports this module) give
+    their own, unread."""
     own = getattr(params, "placeholders", None)
     if own is not None:
         return own()

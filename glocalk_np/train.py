@@ -18,6 +18,7 @@ from scipy.optimize import minimize
 
 from . import lbfgsb, metrics
 from .engines import make_engine, settings
+from .engines.base import RemoteParams
 from .fallback import Fallback
 from .config import Config, check_problem, check_select
 from .params import (STAGES, flatten, init_global_kernel, init_layers, optimised,
@@ -211,17 +212,19 @@ def _update_best(state, record, evals, last):
 def _with_arrays(params, arrays):
     """The parameters and the host arrays ``arrays``, as a dict, or for
     parameters an engine keeps where its vectors live, as their own kind
-    (engines.cluster.SharedParams), still kept there."""
-    add = getattr(params, "with_arrays", None)
-    return add(arrays) if add else {**params, **arrays}
+    (engines.base.RemoteParams), still kept there."""
+    if isinstance(params, RemoteParams):
+        return params.with_arrays(arrays)
+    return {**params, **arrays}
 
 
 def _kept(params, slot):
     """A copy of the parameters that later epochs leave alone: of each host
     array, or, for parameters an engine keeps where its vectors live, one
-    made there in the place named ``slot`` (engines.cluster.SharedParams)."""
-    keep = getattr(params, "kept", None)
-    return keep(slot) if keep else {k: v.copy() for k, v in params.items()}
+    made there in the place named ``slot`` (engines.base.RemoteParams)."""
+    if isinstance(params, RemoteParams):
+        return params.kept(slot)
+    return {k: v.copy() for k, v in params.items()}
 
 
 def selected(state, select):

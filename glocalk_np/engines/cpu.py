@@ -26,7 +26,8 @@ import numba
 import numpy as np
 
 from ..kernels import cpu
-from ..network import Network, Operations
+from ..hostops import HostOperations
+from ..network import Network
 from ..params import check_for_matrix, optimised, unflatten
 from ..sparse import Pattern
 from .base import Engine, training_matrix
@@ -36,16 +37,6 @@ def _blocks(rows):
     """Blocks of rows for kernels that reduce per block: a few per thread so
     that uneven rows still balance, never more than the rows."""
     return max(1, min(rows, 4 * numba.get_num_threads()))
-
-
-class _Loss:
-    """A float64 sum on the host."""
-
-    def __init__(self):
-        self.value = 0.0
-
-    def add(self, value):
-        self.value += value
 
 
 @dataclass
@@ -61,10 +52,10 @@ class _Conv:
     nbr: np.ndarray          # (rating, kernel cell) -> entry of the neighbourhood, or -1
 
 
-class CpuOps(Operations):
-    """network.Operations on the host (see there for each one's contract)."""
+class CpuOps(HostOperations):
+    """network.Operations on the host with Numba kernels (see there for each
+    one's contract; hostops.py for those that are one NumPy call)."""
 
-    leader = True     # one host holds every user: it counts every term and sums nothing
     # beyond the contract, for the engines: the convolution's pattern (CudaOps
     # and sharded.Share read it) and the second pass's input (ShareOps's own)
     own = ("neighbourhood", "second_input")
@@ -99,9 +90,6 @@ class CpuOps(Operations):
         out.fill(0)
         return out
 
-    def new_loss(self):
-        return _Loss()
-
     def local_kernel(self, W, U, V, K, Weff, loss):
         sq = np.empty((W.shape[0], 2))
         cpu.local_kernel(W, U, np.ascontiguousarray(V.T), K, Weff, sq)
@@ -119,13 +107,6 @@ class CpuOps(Operations):
 
     def sddmm(self, X, A, B, out):
         cpu.sddmm(X.indptr, X.indices, A, B, out)
-
-    def gemm(self, A, B, out, trans_a=False, trans_b=False, accumulate=False):
-        a, b = (A.T if trans_a else A), (B.T if trans_b else B)
-        if accumulate:
-            out += a @ b
-        else:
-            np.matmul(a, b, out=out)
 
     def bias_sigmoid(self, H, b):
         # float64 keeps libm's exp: the checks against the dense reference need its accuracy
@@ -145,12 +126,6 @@ class CpuOps(Operations):
         partial = np.empty((_blocks(X.shape[0]), out.size))
         cpu.column_sums(X.indptr, X.indices, x, partial)
         out += partial.sum(axis=0)
-
-    def weight_means(self, Weff_out, WoutT, b):
-        return Weff_out.sum(axis=1) / self.n_users, np.array([b.sum() / self.n_users])
-
-    def item_means(self, H, w_mean, b_mean):
-        return H @ w_mean + b_mean[0]
 
     def convolve(self, mu, C):
         gk = int(round(np.sqrt(C.shape[1])))   # odd, checked with the parameters
@@ -173,15 +148,6 @@ class CpuOps(Operations):
                              partial)
         return partial.sum(axis=0).astype(self.dtype)
 
-    def global_kernel_grad(self, mu, C, dG, dC, dmu):
-        np.multiply(self.dot_scale, np.outer(mu, dG), out=dC)
-        np.multiply(self.dot_scale, C @ dG, out=dmu)
-
-    def mean_backward(self, H, dmu, w_mean, dWoutT, db_out, dH):
-        dWoutT += (H.T @ dmu) / self.n_users
-        db_out += dmu.sum() / self.n_users
-        np.outer(dmu, w_mean, out=dH)
-
     def layer_grad(self, dWeff, W, U, V, K, dW, dU, dV):
         t, d = self.dtype.type, U.shape[1]
         partial = np.empty((_blocks(W.shape[0]), d + 1, W.shape[1]))
@@ -193,11 +159,6 @@ class CpuOps(Operations):
     def pair_outputs(self, rows, cols, H, WoutT, b, out):
         cpu.pair_dot(rows, cols, H, WoutT, out)
         out += b[cols]
-
-    @staticmethod
-    def reduce(name, a):
-        """One process holds every user: nothing to sum."""
-        return a
 
     def _csc(self, X, x):
         """The values x of X (CSR order) in X's CSC order: known for R's
