@@ -5,6 +5,7 @@ central differences (both stages), and a fitted model that answers without
 Numba, the trainer or an engine."""
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -78,21 +79,38 @@ def test_float32_outputs_equal_the_engine_s_to_float32_rounding(stage):
 
 
 def test_a_fitted_model_answers_without_numba_the_trainer_or_an_engine(tmp_path):
+    """Model.load and its methods, the read-only commands and the server."""
     from glocalk_np.estimator import GLocalK
     from glocalk_np.synthetic import low_rank_ratings
     ratings = low_rank_ratings(30, 20, 0.3, 2, seed=0)
     GLocalK(n_hidden=6, epochs_pretrain=1, epochs_finetune=1, iters_pretrain=2,
             iters_finetune=2).fit(ratings).save(tmp_path / "m.npz")
-    code = ("import sys\n"
-            "from glocalk_np.model import Model\n"
-            "from glocalk_np.data import Ratings\n"
-            f"m = Model.load({str(tmp_path / 'm.npz')!r})\n"
-            "m.predict([0, 1], [2, 3]); m.recommend([0, 1], top=3); m.similar(m.index_.items[0])\n"
-            "m.update(Ratings([0, 10**6], [1, 2], [5.0, 4.0], 'new'), fold_in=True)\n"
-            "m.evaluate(Ratings([0, 1, 2], [1, 2, 3], [5.0, 4.0, 3.0], 'test'))\n"
-            "loaded = sorted(n for n in sys.modules if n.split('.')[0] == 'numba'\n"
-            "                or n in ('glocalk_np.train', 'glocalk_np.estimator')\n"
-            "                or n.startswith('glocalk_np.engines') or n.startswith('glocalk_np.kernels'))\n"
-            "assert not loaded, loaded\n")
+    code = textwrap.dedent(f"""
+        import sys
+        from wsgiref.util import setup_testing_defaults
+        from glocalk_np.cli import cli
+        from glocalk_np.data import Ratings
+        from glocalk_np.model import Model
+        from glocalk_np.serve import ModelServer
+        path = {str(tmp_path / "m.npz")!r}
+        m = Model.load(path)
+        m.predict([0, 1], [2, 3]); m.recommend([0, 1], top=3); m.similar(m.index_.items[0])
+        m.update(Ratings([0, 10**6], [1, 2], [5.0, 4.0], "new"), fold_in=True)
+        m.evaluate(Ratings([0, 1, 2], [1, 2, 3], [5.0, 4.0, 3.0], "test"))
+        for args in (["info"], ["recommend", "--user", "0"], ["similar", "--item", "1"]):
+            try:
+                cli([args[0], path, *args[1:]])
+            except SystemExit as e:
+                assert e.code == 0, (args, e.code)
+        env, answer = {{"PATH_INFO": "/recommend", "QUERY_STRING": "user=0"}}, []
+        setup_testing_defaults(env)
+        body = b"".join(ModelServer(path)(env, lambda status, headers: answer.append(status)))
+        assert answer == ["200 OK"] and b"items" in body, (answer, body)
+        loaded = sorted(n for n in sys.modules if n.split(".")[0] == "numba"
+                        or n in ("glocalk_np.train", "glocalk_np.estimator")
+                        or n.startswith("glocalk_np.kernels")
+                        or (n.startswith("glocalk_np.engines.") and n != "glocalk_np.engines.base"))
+        assert not loaded, loaded
+        """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
