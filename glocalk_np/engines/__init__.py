@@ -12,20 +12,15 @@ otherwise, and importing it (or base.py, for EngineFailure) loads no Numba.
 What every engine provides, and all that the library calls on one, is the
 abstract base class Engine in base.py.
 """
-import numpy as np
-
-from .base import Engine, EngineFailure
+from ..config import DEVICES
+from .base import Engine, EngineFailure, engine_settings
 
 __all__ = ["DEVICES", "Engine", "EngineFailure", "cuda_unavailable", "make_engine", "settings"]
 
-DEVICES = ("cpu", "cuda", "dask")
-
 
 def settings(config):
-    """What an engine is built with, from a config.Config: the loss's
-    penalties and scale, and the compute dtype."""
-    return dict(lambda_2=float(config.lambda_2), lambda_s=float(config.lambda_s),
-                dot_scale=float(config.dot_scale), dtype=np.dtype(config.dtype))
+    """What an engine is built with, from a config.Config (engine_settings)."""
+    return engine_settings(config.lambda_2, config.lambda_s, config.dot_scale, config.dtype)
 
 
 def make_engine(train, config, device="cpu"):

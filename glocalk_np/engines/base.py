@@ -42,8 +42,15 @@ def training_matrix(train, lambda_2, lambda_s, dot_scale, dtype):
         raise ValueError("ratings must be finite and > 0 (0 means missing)")
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return R, dict(lambda_2=float(lambda_2), lambda_s=float(lambda_s),
-                   dot_scale=float(dot_scale), dtype=np.dtype(dtype))
+    return R, engine_settings(lambda_2, lambda_s, dot_scale, dtype)
+
+
+def engine_settings(lambda_2, lambda_s, dot_scale, dtype):
+    """What an engine is built with (its ``settings``, which the trainer
+    compares with the config's): the loss's penalties and scale, and the
+    compute dtype."""
+    return dict(lambda_2=float(lambda_2), lambda_s=float(lambda_s), dot_scale=float(dot_scale),
+                dtype=np.dtype(dtype))
 
 
 class EngineFailure(RuntimeError):
