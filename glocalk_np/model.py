@@ -59,7 +59,8 @@ class Model(Ranking):
         network works in and the statistics the fallbacks use."""
         self.index_, self.train_matrix_ = index, R
         self._factors, self._space = None, None
-        self.scale_ = RatingScale.of(R.data, self.config_.scale)
+        self.scale_ = RatingScale.of(R.data, self.config_.scale,   # a loaded file names itself
+                                     getattr(self, "source_", "the training ratings"))
         self.rating_range_ = (self.scale_.low, self.scale_.high)
         self._fallback = Fallback(R)
         self.baseline_ = Baseline(R)

@@ -218,5 +218,8 @@ def _error(message):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """Library warnings as one line on stderr."""
-    click.echo(f"Warning: {_one_line(message)}", err=True)
+    """Warnings as one line on stderr: the first of the message's (Numba's
+    on a bad NUMBA_* variable, raised where a command first loads it, goes
+    on with the traceback of its parse)."""
+    first = str(message).strip().splitlines()[:1]
+    click.echo(f"Warning: {_one_line(first[0] if first else '')}", err=True)
