@@ -1,8 +1,9 @@
-"""The first recommend in a fresh install: wall seconds of `glocalk-np
-recommend MODEL --user 1` in a new virtual environment with an empty Numba
-cache, for this tree and for an earlier revision (default: the one before
-inference.py, whose predictions compiled the engine's kernels), measured in
-one run, and the same command again with the cache as the first left it.
+"""The first answer in a fresh install: wall seconds of `glocalk-np
+recommend MODEL --user 1`, and of `glocalk-np serve MODEL` from its start to
+its first /recommend answer, in a new virtual environment with an empty
+Numba cache, for this tree and for an earlier revision (default: the one
+before inference.py, whose predictions compiled the engine's kernels),
+measured in one run, and the same again with the cache as the first left it.
 
     python bench/cold_start.py --json bench/results/cold_start.json
 
@@ -15,6 +16,7 @@ does not change what recommend computes), or --model. Data: ../shared/data
 """
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,37 @@ def timed(command, model, cache):
     return time.perf_counter() - tic
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed_serve(command, model, cache):
+    """Seconds from starting ``serve`` with NUMBA_CACHE_DIR=cache to its
+    first /recommend answer (polled every 10 ms)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    port = free_port()
+    tic = time.perf_counter()
+    server = subprocess.Popen([str(command), "serve", str(model), "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+                    s.sendall(b"GET /recommend?user=1 HTTP/1.0\r\n\r\n")
+                    if s.recv(12).startswith(b"HTTP/1.0 200"):
+                        return time.perf_counter() - tic
+            except OSError:
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"serve ended with status {server.returncode}")
+            time.sleep(0.01)
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", default=BEFORE, help="the earlier revision to compare with")
@@ -77,18 +110,22 @@ def main():
                "--epochs-finetune", 1, "--out", model, "--quiet")
         results = {}
         for name, command in installs.items():
-            cold, warm = [], []
+            runs = {key: [] for key in ("first_s", "again_s", "serve_first_s", "serve_again_s")}
             for k in range(args.repeats):          # a fresh cache each time, then as it was left
-                cache = tmp / f"cache-{len(results)}-{k}"
-                cache.mkdir()
-                cold.append(timed(command, model, cache))
-                warm.append(timed(command, model, cache))
-            results[name] = {"first_s": cold, "again_s": warm}
-            print(f"{name:>10}: first recommend {min(cold):.2f} s (of {args.repeats}, best), "
-                  f"again {min(warm):.2f} s", flush=True)
+                for how, time_it in (("", timed), ("serve_", timed_serve)):
+                    cache = tmp / f"cache-{len(results)}-{how}{k}"
+                    cache.mkdir()
+                    runs[f"{how}first_s"].append(time_it(command, model, cache))
+                    runs[f"{how}again_s"].append(time_it(command, model, cache))
+            results[name] = runs
+            print(f"{name:>10}: first recommend {min(runs['first_s']):.2f} s (of {args.repeats}, "
+                  f"best), again {min(runs['again_s']):.2f} s; serve's first answer "
+                  f"{min(runs['serve_first_s']):.2f} s, again {min(runs['serve_again_s']):.2f} s",
+                  flush=True)
         head, before = results["this tree"], results[args.before]
-        print(f"first recommend: {min(head['first_s']) / min(before['first_s']):.2f}x the "
-              f"time of {args.before}")
+        for what, key in (("first recommend", "first_s"), ("serve's first answer",
+                                                          "serve_first_s")):
+            print(f"{what}: {min(head[key]) / min(before[key]):.2f}x the time of {args.before}")
     if args.out:
         common.write_json(args.out, dict(model=str(args.model or "ml-100k u1.base, preset, "
                                                                 "1+1 epochs"),
