@@ -25,6 +25,7 @@ import scipy.sparse as sp
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed "
                                   "(pip install 'glocalk-np[dask]')")
 
+from dask import config as dask_config  # noqa: E402
 from glocalk_np.config import Config  # noqa: E402
 from glocalk_np.engines import EngineFailure, make_engine  # noqa: E402
 from glocalk_np import lbfgsb  # noqa: E402
@@ -215,8 +216,11 @@ def test_the_estimator_trains_saves_and_resumes_on_the_cluster(client, tmp_path)
 
 
 def test_a_lost_worker_stops_the_evaluation_with_its_name():
+    """(A call to the lost worker's actor may wait Dask's connect timeout,
+    30 s unless set, to fail: 10 s here.)"""
     R, params, hyper = smooth_problem(PROBLEMS[1])
-    with local_cluster(2) as cluster, distributed.Client(cluster, direct_to_workers=True) as c:
+    with dask_config.set({"distributed.comm.timeouts.connect": "10s"}), local_cluster(2) \
+            as cluster, distributed.Client(cluster, direct_to_workers=True) as c:
         engine = DaskEngine(sp.csr_matrix(R), client=c, dtype=np.float64, **hyper)
         lost = engine.workers[1]
         with suppress(Exception):
