@@ -18,15 +18,6 @@ from .schema import (field, is_fingerprint, pack_ids, pack_params, read_best, re
 from .train import stage_over
 
 
-def checkpoint_name(k, phase=""):
-    """The checkpoint file of the k-th member of a seed ensemble, in the
-    first fit or (``phase`` 'refit') the refit."""
-    stem = "-".join(["checkpoint"] + ([phase] if phase else []) + ([str(k)] if k else []))
-    return f"{stem}.npz"
-
-
-
-
 def _digest(*arrays):
     h = hashlib.sha256()
     for a in arrays:

@@ -37,6 +37,7 @@ from . import tune as search
 from .data import as_ids, read_ids, read_pairs, read_ratings
 from .safeio import STDIN, atomic_outputs, check_distinct, shorten
 from .ranking import stored
+from .records import checkpoint_name
 from .serve import ENDPOINTS
 from .config import DEFAULT_VALIDATION, DEVICES, MAX_ENSEMBLE, SELECTIONS
 from .console.inputs import load_model, ratings_inputs, read_test
@@ -126,7 +127,6 @@ def fit(ratings, test_path, test_frac, val_frac, refit, blend, split_dir, select
     hyper-parameters). Datasets are looked up in $GLOCALK_NP_DATA, else
     ~/.cache/glocalk-np.
     """
-    from .checkpoint import checkpoint_name
     from .console import fitting
     if resume and not checkpoint_dir:
         raise click.UsageError("--resume needs --checkpoint-dir")

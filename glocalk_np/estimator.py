@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from . import train as training
 from .baseline import blend_weight
-from .checkpoint import Checkpoint, checkpoint_name, fingerprints
+from .checkpoint import Checkpoint, fingerprints
 from .config import (DEFAULT_PATIENCE, DEFAULT_VALIDATION, DEVICES, MAX_ENSEMBLE, PRESETS,
                      PROTOCOLS, Config, check_positive_for_scale, check_problem, check_select,
                      default_selection, own_file_config)
@@ -21,7 +21,7 @@ from .engines import make_engine
 from .fallback import NETWORK
 from .model import Model, as_ratings
 from .ranking import stored
-from .records import Member, epoch_line, epochs_run
+from .records import Member, checkpoint_name, epoch_line, epochs_run
 from .safeio import shorten
 from .scoring import EvalSet, baseline_scores
 

@@ -18,7 +18,6 @@ over inference.NumpyOps), with L-BFGS-B (scipy). Cost per evaluation:
 """
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import minimize
 
 from .inference import NumpyOps
 from .network import Network
@@ -41,6 +40,7 @@ def loss_and_grad(theta, H, r, U, lambda_2, lambda_s):
 
 def fit_user(H, r, U, w, v, b, lambda_2, lambda_s, iterations=ITERATIONS):
     """(w, v, b) fitted from the start (w, v, b); see the module docstring."""
+    from scipy.optimize import minimize    # here: importing it costs every command 0.5 s
     h = U.shape[0]
     theta0 = np.concatenate([w, v, [b]]).astype(np.float64)
     result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",

@@ -119,3 +119,10 @@ def summary_problem(summary):
         if name in summary and not ok(summary[name]):
             return f"summary field {name!r} is not {expected}"
     return None
+
+
+def checkpoint_name(k, phase=""):
+    """The checkpoint file of the k-th member of a seed ensemble, in the
+    first fit or (``phase`` 'refit') the refit."""
+    stem = "-".join(["checkpoint"] + ([phase] if phase else []) + ([str(k)] if k else []))
+    return f"{stem}.npz"

@@ -119,10 +119,10 @@ def fit_and_save(ratings, *, test_path, test_frac, val_frac, refit, blend, split
                  quiet, hyper):
     """fit's work after its checks, given fit's options by name: (the
     fitted estimator, seconds taken)."""
-    from ..estimator import GLocalK
     tic = time.perf_counter()
     settings = read_settings(config_file) if config_file else {}
     train, test, index, dataset = training_data(ratings, sep, test_path, test_frac, seed)
+    from ..estimator import GLocalK      # after the inputs: a bad one is refused at once
     given = {k: v for k, v in hyper.items() if v is not None}
     est = GLocalK(preset=preset or dataset, device=device, ensemble=ensemble,
                   validation_fraction="auto" if val_frac is None else val_frac,
