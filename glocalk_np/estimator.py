@@ -41,9 +41,9 @@ class GLocalK(Model):
     defaults (ValueError naming a bad parameter and its value).
     ``device`` ('cpu', 'cuda' or 'dask') chooses the engine that trains;
     predictions, lists and fold-in are computed on the CPU whatever it is
-    (model.py, with inference.py's NumPy operations). ``ensemble`` = k > 1 trains k models
-    with seeds seed, seed + 1, ... on the same data and predicts with the mean
-    of their outputs (a seed ensemble). ``verbose`` prints a line per epoch
+    (model.py, with inference.py's NumPy operations). ``ensemble`` = k > 1
+    trains k models with seeds seed, seed + 1, ... on the same data and
+    predicts with the mean of their outputs (a seed ensemble). ``verbose`` prints a line per epoch
     (stage, epoch, train and held-out RMSE, seconds) as the CLI does.
 
     The defaults for a user's own data, which the CLI shares: without a
