@@ -153,7 +153,8 @@ def test_plots_pool_runs_of_separate_invocations(reproduce_run):
     ("rescaled.py", [], "ml-100k/u1.base"), ("serving.py", [], "ml-100k/u1.base"),
     ("fallbacks.py", [], "ml-100k/u1.base"), ("honest.py", [], "ml-100k/u1.base"),
     ("own_data.py", ["--datasets", "ml-1m"], "ml-1m/ratings_uir.dat"),
-    ("cluster.py", ["--datasets", "ml-100k"], "ml-100k/u1.base")])
+    ("cluster.py", ["--datasets", "ml-100k"], "ml-100k/u1.base"),
+    ("topn.py", ["--datasets", "ml-100k"], "ml-100k/u1.base")])
 def test_missing_data_exits_2(tmp_path, script, args, missing):
     proc = run_script(script, *args, "--data-dir", str(tmp_path))
     assert proc.returncode == 2

@@ -1,0 +1,170 @@
+"""Top-10 lists against simple peers (issue 31): what `recommend` gives a
+user, measured on held-out ratings beside a most-popular chart, item-kNN
+and EASE (Steck 2019), fitted on the same training ratings.
+
+Per dataset (and GLocal-K seed): every method ranks, for each test user
+with a relevant test item, every item of the training index the user did
+not rate in training, and keeps 10. Relevant: a test rating >= 4 (on every
+file here: ML and Douban rate 1-5, Flixster 0.5-5 in halves, so 4 is the
+top fifth of each) of an item in the training index (no method can list
+another). Reported: precision, recall and NDCG at 10 (metrics.top_n, as
+LensKit and cornac count them), catalogue coverage (the share of the
+index's items in any list) and the share of the lists' entries among the
+100 most rated items (popularity bias).
+
+- glocalk-np: `GLocalK(seed=s).fit(train)` with a user's-own-file defaults,
+  lists from `recommend` (the network's predicted rating);
+- most popular: the items with the most training ratings;
+- item-kNN: cosine similarity of the items' binary rating columns, each
+  item's 100 nearest kept, score = sum of the user's rated items' kept
+  similarities;
+- EASE: B = argmin |X - X B|^2 + lambda |B|^2 with diag(B) = 0 on the binary
+  users x items matrix X, in closed form from (X^T X + lambda I)^-1
+  (lambda 500), score = X B. It inverts an items x items matrix: 8 m^2
+  bytes (0.8 GB at 10,000 items).
+
+    python bench/topn.py --datasets ml-100k --seeds 0 --json bench/results/topn.json
+
+Datasets: ml-100k (u1.base / u1.test), ml-1m and douban (90/10 at random,
+seed 0), flixster (Monti's split), ml-1m-610 (610 random ML-1M users, 90/10),
+as bench/own_data.py splits them. Data: ../shared/data (see bench/README.md).
+"""
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+import common
+import own_data
+from glocalk_np import metrics
+from glocalk_np.data import Index
+from glocalk_np.estimator import GLocalK
+
+DATASETS = ("ml-100k",) + own_data.DATASETS
+TOP = 10
+RELEVANT_FROM = 4.0
+EASE_LAMBDA = 500.0
+KNN_NEIGHBOURS = 100
+POPULAR = 100
+
+
+def split(name, data_dir):
+    if name == "ml-100k":
+        problem = common.load("ml-100k", data_dir)
+        return problem.train, problem.test
+    return own_data.split(name, data_dir)
+
+
+class Task:
+    """The training matrix (users x items, binary and rated), the users to
+    list for and their relevant items, in the training ratings' index."""
+
+    def __init__(self, train, test):
+        self.index = Index.from_ratings(train)
+        R, _ = self.index.matrix(train)                     # items x users
+        self.X = sp.csr_matrix((np.ones(R.nnz), R.indices, R.indptr), shape=R.shape).T.tocsr()
+        T, _ = self.index.matrix(test)                      # ids outside the index dropped
+        T = T.tocsc()
+        self.users, self.relevant = [], []
+        for u in range(T.shape[1]):
+            rows = T.indices[T.indptr[u]:T.indptr[u + 1]]
+            good = rows[T.data[T.indptr[u]:T.indptr[u + 1]] >= RELEVANT_FROM]
+            if good.size:
+                self.users.append(u)
+                self.relevant.append(good)
+        self.users = np.array(self.users)
+        self.counts = np.asarray(self.X.sum(axis=0)).ravel()
+
+    def lists(self, scores_of):
+        """Top-10 item positions per user, from ``scores_of(user positions)``
+        (a users x items array), rated items left out."""
+        out = []
+        for lo in range(0, self.users.size, 256):
+            users = self.users[lo:lo + 256]
+            S = np.array(scores_of(users), dtype=np.float64)
+            rated = self.X[users]
+            S[np.repeat(np.arange(users.size), np.diff(rated.indptr)), rated.indices] = -np.inf
+            top = np.argpartition(-S, TOP, axis=1)[:, :TOP]
+            order = np.argsort(-np.take_along_axis(S, top, axis=1), axis=1, kind="stable")
+            out.extend(np.take_along_axis(top, order, axis=1))
+        return out
+
+    def score(self, lists, seconds):
+        popular = np.argsort(-self.counts, kind="stable")[:POPULAR]
+        entries = np.concatenate(lists)
+        return {**metrics.top_n(lists, self.relevant, TOP),
+                "coverage": float(np.unique(entries).size / self.X.shape[1]),
+                "top100_share": float(np.isin(entries, popular).mean()),
+                "seconds": seconds}
+
+
+def most_popular(task):
+    return lambda users: np.broadcast_to(task.counts.astype(float), (users.size, task.counts.size))
+
+
+def item_knn(task):
+    norms = np.sqrt(task.counts)
+    S = (task.X.T @ task.X).toarray() / np.outer(np.maximum(norms, 1), np.maximum(norms, 1))
+    np.fill_diagonal(S, 0)
+    if S.shape[0] > KNN_NEIGHBOURS:
+        weak = np.argpartition(-S, KNN_NEIGHBOURS, axis=0)[KNN_NEIGHBOURS:]
+        np.put_along_axis(S, weak, 0, axis=0)
+    return lambda users: task.X[users] @ S
+
+
+def ease(task):
+    G = (task.X.T @ task.X).toarray()
+    G[np.diag_indices_from(G)] += EASE_LAMBDA
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)
+    np.fill_diagonal(B, 0)
+    return lambda users: task.X[users] @ B
+
+
+def glocalk(task, train, seed):
+    model = GLocalK(seed=seed, optimizer="numba").fit(train, index=task.index)
+    ids = model.index_.users[task.users]
+    recs = model.recommend(ids, top=TOP)
+    starts = np.r_[0, np.cumsum(np.bincount(np.searchsorted(ids, recs["user"]),
+                                            minlength=ids.size))]
+    items = np.searchsorted(model.index_.items, recs["item"])
+    return [items[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+    ap.add_argument("--json", dest="out")
+    args = ap.parse_args()
+    results = {}
+    for name in args.datasets:
+        train, test = split(name, args.data_dir)
+        task = Task(train, test)
+        rows = {}
+        for method, make in (("most popular", most_popular), ("item-kNN", item_knn),
+                             ("EASE", ease)):
+            tic = time.perf_counter()
+            scorer = make(task)
+            lists = task.lists(scorer)
+            rows[method] = task.score(lists, time.perf_counter() - tic)
+        for seed in args.seeds:
+            tic = time.perf_counter()
+            lists = glocalk(task, train, seed)
+            rows[f"glocalk-np seed {seed}"] = task.score(lists, time.perf_counter() - tic)
+        results[name] = {"users": int(task.users.size), "items": int(task.X.shape[1]),
+                         "methods": rows}
+        print(f"{name}: {task.users.size} users with a relevant test item, "
+              f"{task.X.shape[1]} items")
+        for method, r in rows.items():
+            print(f"  {method:>20}: P@10 {r['precision@10']:.3f}  R@10 {r['recall@10']:.3f}  "
+                  f"NDCG@10 {r['ndcg@10']:.3f}  coverage {r['coverage']:.3f}  "
+                  f"top-100 share {r['top100_share']:.3f}  ({r['seconds']:.1f} s)", flush=True)
+    if args.out:
+        common.write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
