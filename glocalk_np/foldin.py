@@ -25,17 +25,28 @@ from .network import Network
 ITERATIONS = 50
 
 
-def loss_and_grad(theta, H, r, U, lambda_2, lambda_s):
-    """(L, dL/dtheta) at theta = [w (h), v (d), b] for the rated items'
-    activations H (|I| x h) and ratings r (model units), U the output
-    layer's kernel vectors (h x d); float64."""
+def objective(H, r, U, lambda_2, lambda_s):
+    """fg(theta) -> (L, dL/dtheta) at theta = [w (h), v (d), b] for the rated
+    items' activations H (|I| x h) and ratings r (model units), U the output
+    layer's kernel vectors (h x d); float64. What stays fixed while a user
+    is fitted (their ratings as a matrix, the network over them) is built
+    once here, not at every evaluation."""
     h, d = U.shape
-    P = {"W0": theta[:h, None], "U0": U, "V0": theta[None, h:h + d], "b0": theta[h + d:]}
-    G = {k: np.zeros(v.shape) for k, v in P.items()}
     # the user's ratings as a |I| x 1 matrix: row k is the item of H's row k
     R = sp.csr_matrix((r, np.zeros(r.size, np.int64), np.arange(r.size + 1)), shape=(r.size, 1))
-    loss = Network(NumpyOps(R, lambda_2, lambda_s)).output_loss_and_grad(P, H, G)
-    return loss.value, np.concatenate([G["W0"][:, 0], G["V0"][0], G["b0"]])
+    network = Network(NumpyOps(R, lambda_2, lambda_s))
+
+    def fg(theta):
+        P = {"W0": theta[:h, None], "U0": U, "V0": theta[None, h:h + d], "b0": theta[h + d:]}
+        G = {k: np.zeros(v.shape) for k, v in P.items()}
+        loss = network.output_loss_and_grad(P, H, G)
+        return loss.value, np.concatenate([G["W0"][:, 0], G["V0"][0], G["b0"]])
+    return fg
+
+
+def loss_and_grad(theta, H, r, U, lambda_2, lambda_s):
+    """objective(H, r, U, lambda_2, lambda_s) at ``theta``."""
+    return objective(H, r, U, lambda_2, lambda_s)(theta)
 
 
 def fit_user(H, r, U, w, v, b, lambda_2, lambda_s, iterations=ITERATIONS):
@@ -43,9 +54,7 @@ def fit_user(H, r, U, w, v, b, lambda_2, lambda_s, iterations=ITERATIONS):
     from scipy.optimize import minimize    # here: importing it costs every command 0.5 s
     h = U.shape[0]
     theta0 = np.concatenate([w, v, [b]]).astype(np.float64)
-    result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
-                      args=(np.asarray(H, np.float64), np.asarray(r, np.float64),
-                            np.asarray(U, np.float64), lambda_2, lambda_s),
-                      options={"maxiter": iterations})
+    fg = objective(*(np.asarray(a, np.float64) for a in (H, r, U)), lambda_2, lambda_s)
+    result = minimize(fg, theta0, jac=True, method="L-BFGS-B", options={"maxiter": iterations})
     theta = result.x
     return theta[:h], theta[h:-1], float(theta[-1])

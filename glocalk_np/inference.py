@@ -139,7 +139,7 @@ class NumpyOps(HostOperations):
 def kernel_preactivation(U, V, out=None):
     """1 - |U_i - V_j|^2 (n_in x n_out, into ``out`` if given): the local
     kernel before its max(0, .)."""
-    out = np.zeros((U.shape[0], V.shape[0]), U.dtype) if out is None else out
+    out = np.empty((U.shape[0], V.shape[0]), U.dtype) if out is None else out
     out.fill(0)
     for t in range(U.shape[1]):
         out += np.square(U[:, t, None] - V[None, :, t])
