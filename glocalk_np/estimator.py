@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from . import metrics, picks
 from . import train as training
 from .baseline import blend_weight
 from .checkpoint import Checkpoint, fingerprints
@@ -171,8 +172,14 @@ class GLocalK(Model):
         history); its test scores are the refit model's, its val scores the
         choosing fit's. Either way the val scores are those of the model as
         it predicts (an ensemble's mean, blended), and summary_['val_model']
-        says so in words. Every rating given to fit counts as seen:
-        recommend leaves it out. ``callback(record, state)`` runs after every
+        says so in words. The pick model of recommend's default order
+        (picks_, picks.py) is fitted on the training pattern, its penalty
+        chosen on held-out picks, and its mix with the predicted rating
+        (picks.MIXES) on the validation ratings' top-10 lists (NDCG, a
+        rating from metrics.RELEVANT_FROM up a hit; picks.MIX without
+        validation ratings); a refit fits it again on every rating's
+        pattern with the same penalty and mix. Every rating given to fit
+        counts as seen: recommend leaves it out. ``callback(record, state)`` runs after every
         epoch. With ``checkpoint_dir`` every epoch ends with an atomic write
         of ``checkpoint.npz`` there (``checkpoint-k.npz`` for the k-th member
         of a seed ensemble; ``checkpoint-refit[-k].npz`` in the refit);
@@ -200,6 +207,11 @@ class GLocalK(Model):
         self._set_fitted(first)
         if blend:             # fitted on the choosing fit's validation predictions
             self.blend_ = self._blend_weight(first.evals["val"])
+        # recommend's other half, fitted on the choosing fit's pattern, its mix with
+        # the predicted rating chosen on the validation ratings' lists
+        self.picks_ = picks.fit(self.train_matrix_, seed=config.seed)
+        if "val" in first.evals:
+            self.picks_.mix = self._pick_mix(first.evals["val"])
         # The model as it predicts (the members' mean, the blend) scores val before a
         # refit, which trains on val, replaces it: the same scores with a refit or without
         val_scores = self._score({"val": first.evals["val"]}) if "val" in first.evals else {}
@@ -212,6 +224,9 @@ class GLocalK(Model):
             final = self._train(both, {"test": test}, index, configs, "last", callback,
                                 checkpoint_dir, resume, "refit")
         self._set_fitted(final)
+        if refit:               # the chosen penalty and mix, on every rating's pattern
+            self.picks_ = replace(picks.fit(self.train_matrix_, self.picks_.penalty),
+                                  mix=self.picks_.mix)
         self.unseen_ = {name: e.unseen for phase in (first, final)    # val from the first
                         for name, e in phase.evals.items()}
         self.seen_ = _seen_pattern(self.index_, self.train_matrix_, train, val, test)
@@ -303,6 +318,26 @@ class GLocalK(Model):
         rows, cols = entries.rows[net], entries.cols[net]
         return blend_weight(self._network(rows, cols), self.baseline_.predict(rows, cols),
                             entries.values[net])
+
+    def _pick_mix(self, entries):
+        """The mix of picks.MIXES whose 'picks+rating' lists, of the users
+        with a liked rating in the EvalSet ``entries`` (from
+        metrics.RELEVANT_FROM up), score the highest NDCG at picks.TOP
+        against those ratings (ties to the smaller); picks.MIX if none."""
+        liked = (entries.rows_known & entries.cols_known
+                 & (self.scale_.to_model(entries.values) >= metrics.RELEVANT_FROM))
+        users, starts = np.unique(entries.cols[liked], return_index=True)
+        if not users.size:
+            return picks.MIX
+        relevant = np.split(entries.rows[liked], starts[1:])     # entries are user-ordered
+        ndcg = []
+        for mix in picks.MIXES:
+            self.picks_.mix = mix
+            lists, _ = self._top_items(self.index_.users[users], picks.TOP, self.train_matrix_,
+                                       rank="picks+rating")
+            ndcg.append(metrics.top_n([best for best, _ in lists], relevant,
+                                      picks.TOP)[f"ndcg@{picks.TOP}"])
+        return picks.MIXES[int(np.argmax(ndcg))]
 
     def _train(self, train, sets, index, configs, select, callback, checkpoint_dir, resume,
                phase):

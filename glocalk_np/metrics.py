@@ -6,6 +6,10 @@ first (``evaluate`` does it for them).
 """
 import numpy as np
 
+# A held-out rating counts as a liked item (a top-N hit) from here, on the
+# 1-5 scale the network trains on (scale.py): 4 and 5 stars.
+RELEVANT_FROM = 4.0
+
 
 def clip(pred, low, high):
     """Predictions limited to the rating range [low, high]. O(N)."""

@@ -2,8 +2,8 @@
 (ranking.py), held-out scores, new ratings and fold-in, model files.
 
 It reads only what training left (the members' parameters, the index, the
-training and seen matrices, the rating scale, the blend weight, the
-baseline and the fallbacks' statistics) and computes with inference.py's
+training and seen matrices, the rating scale, the blend weight, the pick
+model, the baseline and the fallbacks' statistics) and computes with inference.py's
 NumPy operations: neither the trainer, nor an engine, nor Numba is loaded
 to answer (``glocalk-np serve`` and the read-only commands load this
 module alone). GLocalK (estimator.py) is this class with hyper-parameters
@@ -32,8 +32,8 @@ from .records import summary_problem
 from .safeio import shorten
 from .scale import RatingScale
 from .schema import (field, is_weight, pack_ids, pack_matrix, pack_params, pack_pattern,
-                     read_config, read_history, read_members, unpack_ids, unpack_matrix,
-                     unpack_pattern)
+                     pack_picks, read_config, read_history, read_members, unpack_ids,
+                     unpack_matrix, unpack_pattern, unpack_picks)
 from .scoring import EvalSet, baseline_scores, held_out_scores
 
 PAIR_BLOCK = 8192             # (item, user) pairs whose factors are gathered at once
@@ -158,7 +158,7 @@ class Model(Ranking):
         i, i_known = _positions(self.index_.items, items)
         return self._fallback.predict(i, u, self._network, i_known, u_known)
 
-    def evaluate(self, test, k=10, relevant_from=4.0):
+    def evaluate(self, test, k=10, relevant_from=metrics.RELEVANT_FROM, rank="auto"):
         """Scores of the model on the Ratings ``test``, every rating counted:
         - rmse, mae, and ndcg, the paper's NDCG (docs/model.md §10: each
           user's test items ranked among themselves), over all ``n`` test
@@ -170,7 +170,8 @@ class Model(Ranking):
         - ``baseline``: rmse, mae and ndcg of the baseline predictor
           (baseline.py: global mean plus user and item offsets fitted on the
           training ratings) on the same ratings.
-        - precision@k, recall@k and ndcg@k of the top-k lists (recommend) over
+        - precision@k, recall@k and ndcg@k of the top-k lists (recommend's,
+          in the order ``rank``) over
           every item each test user of the index did not rate in training, a
           test item of the index counting as relevant when its rating is at
           least ``relevant_from`` on the 1-5 scale the model trains on
@@ -184,7 +185,8 @@ class Model(Ranking):
             raise ValueError(f"{test.source}: no ratings")
         by_user = self.index_.matrix(test)[0].tocsc()
         users = np.flatnonzero(np.diff(by_user.indptr))
-        lists, _ = self._top_items(self.index_.users[users], int(k), self.train_matrix_)
+        lists, _ = self._top_items(self.index_.users[users], int(k), self.train_matrix_,
+                                   rank=rank)
         relevant = []
         for u in users:
             rows = by_user.indices[by_user.indptr[u]:by_user.indptr[u + 1]]
@@ -204,6 +206,10 @@ class Model(Ranking):
         It does not accept ratings outside the training range (the network
         was trained on that range). A new item gets a zero row in the global
         kernel's C, so the kernel G the old items shape stays as it was.
+
+        The pick model (picks_) keeps its weights too: a user's new
+        ratings change their pick scores at once, and a new item gets none
+        (it is listed by its predicted rating; a refit learns its weights).
 
         Without ``fold_in`` the weights stay as trained, and ratings by users
         the model does not know are skipped with a DataWarning (each user is
@@ -255,6 +261,8 @@ class Model(Ranking):
                 C[old_rows] = m.params["C"]
                 m.params["C"] = C
         self.params_ = self.members_[0].params
+        if self.picks_ is not None:
+            self.picks_ = self.picks_.grown(old_rows, index.n_items)
         seen = self.seen_.tocoo()
         self.seen_ = sp.csr_matrix((np.ones(seen.nnz, dtype=bool),
                                     (old_rows[seen.row], seen.col)), shape=R.shape)
@@ -336,6 +344,9 @@ class Model(Ranking):
                 "history": [asdict(r) for r in self.history_],
                 "members": [{"seed": m.seed, "params": list(m.params), "stage": m.stage,
                              "best_epoch": m.best_epoch} for m in others]}
+        if self.picks_ is not None:
+            picks, meta["picks"] = pack_picks("picks/", self.picks_)
+            arrays.update(picks)
         if getattr(self, "selection_history_", None):     # plot shows the choosing curves
             meta["selection_history"] = [asdict(r) for r in self.selection_history_]
         modelfile.write(path, modelfile.MODEL, arrays, meta)
@@ -382,6 +393,7 @@ class Model(Ranking):
         counts = "unseen" if "unseen" in f.meta else "dropped"    # format 2 before 0.2: dropped
         model.unseen_ = field(f, counts, lambda v: isinstance(v, dict) and all(
             isinstance(n, int) for n in v.values()), "a map of set names to counts")
+        model.picks_ = unpack_picks(f, "picks/", index.n_items)     # None before format 4
         model.format_version_ = int(f["format_version"])
         f.check_all_read()
         return model
@@ -391,7 +403,8 @@ class Model(Ranking):
         version (when loaded), preset and settings, the data it was fitted
         on, its network (stage, epoch, members, blend weight, parameter
         count), how the epoch was chosen and the scores fit reported (what
-        scored val in words: val_model). Older files hold fewer scores, and
+        scored val in words: val_model), and how recommend ranks (the
+        default order, the pick model's method, penalty, mix and weights). Older files hold fewer scores, and
         fields they lack are None or empty."""
         self._check_fitted()
         R = self.train_matrix_
@@ -409,6 +422,10 @@ class Model(Ranking):
             "protocol": s.get("protocol"), "epochs_run": s.get("epochs_run"),
             "scores": {name: s[name] for name in ("val", "test") if name in s},
             "val_model": s.get("val_model"), "baseline": s.get("baseline", {}),
+            "ranking": {"default": self._rank("auto"),
+                        **({} if self.picks_ is None else {
+                            "pick_model": self.picks_.method, "penalty": self.picks_.penalty,
+                            "mix": self.picks_.mix, "weights": int(self.picks_.weights.nnz)})},
         }
 
 

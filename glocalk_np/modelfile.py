@@ -19,11 +19,12 @@ import numpy as np
 
 from .safeio import atomic_output, gib, open_input, parse_json, physical_memory, shorten
 
+# 4: a model's pick model (picks/), which changes what it recommends.
 # 3: a model's blend weight and seen pattern, which change what it predicts
 # and recommends, so that an older reader refuses the file rather than
 # ignoring them. 2: string ids as UTF-8 bytes and offsets (1: fixed-width
 # unicode arrays). Every older version is still read.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MAX_ENTRIES = 4096
 # Loading holds each array and, while it is checked, about one copy more.
 LOAD_COPIES = 2

@@ -10,30 +10,39 @@ from .safeio import physical_memory, shorten
 
 SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
 USER_BLOCK = 64               # users per block of scores (see _user_block)
+# The orders lists can take: 'rating' by predicted rating (GLocal-K's own),
+# 'picks' by the pick model (picks.py), 'picks+rating' by both standardised
+# and summed, 'auto' the last where the model has a pick model.
+RANKS = ("auto", "picks+rating", "picks", "rating")
 
 
 class Ranking:
     """The ranking half of Model (model.py), which provides the fitted state
     and _member_factors, _blended, _in_user_units and _check_fitted."""
 
-    def predict_all(self, ranks=False):
+    def predict_all(self, ranks=False, rank="auto"):
         """The dense n_items x n_users matrix of predictions, clipped, as
         predict gives them (fallbacks included; equal to predict's to
         rounding: one GEMM per block of users instead of a dot per pair), for
         export; 8 * n_items * n_users bytes. With ``ranks``, also each
         item's rank (1 = best) in its user's column in recommend's order
-        (unclipped score, ties by item order, rated items included)."""
+        ``rank`` (ties by item order, rated items included; a user without
+        training ratings by damped mean)."""
         self._check_fitted()
         m, n = self.train_matrix_.shape
-        need, have = 32 * m * n, physical_memory()   # outputs, ranks, sorting
+        need, have = 40 * m * n, physical_memory()   # outputs, keys, ranks, sorting
         if have is not None and need > have:
             raise ValueError(f"the full {m} x {n} (items x users) prediction matrix needs about "
                              f"{need / 2**30:,.0f} GiB, more than this machine's "
                              f"{have / 2**30:,.0f} GiB of memory: predict pairs instead")
-        raw = np.empty((m, n))
+        rank = self._rank(rank)
+        raw, keys = np.empty((m, n)), (np.empty((m, n)) if ranks else None)
         block = self._user_block()                   # the blocks recommend scores in
         for first in range(0, n, block):
-            raw[:, first:first + block] = self._user_scores(np.arange(first, min(first + block, n)))
+            cols = np.arange(first, min(first + block, n))
+            raw[:, cols] = self._user_scores(cols)
+            if ranks:
+                keys[:, cols] = self._order_keys(raw[:, cols], cols, rank)
         raw[:, self.user_counts_ == 0] = self.damped_item_means_[:, None]
         known = np.flatnonzero(self.user_counts_ > 0)
         pred = raw.copy()
@@ -41,18 +50,27 @@ class Ranking:
         pred = metrics.clip(pred, *self.rating_range_)
         if not ranks:
             return pred
-        order = np.lexsort((np.broadcast_to(np.arange(m)[:, None], (m, n)), -raw), axis=0)
+        keys[:, self.user_counts_ == 0] = self.damped_item_means_[:, None]
+        order = np.lexsort((np.broadcast_to(np.arange(m)[:, None], (m, n)), -keys), axis=0)
         rank = np.empty((m, n), dtype=np.int64)
         np.put_along_axis(rank, order, np.arange(1, m + 1)[:, None], axis=0)
         return pred, rank
 
 
-    def recommend(self, users, top=10, include_seen=False, items=None, filter_items=None):
-        """The ``top`` items with the highest predicted ratings, best first by
-        the network's unclipped output (items that all clip to the top rating
-        keep their order), ties in item order, leaving out the items the user
-        rated in any ratings given to fit or update (training, validation
-        and test alike) unless ``include_seen``. A user without training
+    def recommend(self, users, top=10, include_seen=False, items=None, filter_items=None,
+                  rank="auto"):
+        """The ``top`` items a user is likeliest to pick and like, best first,
+        leaving out the items the user rated in any ratings given to fit or
+        update (training, validation and test alike) unless
+        ``include_seen``. ``rank`` (RANKS) orders them: 'picks+rating' (the
+        default, 'auto', for a model with a pick model: picks_) by the pick
+        model's score of the user's training pattern (picks.py) plus
+        picks_.mix times the predicted rating, each standardised over all
+        items (docs/model.md §13), so that candidates and exclusions never
+        reorder a list; 'picks' by the first alone;
+        'rating' (the default for a model file without a pick model) by the
+        network's unclipped predicted rating alone (items that all clip to
+        the top rating keep their order). Ties go in item order. A user without training
         ratings (or unknown) gets the items ranked by their damped mean
         rating (see predict), flagged.
 
@@ -64,11 +82,13 @@ class Ranking:
         A pandas Series (or other pandas object) of ids gets a DataFrame of
         those columns. ``items``: ids the lists are drawn from (candidates), ``filter_items``:
         ids they never hold; ids the model does not know are ignored.
-        With a blend (blend_) the order stays the network's own: the
-        baseline's item offsets would favour popular items (docs/model.md
-        §10), so scores need not descend strictly. Cost: one forward pass for all
-        items, then per block of users one GEMM with the output layer and a
-        partial sort, in SCORE_BLOCK_BYTES of scores at a time."""
+        The scores are predicted ratings whatever the order, so they need
+        not descend; with a blend (blend_) the order uses the network's own
+        rating: the baseline's item offsets would favour popular items
+        (docs/model.md §10). Cost: one forward pass for all items, then per
+        block of users one GEMM with the output layer, their pick scores
+        (NEIGHBOURS per training rating, picks.py) and a partial sort, in
+        SCORE_BLOCK_BYTES of scores at a time."""
         self._check_fitted()
         check_positive_int(top, "top")
         ids = as_ids([users] if np.ndim(users) == 0 else users, "recommend", "user",
@@ -77,7 +97,7 @@ class Ranking:
         distinct, inverse = np.unique(ids, return_inverse=True)
         lists, unknown = self._top_items(distinct, int(top),
                                          None if include_seen else self._given(),
-                                         self._allowed_items(items, filter_items))
+                                         self._allowed_items(items, filter_items), rank)
         positions, _ = _positions(self.index_.users, distinct)
         scores = [metrics.clip(raw if fallback else self._blended(raw, idx, positions[k]),
                                *self.rating_range_)
@@ -106,22 +126,35 @@ class Ranking:
             return pd.DataFrame(out)
         return out
 
-    def similar(self, item, top=10):
+    def similar(self, item, top=10, rank="auto"):
         """The ``top`` items most like the item ``item``, best first: a list
-        of (item id, similarity). Similarity is the adjusted cosine (as in
-        item-based collaborative filtering) of the two items' predicted
-        ratings over all users, each user's centred on that user's mean over
-        the items (the network's outputs before the baseline blend; an
-        ensemble's members averaged): 1 for items the model expects the same
-        users to like more, and less, than their usual.
-        Cost: once per model m h^2 + h^3, then m h per query."""
+        of (item id, similarity), in the order ``rank`` (RANKS) names:
+        - 'rating': the adjusted cosine (as in item-based collaborative
+          filtering) of the two items' predicted ratings over all users,
+          each user's centred on that user's mean over the items (the
+          network's outputs before the baseline blend; an ensemble's members
+          averaged): 1 for items the model expects the same users to like
+          more, and less, than their usual. Cost: once per model
+          m h^2 + h^3, then m h per query.
+        - 'picks': the pick model's weight of each item for a user who
+          picked this one (picks.py): what its pickers pick too.
+        - 'picks+rating': both, each standardised over all items, the
+          second times picks_.mix ('auto' where the model has a pick model).
+        Similarity is the value ranked by."""
         self._check_fitted()
         check_positive_int(top, "top")
+        rank = self._rank(rank)
         pos, known = _positions(self.index_.items, as_ids([item], "similar", "item", warn=False))
         if not known[0]:
             raise ValueError(f"item {shorten(repr(np.asarray(item).tolist()))} is not in the "
                              "model")
-        sims = np.mean([Z @ Z[pos[0]] for Z in self._item_space()], axis=0)
+        if rank == "picks":
+            sims = self.picks_.similar(pos[0])
+        else:
+            sims = np.mean([Z @ Z[pos[0]] for Z in self._item_space()], axis=0)
+        if rank == "picks+rating":
+            sims = (_standardised(self.picks_.similar(pos[0]))
+                    + self.picks_.mix * _standardised(sims))
         sims[pos[0]] = -np.inf
         best, values = _best(sims, int(top))
         return list(zip(self.index_.items[best].tolist(), values.tolist()))
@@ -163,11 +196,13 @@ class Ranking:
                 allowed[pos[known]] = keep
         return allowed
 
-    def _top_items(self, ids, top, exclude, allowed=None):
-        """Per user id: (item positions best first, their unclipped scores),
-        and whether the user had no training ratings. ``exclude``: an items x
-        users pattern whose items a user's list leaves out, or None;
-        ``allowed``: a mask of the items any list may hold, or None."""
+    def _top_items(self, ids, top, exclude, allowed=None, rank="auto"):
+        """Per user id: (item positions best first, their unclipped predicted
+        ratings), and whether the user had no training ratings. ``exclude``:
+        an items x users pattern whose items a user's list leaves out, or
+        None; ``allowed``: a mask of the items any list may hold, or None;
+        ``rank``: the order (RANKS)."""
+        rank = self._rank(rank)
         u, in_index = _positions(self.index_.users, ids)
         known = in_index & (self.user_counts_[u] > 0)
         seen = None if exclude is None else exclude.tocsc()    # a CSC one as it is
@@ -188,11 +223,53 @@ class Ranking:
         # bit for bit what a call for all users gives.
         block = self._user_block()
         for b in np.unique(u[known] // block):
-            first = b * block
-            S = self._user_scores(np.arange(first, min(first + block, self.user_counts_.size)))
+            cols = np.arange(b * block, min((b + 1) * block, self.user_counts_.size))
+            S = self._user_scores(cols)
+            keys = self._order_keys(S, cols, rank)
             for j in np.flatnonzero(known & (u // block == b)):
-                lists[j] = _best(unseen(S[:, u[j] - first], j), top)
+                best, _ = _best(unseen(keys[:, u[j] - cols[0]], j), top)
+                lists[j] = best, S[best, u[j] - cols[0]]
         return lists, ~known
+
+    def _rank(self, rank):
+        """The order ``rank`` names (RANKS), 'auto' resolved: 'picks+rating'
+        for a model with a pick model (picks_), 'rating' for one without."""
+        if not isinstance(rank, str) or rank not in RANKS:
+            raise ValueError(f"rank must be one of {', '.join(RANKS)}, got "
+                             f"{shorten(repr(rank))}")
+        if rank == "auto":
+            return "rating" if self.picks_ is None else "picks+rating"
+        if rank != "rating" and self.picks_ is None:
+            raise ValueError(f"rank={rank!r} needs a pick model, and this model has none (its "
+                             "file's format version is 3 or older): refit it, or rank by "
+                             "'rating'")
+        return rank
+
+    def _order_keys(self, ratings, cols, rank):
+        """What lists sort by (m x len(cols)), from the predicted ratings
+        ``ratings`` of the users at positions ``cols``: the ratings
+        themselves for 'rating'; else each user's pick scores (picks.py)
+        from their training pattern, standardised over all items, plus, for
+        'picks+rating', picks_.mix times their predicted ratings
+        standardised likewise (docs/model.md §13). Over all items, so that
+        a user's order is the same whatever the candidates and exclusions."""
+        if rank == "rating":
+            return ratings
+        keys = _standardised(self.picks_.scores(self._pattern()[:, cols]))
+        if rank == "picks+rating":
+            keys += self.picks_.mix * _standardised(ratings)
+        return keys
+
+    def _pattern(self):
+        """The training matrix's pattern (CSC, 0/1): what the pick model reads
+        of a user (the network reads the same matrix)."""
+        R, pattern = getattr(self, "_pattern_cache", (None, None))
+        if R is not self.train_matrix_:
+            R = self.train_matrix_
+            pattern = sp.csr_matrix((np.ones(R.nnz), R.indices, R.indptr),
+                                    shape=R.shape).tocsc()
+            self._pattern_cache = (R, pattern)
+        return pattern
 
     def _given(self):
         """The pattern (CSC) of every rating given to fit (and update):
@@ -233,6 +310,14 @@ def is_pandas(value):
     return type(value).__module__.split(".")[0] == "pandas"
 
 
+
+
+def _standardised(x):
+    """``x`` less its mean, divided by its standard deviation (0 where it does
+    not vary), along its first axis (each column of a matrix)."""
+    centred = x - x.mean(axis=0)
+    sd = np.sqrt((centred ** 2).mean(axis=0))
+    return centred / np.where(sd > 0, sd, 1.0)
 
 
 def _best(scores, top):

@@ -18,6 +18,9 @@ Arrays (prefixes are the entry names' start):
     seen/indptr, indices             the pattern of the other ratings given to
                                      fit (validation, test), left out by
                                      recommend
+    picks/indptr, indices, data      the pick model's weights (picks.py), CSR
+                                     items x items float32 (format 4); its
+                                     method, penalty and mix in the metadata
     best/<selection>/<name>          a checkpoint's best-epoch parameters
 """
 from dataclasses import fields
@@ -29,6 +32,7 @@ from .data import bad_text_id, first_bad_rating, rating_problem
 from .safeio import shorten
 from .params import LAYER_KEYS, STAGES, check_shapes, shapes
 from .config import SELECTIONS, Config
+from .picks import METHODS, PickModel
 from .records import Best, EpochRecord, Member
 
 
@@ -254,10 +258,42 @@ def unpack_pattern(contents, prefix, shape):
     return sp.csr_matrix((np.ones(indices.size, dtype=bool), indices, indptr), shape=shape)
 
 
-def _pattern(contents, prefix, shape):
+def pack_picks(prefix, picks):
+    """(arrays, metadata) of a PickModel."""
+    W = picks.weights
+    return ({f"{prefix}indptr": W.indptr.astype(np.int64),
+             f"{prefix}indices": W.indices.astype(np.int64),
+             f"{prefix}data": W.data.astype(np.float32)},
+            {"method": picks.method, "penalty": picks.penalty, "mix": picks.mix})
+
+
+def unpack_picks(contents, prefix, n_items):
+    """The PickModel stored by pack_picks over ``n_items`` items, checked
+    (metadata field 'picks'); None where the file has none (format 3 and
+    older)."""
+    if "picks" not in contents.meta:
+        return None
+    meta = field(contents, "picks", lambda v: (
+        isinstance(v, dict) and set(v) == {"method", "penalty", "mix"}
+        and v["method"] in METHODS and _is_number(v["mix"]) and 0 <= v["mix"] <= 1e6
+        and (v["penalty"] is None if v["method"] == "cosine"
+             else _is_number(v["penalty"]) and 0 < v["penalty"] <= 1e12)),
+        "an object of a method (ease or cosine), its penalty and a mix in [0, 1e6]")
+    indptr, indices = _pattern(contents, prefix, (n_items, n_items), "an item")
+    data = contents[prefix + "data"]
+    if data.dtype != np.float32 or data.shape != indices.shape:
+        raise contents.error(f"{prefix}data: {data.dtype} of shape {data.shape}, expected "
+                             f"float32 of shape {indices.shape}")
+    if not np.isfinite(data).all():
+        raise contents.error(f"{prefix}data: a weight is not finite")
+    W = sp.csr_matrix((data, indices, indptr), shape=(n_items, n_items))
+    return PickModel(W, meta["method"], meta["penalty"], float(meta["mix"]))
+
+
+def _pattern(contents, prefix, shape, columns="a user"):
     """(indptr, indices) as int64 of the CSR arrays under ``prefix``, checked:
     m + 1 offsets rising from 0, every column index in 0..n-1, each row's
-    strictly increasing."""
+    strictly increasing (``columns``: what a column is, for the message)."""
     indptr, indices = contents[prefix + "indptr"], contents[prefix + "indices"]
     m, n = shape
     if indices.ndim != 1 or indices.dtype.kind != "i" or indices.dtype.itemsize < 4:
@@ -268,11 +304,11 @@ def _pattern(contents, prefix, shape):
         raise contents.error(f"{prefix}indptr: not {m + 1} offsets rising from 0 to "
                              f"{indices.size}")
     if indices.size and (indices.min() < 0 or indices.max() >= n):
-        raise contents.error(f"{prefix}indices: a user position outside 0..{n - 1}")
+        raise contents.error(f"{prefix}indices: {columns} position outside 0..{n - 1}")
     rising = np.diff(indices) > 0
     rising[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < indices.size)] - 1] = True
     if not rising.all():
-        raise contents.error(f"{prefix}indices: a row's user positions are not "
+        raise contents.error(f"{prefix}indices: a row's column positions are not "
                              "strictly increasing")
     return indptr.astype(np.int64), indices.astype(np.int64)
 

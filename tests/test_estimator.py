@@ -18,6 +18,7 @@ from glocalk_np.data import DataError, DataWarning, Index, Ratings, random_split
 from glocalk_np.estimator import GLocalK, checkpoint_name
 from glocalk_np.fallback import DAMPING
 from glocalk_np.modelfile import ModelFileError
+from glocalk_np.ranking import RANKS
 from glocalk_np.config import Config
 
 CONFIG = Config(n_hidden=8, kernel_dim=3, epochs_pretrain=2, epochs_finetune=2,
@@ -274,13 +275,15 @@ def test_recommend_ranks_unseen_items_unless_asked(fitted, data):
     scores, _ = fitted.predict(np.full(items.size, user), items)
     ranked = [items[k].item() for k in np.argsort(-scores, kind="stable")]
 
-    recs, warning = fitted.recommend(user, top=5)
+    recs, warning = fitted.recommend(user, top=5, rank="rating")
     assert warning is None
     assert [item for item, _ in recs] == [k for k in ranked if k not in seen][:5]
     assert [s for _, s in recs] == sorted((s for _, s in recs), reverse=True)
-    everything, _ = fitted.recommend(user, top=len(items), include_seen=True)
+    everything, _ = fitted.recommend(user, top=len(items), include_seen=True, rank="rating")
     assert [item for item, _ in everything] == ranked
-    assert len(fitted.recommend(user, top=len(items))[0]) == len(items) - len(seen)
+    for rank in RANKS:
+        listed = [item for item, _ in fitted.recommend(user, top=len(items), rank=rank)[0]]
+        assert len(listed) == len(items) - len(seen) and not seen & set(listed)
 
 
 def test_recommend_for_an_unknown_user_ranks_by_damped_item_mean_and_warns(fitted):
@@ -754,7 +757,7 @@ def test_ties_at_the_top_of_the_scale_keep_the_network_s_order(data):
     user = m.index_.users[0]
     raw = m._user_scores(np.array([0]))[:, 0]
     m.rating_range_ = (m.rating_range_[0], float(np.sort(raw)[-6]))    # the top 5 clip to it
-    recs, _ = m.recommend(user, top=5, include_seen=True)
+    recs, _ = m.recommend(user, top=5, include_seen=True, rank="rating")
     assert [s for _, s in recs] == [m.rating_range_[1]] * 5
     assert [i for i, _ in recs] == [m.index_.items[k].item() for k in np.argsort(-raw)[:5]]
 
