@@ -43,7 +43,7 @@ from .config import DEFAULT_VALIDATION, DEVICES, MAX_ENSEMBLE, SELECTIONS
 from .console.inputs import load_model, ratings_inputs, read_test
 from .console.output import (STAGE_LABELS, check_outputs, human_text_to_stderr, jsonable, output,
                              table_lines, write_csv_blocks, write_json)
-from .console.params import (HYPER, INPUT, InFile, Number, OutFile, OutFolder, QUIET, SEED, SEP,
+from .console.params import (HYPER, INPUT, RANK, InFile, Number, OutFile, OutFolder, QUIET, SEED, SEP,
                              THREADS)
 from .console.process import Main
 
@@ -256,12 +256,15 @@ def plot(model, out):
 @click.option("--item", required=True, help="The item's id.")
 @click.option("--top", type=Number(int, 1), default=10, show_default=True,
               help="Number of similar items.")
+@RANK
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def similar(model, item, top, as_json):
-    """The items most like an item in MODEL's own terms: the adjusted cosine
-    of their predicted ratings over all users (1: the model expects the
-    same users to like both more, and less, than their usual)."""
-    found = load_model(model).similar(as_ids([item], "--item", "item")[0], top)
+def similar(model, item, top, rank, as_json):
+    """The items most like an item in MODEL's own terms. By the pick model
+    (picks+rating, the default where the model has one): the items its
+    pickers pick too, plus the adjusted cosine of their predicted ratings,
+    each standardised; by rating: that cosine alone (1: the model expects
+    the same users to like both more, and less, than their usual)."""
+    found = load_model(model).similar(as_ids([item], "--item", "item")[0], top, rank)
     if as_json:
         write_json(None, [{"item": i, "similarity": s} for i, s in found])
         return
@@ -320,7 +323,8 @@ def info(model, as_json):
                                           else "")
                          + (f", blended with the baseline by {net['blend']:.3f}"
                             if net["blend"] is not None else "")),
-             ("epoch chosen by", result["protocol"] or "-")]
+             ("epoch chosen by", result["protocol"] or "-"),
+             ("lists ranked by", _ranking_line(result["ranking"]))]
     for name, scores in result["scores"].items():     # as much as the file holds
         base = result["baseline"].get(name, {})
         parts = [f"{k.upper()} {scores[k]:.4f}" for k in ("rmse", "mae") if k in scores]
@@ -333,6 +337,16 @@ def info(model, as_json):
         lines.append((f"{name} scores", " ".join(parts) or "-"))
     for label, text in lines:
         click.echo(f"{label:<16} {text}")
+
+
+def _ranking_line(ranking):
+    """info's line on recommend's default order."""
+    if ranking["default"] == "rating":
+        return "the predicted rating (the file predates the pick model)"
+    penalty = "" if ranking["penalty"] is None else f" (penalty {ranking['penalty']:g})"
+    method = {"ease": "EASE", "cosine": "item-kNN (cosine)"}[ranking["pick_model"]]
+    return (f"{ranking['default']}: pick model {method}{penalty}, {ranking['weights']:,} "
+            f"weights; the predicted rating mixed in by {ranking['mix']:g}")
 
 
 @cli.command()
@@ -444,13 +458,21 @@ def predict(model, pairs, all_pairs, out, sep):
 @click.option("--top", type=Number(int, 1), default=10, show_default=True,
               help="Number of items per user.")
 @click.option("--include-seen", is_flag=True, help="Also list the items a user rated.")
+@RANK
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
               help="table, csv (user,rank,item,score,fallback) or json (an object per line) "
                    "[default: table for --user, else csv].")
 @click.option("--out", type=OutFile(dash=True), help="Output file [default: stdout; also '-'].")
 @SEP
-def recommend(model, user, users_file, all_users, top, include_seen, fmt, out, sep):
-    """The items with the highest predicted ratings for one user or many.
+def recommend(model, user, users_file, all_users, top, include_seen, rank, fmt, out, sep):
+    """The items a user is likeliest to pick and like, for one user or many.
+
+    By default (picks+rating) a list is ordered by the pick model's score of
+    what the user rated (who rated what in training: which items the user
+    would pick) plus the predicted rating, each standardised over all
+    items; --rank rating orders by the predicted rating alone
+    (the order of model files from before the pick model), --rank picks by
+    the pick model alone. The score column is the predicted rating.
 
     Many users are served from one forward pass over all items and a GEMM
     per block of users (about a second for all of ML-100K's 943 users).
@@ -474,7 +496,8 @@ def recommend(model, user, users_file, all_users, top, include_seen, fmt, out, s
         if fmt == "csv":
             writer.writerow(columns)
         for first in range(0, ids.size, RECOMMEND_BLOCK):
-            recs = est.recommend(ids[first:first + RECOMMEND_BLOCK], top, include_seen)
+            recs = est.recommend(ids[first:first + RECOMMEND_BLOCK], top, include_seen,
+                                 rank=rank)
             unknown.extend(np.unique(recs["user"][recs["fallback"]]).tolist())
             if fmt == "csv":
                 writer.writerows(zip(*(recs[c].tolist() if c != "score"

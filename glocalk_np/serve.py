@@ -14,7 +14,8 @@ refused, and so is text where the model's ids are integers (it can never
 match one). In a query string lists are comma-separated (items=1,2,3), top
 is written plainly (data.PLAIN_INT: ASCII digits, no sign, leading zero or
 '_') and include_seen is true, false, 1 or 0; in JSON top is an integer (not
-"5", 5.0 or true) and include_seen true or false. Answers give ids as the
+"5", 5.0 or true) and include_seen true or false. rank is one of
+ranking.RANKS, written as it is, in both. Answers give ids as the
 model holds them (42 where its ids are integers, "42" where they are text),
 whatever the method. HEAD answers GET's status and headers without the body
 (RFC 9110); other methods get 405 with an Allow header. A body needs one
@@ -58,6 +59,7 @@ from .data import PLAIN_INT, as_ids, bad_text_id
 from .httpd import BadRequest, Limits, body_length, serve_app
 from .model import Model
 from .modelfile import ModelFileError
+from .ranking import RANKS
 from .safeio import gib, open_input, shorten
 
 MAX_BODY = 1 << 20          # bytes of a request body
@@ -80,11 +82,12 @@ _ALLOWED = "GET, HEAD, POST"
 # and `glocalk-np serve`'s help read it.
 ENDPOINTS = {
     # {"user", "items": [{"item", "score"}], "fallback"}; top: 10 by default,
-    # items: the candidates, exclude: items left out
-    "recommend": ("user", "top", "include_seen", "items", "exclude"),
+    # items: the candidates, exclude: items left out, rank: the order
+    # (ranking.RANKS; auto by default)
+    "recommend": ("user", "top", "include_seen", "items", "exclude", "rank"),
     # {"predictions": [{"user", "item", "rating", "fallback"}]}; pairs: [[user, item], ...]
     "predict": ("pairs",),
-    "similar": ("item", "top"),     # {"item", "similar": [{"item", "similarity"}]}
+    "similar": ("item", "top", "rank"),     # {"item", "similar": [{"item", "similarity"}]}
     "info": (),                     # GLocalK.info()
     # {"status": "ok", "model": path, "loaded": time, "users", "items", "reload_error"}
     "health": (),
@@ -210,7 +213,8 @@ class ModelServer:
         user = _ids([_given(args, "user")], model.index_.users, "user")[0]
         recs, warning = model.recommend(
             user, _top(args), include_seen=_flag(args, "include_seen"),
-            items=_id_list(args, "items", model), filter_items=_id_list(args, "exclude", model))
+            items=_id_list(args, "items", model), filter_items=_id_list(args, "exclude", model),
+            rank=_rank(args))
         return {"user": user, "fallback": warning is not None,
                 "items": [{"item": i, "score": s} for i, s in recs]}
 
@@ -230,7 +234,8 @@ class ModelServer:
     def similar(self, model, args):
         item = _ids([_given(args, "item")], model.index_.items, "item")[0]
         return {"item": item, "similar": [
-            {"item": i, "similarity": s} for i, s in model.similar(item, _top(args))]}
+            {"item": i, "similarity": s}
+            for i, s in model.similar(item, _top(args), rank=_rank(args))]}
 
 
 # path -> (endpoint, the parameters it takes)
@@ -345,6 +350,14 @@ def _top(args):
     if not 1 <= number <= MAX_TOP:
         raise BadRequest(f"top must be in [1, {MAX_TOP}], got {shorten(value)}")
     return number
+
+
+def _rank(args):
+    """rank: one of ranking.RANKS, as text (query string or JSON)."""
+    value = args.get("rank", "auto")
+    if not isinstance(value, str) or value not in RANKS:
+        raise BadRequest(f"rank must be one of {', '.join(RANKS)}, got {_shown(value)}")
+    return str(value)
 
 
 _FLAGS = {"true": True, "false": False, "1": True, "0": False}

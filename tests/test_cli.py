@@ -802,11 +802,13 @@ def test_inference_commands_compile_no_numba_kernel(tmp_path, files):
 
 def test_info_describes_the_model_in_words_and_json(files):
     text = run("info", files["model"]).output
-    assert "40 users" in text and "30 items" in text and "format version 3" in text
+    assert "40 users" in text and "30 items" in text and "format version 4" in text
+    assert "lists ranked by  picks+rating: pick model EASE (penalty" in text
     result = json.loads(run("info", files["model"], "--json").output)
     assert result["data"]["users"] == 40 and result["data"]["items"] == 30
     assert result["network"]["stage"] == "finetune" and result["settings"]["n_hidden"] > 0
-    assert result["format_version"] == 3 and result["file"] == str(files["model"])
+    assert result["format_version"] == 4 and result["file"] == str(files["model"])
+    assert result["ranking"]["default"] == "picks+rating" and result["ranking"]["weights"] > 0
     assert fails("info", files["train"]).endswith("not a glocalk-np file (not an npz archive)")
 
 

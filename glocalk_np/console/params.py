@@ -7,6 +7,7 @@ import click
 from ..data import PLAIN_INT, DataError, parse_decimal
 from ..safeio import OutputError, check_folder, check_input, check_target, shorten
 from ..config import CHOICES, DEFAULT_PATIENCE, PRESETS, RANGES, Config
+from ..ranking import RANKS
 
 
 class Number(click.ParamType):
@@ -155,6 +156,11 @@ SEED = click.option("--seed", type=Number.of("seed"), default=0, show_default=Tr
                     help="Seed of the initialisation and of random splits.")
 THREADS = click.option("--threads", type=Number(int, 1), callback=_set_threads,
                        expose_value=False, help="Number of Numba threads [default: all].")
+RANK = click.option("--rank", type=click.Choice(RANKS), default="auto", show_default=True,
+                    help="The order: picks+rating (the pick model's score and the predicted "
+                         "rating, each standardised), picks, or rating (the predicted rating "
+                         "alone); auto: picks+rating where the model has a pick model, "
+                         "rating where its file predates it.")
 QUIET = click.option("--quiet", is_flag=True,
                      help="No progress bars or per-epoch lines; only the summary.")
 HYPER = options(
