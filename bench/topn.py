@@ -13,7 +13,12 @@ index's items in any list) and the share of the lists' entries among the
 100 most rated items (popularity bias).
 
 - glocalk-np: `GLocalK(seed=s).fit(train)` with a user's-own-file defaults,
-  lists from `recommend` (the network's predicted rating);
+  lists from `recommend` in each of its orders: 'picks+rating' (the
+  default: the pick model's score plus the predicted rating, each
+  standardised per user), 'picks' (the pick model alone: EASE as below,
+  each item's 500 largest weights kept) and 'rating' (the predicted
+  rating alone, the order before issue 31); and the default order with
+  other mixes (the predicted rating's weight, --mixes);
 - most popular: the items with the most training ratings;
 - item-kNN: cosine similarity of the items' binary rating columns, each
   item's 100 nearest kept, score = sum of the user's rated items' kept
@@ -25,11 +30,17 @@ index's items in any list) and the share of the lists' entries among the
 
     python bench/topn.py --datasets ml-100k --seeds 0 --json bench/results/topn.json
 
+With --models DIR, each fitted model is kept in DIR (NAME_seedS.npz) and
+read from there when present: a model written before the pick model
+(format 3) gets one fitted as fit fits it (picks.fit on its training
+matrix).
+
 Datasets: ml-100k (u1.base / u1.test), ml-1m and douban (90/10 at random,
 seed 0), flixster (Monti's split), ml-1m-610 (610 random ML-1M users, 90/10),
 as bench/own_data.py splits them. Data: ../shared/data (see bench/README.md).
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -37,14 +48,15 @@ import scipy.sparse as sp
 
 import common
 import own_data
-from glocalk_np import metrics
+from glocalk_np import metrics, picks
 from glocalk_np.data import Index
 from glocalk_np.estimator import GLocalK
+from glocalk_np.model import Model
 
 DATASETS = ("ml-100k",) + own_data.DATASETS
 TOP = 10
 RELEVANT_FROM = 4.0
-EASE_LAMBDA = 500.0
+EASE_LAMBDA = 500.0              # the issue's peer; --ease-lambdas tries others
 KNN_NEIGHBOURS = 100
 POPULAR = 100
 
@@ -60,7 +72,8 @@ class Task:
     """The training matrix (users x items, binary and rated), the users to
     list for and their relevant items, in the training ratings' index."""
 
-    def __init__(self, train, test):
+    def __init__(self, name, train, test):
+        self.name = name
         self.index = Index.from_ratings(train)
         R, _ = self.index.matrix(train)                     # items x users
         self.X = sp.csr_matrix((np.ones(R.nnz), R.indices, R.indptr), shape=R.shape).T.tocsr()
@@ -122,14 +135,36 @@ def ease(task):
     return lambda users: task.X[users] @ B
 
 
-def glocalk(task, train, seed):
+def glocalk(task, train, seed, models):
+    """The seed's fitted model (from ``models`` when there, else fitted, and
+    kept there if ``models``) and the seconds its fit took (None if read)."""
+    path = models and os.path.join(models, f"{task.name}_seed{seed}.npz")
+    if path and os.path.exists(path):
+        model = Model.load(path)
+        if model.picks_ is None:            # written before the pick model
+            model.picks_ = picks.fit(model.train_matrix_)
+        return model, None
+    tic = time.perf_counter()
     model = GLocalK(seed=seed, optimizer="numba").fit(train, index=task.index)
+    seconds = time.perf_counter() - tic
+    if path:
+        model.save(path)
+    return model, seconds
+
+
+def model_lists(task, model, rank):
+    """recommend's top-10 lists (item positions of the task's index) for the
+    task's users, in the order ``rank``."""
     ids = model.index_.users[task.users]
-    recs = model.recommend(ids, top=TOP)
+    recs = model.recommend(ids, top=TOP, rank=rank)
     starts = np.r_[0, np.cumsum(np.bincount(np.searchsorted(ids, recs["user"]),
                                             minlength=ids.size))]
     items = np.searchsorted(model.index_.items, recs["item"])
     return [items[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
+def mean_of(rows):
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def main():
@@ -137,12 +172,15 @@ def main():
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+    ap.add_argument("--mixes", nargs="*", type=float, default=[0.5, 2.0],
+                    help="other weights of the predicted rating in the default order")
+    ap.add_argument("--models", help="a folder to keep the fitted models in and read them from")
     ap.add_argument("--json", dest="out")
     args = ap.parse_args()
     results = {}
     for name in args.datasets:
         train, test = split(name, args.data_dir)
-        task = Task(train, test)
+        task = Task(name, train, test)
         rows = {}
         for method, make in (("most popular", most_popular), ("item-kNN", item_knn),
                              ("EASE", ease)):
@@ -150,16 +188,28 @@ def main():
             scorer = make(task)
             lists = task.lists(scorer)
             rows[method] = task.score(lists, time.perf_counter() - tic)
+        orders = {}
         for seed in args.seeds:
-            tic = time.perf_counter()
-            lists = glocalk(task, train, seed)
-            rows[f"glocalk-np seed {seed}"] = task.score(lists, time.perf_counter() - tic)
+            model, fit_seconds = glocalk(task, train, seed, args.models)
+            for rank in ("picks+rating", "picks", "rating"):
+                tic = time.perf_counter()
+                lists = model_lists(task, model, rank)
+                orders.setdefault(rank, []).append(
+                    {**task.score(lists, time.perf_counter() - tic), "fit_seconds": fit_seconds})
+            for mix in args.mixes:
+                model.picks_.mix = mix
+                orders.setdefault(f"picks+rating, mix {mix:g}", []).append(
+                    task.score(model_lists(task, model, "picks+rating"), 0.0))
+        for order, scores in orders.items():
+            rows[f"glocalk-np {order}"] = {**mean_of([{k: v for k, v in s.items()
+                                                       if k != "fit_seconds"} for s in scores]),
+                                           "seeds": scores}
         results[name] = {"users": int(task.users.size), "items": int(task.X.shape[1]),
                          "methods": rows}
         print(f"{name}: {task.users.size} users with a relevant test item, "
               f"{task.X.shape[1]} items")
         for method, r in rows.items():
-            print(f"  {method:>20}: P@10 {r['precision@10']:.3f}  R@10 {r['recall@10']:.3f}  "
+            print(f"  {method:>36}: P@10 {r['precision@10']:.3f}  R@10 {r['recall@10']:.3f}  "
                   f"NDCG@10 {r['ndcg@10']:.3f}  coverage {r['coverage']:.3f}  "
                   f"top-100 share {r['top100_share']:.3f}  ({r['seconds']:.1f} s)", flush=True)
     if args.out:

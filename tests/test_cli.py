@@ -355,6 +355,15 @@ def test_recommend_known_user(files):
     assert not set(train.items[train.users == 1]) & set(items)
     everything = run("recommend", files["model"], "--user", "1", "--top", "30", "--include-seen")
     assert len(everything.stdout.splitlines()) == 31
+    for rank in ("rating", "picks"):
+        out = run("recommend", files["model"], "--user", "1", "--top", "5", "--rank", rank)
+        assert [int(line.split()[1]) for line in out.stdout.splitlines()[1:]] == \
+            [item for item, _ in est.recommend(1, top=5, rank=rank)[0]]
+    by_rating = run("similar", files["model"], "--item", "1", "--rank", "rating", "--json")
+    assert [(s["item"], s["similarity"]) for s in json.loads(by_rating.stdout)] == \
+        est.similar(1, rank="rating")
+    assert "'--rank': 'popular' is not one of" in fails("recommend", files["model"], "--user",
+                                                           "1", "--rank", "popular")
 
 
 def test_recommend_unknown_user_warns_and_ranks_by_damped_item_mean(files):

@@ -17,6 +17,7 @@ import pytest
 from glocalk_np import serve
 from glocalk_np.config import Config
 from glocalk_np.data import Ratings
+from glocalk_np.ranking import RANKS
 from glocalk_np.estimator import GLocalK
 from glocalk_np.synthetic import low_rank_ratings
 
@@ -81,6 +82,13 @@ def test_answers_equal_the_api_s(app, model_file):
     item = int(model.index_.items[2])
     code, sim = call(app, "/similar", {"item": item, "top": 4})
     assert [(s["item"], s["similarity"]) for s in sim["similar"]] == model.similar(item, 4)
+    for rank in RANKS:
+        code, rec = call(app, "/recommend", body={"user": user, "top": 4, "rank": rank})
+        assert [(r["item"], r["score"]) for r in rec["items"]] == \
+            model.recommend(user, 4, rank=rank)[0]
+        code, sim = call(app, "/similar", {"item": item, "top": 4, "rank": rank})
+        assert [(s["item"], s["similarity"]) for s in sim["similar"]] == \
+            model.similar(item, 4, rank=rank)
     assert call(app, "/info")[1]["data"]["users"] == model.index_.n_users
     code, health = call(app, "/health")
     assert code == 200 and health["status"] == "ok" and health["reload_error"] is None
@@ -100,6 +108,9 @@ def test_answers_equal_the_api_s(app, model_file):
     ("/predict", {}, json.dumps({"pairs": [[1, 1]] * (serve.MAX_PAIRS + 1)}).encode(), 400,
      "at most"),
     ("/recommend", {}, b"\xff\xfe", 400, "not JSON"),
+    ("/recommend", {"user": 1, "rank": "popular"}, None, 400, "rank must be one of"),
+    ("/recommend", {}, b'{"user": 1, "rank": 1}', 400, "rank must be one of"),
+    ("/similar", {"item": 1, "rank": "Rating"}, None, 400, "rank must be one of"),
 ])
 def test_bad_requests_get_a_4xx_json_error(app, path, query, raw, status, message):
     code, body = call(app, path, query, raw=raw)
