@@ -18,7 +18,9 @@ index's items in any list) and the share of the lists' entries among the
   standardised per user), 'picks' (the pick model alone: EASE as below,
   each item's 500 largest weights kept) and 'rating' (the predicted
   rating alone, the order before issue 31); and the default order with
-  other mixes (the predicted rating's weight, --mixes);
+  other mixes (the predicted rating's weight, --mixes); per seed, the
+  penalty and mix the fit chose and the seconds the pick model takes to
+  fit (its penalty search included);
 - most popular: the items with the most training ratings;
 - item-kNN: cosine similarity of the items' binary rating columns, each
   item's 100 nearest kept, score = sum of the user's rated items' kept
@@ -59,6 +61,7 @@ RELEVANT_FROM = 4.0
 EASE_LAMBDA = 500.0              # the issue's peer; --ease-lambdas tries others
 KNN_NEIGHBOURS = 100
 POPULAR = 100
+SEED_ONLY = ("penalty", "mix", "pick_model_seconds", "fit_seconds")   # not averaged
 
 
 def split(name, data_dir):
@@ -126,9 +129,9 @@ def item_knn(task):
     return lambda users: task.X[users] @ S
 
 
-def ease(task):
+def ease(task, penalty=EASE_LAMBDA):
     G = (task.X.T @ task.X).toarray()
-    G[np.diag_indices_from(G)] += EASE_LAMBDA
+    G[np.diag_indices_from(G)] += penalty
     P = np.linalg.inv(G)
     B = -P / np.diag(P)
     np.fill_diagonal(B, 0)
@@ -172,9 +175,12 @@ def main():
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    ap.add_argument("--mixes", nargs="*", type=float, default=[0.5, 2.0],
+    ap.add_argument("--mixes", nargs="*", type=float, default=[0.0, 0.5, 1.0, 2.0],
                     help="other weights of the predicted rating in the default order")
     ap.add_argument("--models", help="a folder to keep the fitted models in and read them from")
+    ap.add_argument("--ease-lambdas", nargs="*", type=float, default=[],
+                    help="EASE with these penalties too (e.g. the best one on the test set: "
+                         "a bound no fit can choose)")
     ap.add_argument("--json", dest="out")
     args = ap.parse_args()
     results = {}
@@ -182,8 +188,10 @@ def main():
         train, test = split(name, args.data_dir)
         task = Task(name, train, test)
         rows = {}
-        for method, make in (("most popular", most_popular), ("item-kNN", item_knn),
-                             ("EASE", ease)):
+        peers = [("most popular", most_popular), ("item-kNN", item_knn), ("EASE", ease)]
+        peers += [(f"EASE, lambda {lam:g}", lambda task, lam=lam: ease(task, lam))
+                  for lam in args.ease_lambdas]
+        for method, make in peers:
             tic = time.perf_counter()
             scorer = make(task)
             lists = task.lists(scorer)
@@ -191,19 +199,23 @@ def main():
         orders = {}
         for seed in args.seeds:
             model, fit_seconds = glocalk(task, train, seed, args.models)
+            tic = time.perf_counter()          # what fit spends on it (once more on a refit)
+            picks.fit(model.train_matrix_, seed=seed)
+            chosen = {"penalty": model.picks_.penalty, "mix": model.picks_.mix,
+                      "pick_model_seconds": time.perf_counter() - tic, "fit_seconds": fit_seconds}
             for rank in ("picks+rating", "picks", "rating"):
                 tic = time.perf_counter()
                 lists = model_lists(task, model, rank)
                 orders.setdefault(rank, []).append(
-                    {**task.score(lists, time.perf_counter() - tic), "fit_seconds": fit_seconds})
+                    {**task.score(lists, time.perf_counter() - tic), **chosen})
             for mix in args.mixes:
                 model.picks_.mix = mix
                 orders.setdefault(f"picks+rating, mix {mix:g}", []).append(
                     task.score(model_lists(task, model, "picks+rating"), 0.0))
         for order, scores in orders.items():
             rows[f"glocalk-np {order}"] = {**mean_of([{k: v for k, v in s.items()
-                                                       if k != "fit_seconds"} for s in scores]),
-                                           "seeds": scores}
+                                                       if k in scores[-1] and k not in SEED_ONLY}
+                                                      for s in scores]), "seeds": scores}
         results[name] = {"users": int(task.users.size), "items": int(task.X.shape[1]),
                          "methods": rows}
         print(f"{name}: {task.users.size} users with a relevant test item, "
