@@ -69,7 +69,7 @@ RANKS = ("rating", "picks", "picks+rating")
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
           "Romance", "Sci-Fi", "Thriller", "War", "Western")
-ITEM_INFO_SHA256 = "877066821e4ee9079cb1eb95c359e47cac01240dbd2bdb3f7864060f57c5019b"
+ITEM_INFO_SHA256 = "6dd287831559152bea892eb27694a492ff14926ac5f7a16e5f8c4968e6fe13c3"
 
 
 def item_info_path(args):
@@ -85,11 +85,12 @@ def read_genres(path):
     if not path.is_file():
         common.fail(f"missing {path}: the genres come from GroupLens' ml-100k.zip "
                     "(https://files.grouplens.org/datasets/movielens/ml-100k.zip), file u.item "
-                    f"(sha256 {ITEM_INFO_SHA256}); give its path with --item-info")
+                    f"(the copy measured here: sha256 {ITEM_INFO_SHA256}); give its path with "
+                    "--item-info")
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != ITEM_INFO_SHA256:
-        print(f"warning: {path}'s sha256 is not GroupLens' u.item's ({ITEM_INFO_SHA256})",
-              file=sys.stderr)
+        print(f"warning: {path}'s sha256 is not that of the u.item measured here "
+              f"({ITEM_INFO_SHA256})", file=sys.stderr)
     genres = {}
     for line in raw.decode("latin-1").splitlines():
         if line.strip():

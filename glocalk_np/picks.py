@@ -18,8 +18,8 @@ Gram matrix, inverted in place.
 
 Past EASE_MAX_ITEMS items the m x m Gram matrix is too large (8 GB at
 32,000 items), and item-kNN takes its place: the cosine of two items'
-binary columns, computed one block of ITEM_BLOCK rows at a time (memory
-8 m ITEM_BLOCK bytes; time the sum over users of their rating count
+binary columns, computed one block of rows at a time (a few times
+BLOCK_BYTES of memory; time the sum over users of their rating count
 squared).
 
 EASE's penalty lambda is chosen by how well it predicts held-out picks:
@@ -47,7 +47,7 @@ SEARCH_USERS = 2_000         # held-out users whose lists score a penalty
 TOP = 10                     # list length the penalty is scored at
 EASE_MAX_ITEMS = 10_000      # EASE up to here (0.8 GB, ~30 s); item-kNN beyond
 NEIGHBOURS = 500             # weights kept per item (bench/topn.py: 200 costs NDCG)
-ITEM_BLOCK = 512             # rows of item-kNN's similarities computed at once
+BLOCK_BYTES = 2**26          # float64 rows of m weights handled at once (64 MiB)
 MIXES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)   # the predicted rating's weights tried (fit)
 MIX = 1.0                    # ... and the one a fit without validation ratings takes
 METHODS = ("ease", "cosine")
@@ -172,11 +172,17 @@ def _ease(G, penalty):
     return P
 
 
+def _block_rows(m):
+    """Rows of m float64 values that fill BLOCK_BYTES (at least 1)."""
+    return max(1, BLOCK_BYTES // (8 * m))
+
+
 def _mirror_upper(P):
     """Copy the upper triangle of the square ``P`` onto its lower one, in
-    place, a block of ITEM_BLOCK rows at a time (no m x m index arrays)."""
-    for lo in range(0, P.shape[0], ITEM_BLOCK):
-        hi = min(lo + ITEM_BLOCK, P.shape[0])
+    place, a block of rows at a time (no m x m index arrays)."""
+    rows = _block_rows(P.shape[0])
+    for lo in range(0, P.shape[0], rows):
+        hi = min(lo + rows, P.shape[0])
         P[lo:hi, :lo] = P[:lo, lo:hi].T
         block = P[lo:hi, lo:hi]
         lower = np.tril_indices(hi - lo, -1)
@@ -185,12 +191,12 @@ def _mirror_upper(P):
 
 def _cosine(pattern, neighbours):
     """Item-kNN weights: the cosine of two items' 0/1 user columns, each row's
-    ``neighbours`` largest kept, ITEM_BLOCK rows at a time (CSR, float32)."""
+    ``neighbours`` largest kept, a block of rows at a time (CSR, float32)."""
     counts = np.diff(pattern.indptr).astype(np.float64)
     norms = np.sqrt(np.maximum(counts, 1.0))
-    blocks = []
-    for lo in range(0, pattern.shape[0], ITEM_BLOCK):
-        hi = min(lo + ITEM_BLOCK, pattern.shape[0])
+    blocks, rows = [], _block_rows(pattern.shape[0])
+    for lo in range(0, pattern.shape[0], rows):
+        hi = min(lo + rows, pattern.shape[0])
         S = (pattern[lo:hi] @ pattern.T).toarray()
         S /= norms[lo:hi, None] * norms[None, :]
         S[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
@@ -203,13 +209,13 @@ def _keep_largest(B, neighbours):
     entries of largest size kept, zeros dropped."""
     m, n = B.shape
     k = min(neighbours, n)
-    rows = []
-    for lo in range(0, m, ITEM_BLOCK):      # argpartition's int64 index per block only
-        block = np.abs(B[lo:lo + ITEM_BLOCK])
+    rows, step = [], _block_rows(n)
+    for lo in range(0, m, step):            # argpartition's int64 index per block only
+        block = np.abs(B[lo:lo + step])
         keep = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n else \
             np.broadcast_to(np.arange(n), block.shape)
         keep = np.sort(keep, axis=1)
-        values = np.take_along_axis(B[lo:lo + ITEM_BLOCK], keep, axis=1)
+        values = np.take_along_axis(B[lo:lo + step], keep, axis=1)
         rows.append(sp.csr_matrix((values.ravel().astype(np.float32), keep.ravel(),
                                    np.arange(0, values.size + 1, k)), shape=(values.shape[0], n)))
     W = sp.vstack(rows, format="csr")
