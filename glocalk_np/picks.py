@@ -99,7 +99,7 @@ def fit(R, penalty=None, seed=0, neighbours=NEIGHBOURS, max_items=EASE_MAX_ITEMS
     ``penalty`` (None: chosen, see the module; ``seed`` draws the held-out
     picks) up to ``max_items`` items, item-kNN beyond, ``neighbours``
     weights kept per item."""
-    pattern = _binary(R)
+    pattern = binary(R)
     if R.shape[0] > max_items:
         return PickModel(_cosine(pattern, neighbours), "cosine", None)
     if penalty is None:
@@ -145,7 +145,7 @@ def choose_penalty(pattern, seed=0):
     return PENALTIES[int(np.argmax(scores))]
 
 
-def _binary(R):
+def binary(R):
     """The 0/1 pattern of a sparse matrix's stored entries (CSR, float64)."""
     R = sp.csr_matrix(R)
     return sp.csr_matrix((np.ones(R.nnz), R.indices, R.indptr), shape=R.shape)

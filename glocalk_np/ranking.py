@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 from . import metrics
 from .data import _positions, as_ids
+from .picks import binary
 from .safeio import physical_memory, shorten
 
 SCORE_BLOCK_BYTES = 2**26     # scores of m items x a block of users computed at once
@@ -52,9 +53,9 @@ class Ranking:
             return pred
         keys[:, self.user_counts_ == 0] = self.damped_item_means_[:, None]
         order = np.lexsort((np.broadcast_to(np.arange(m)[:, None], (m, n)), -keys), axis=0)
-        rank = np.empty((m, n), dtype=np.int64)
-        np.put_along_axis(rank, order, np.arange(1, m + 1)[:, None], axis=0)
-        return pred, rank
+        places = np.empty((m, n), dtype=np.int64)
+        np.put_along_axis(places, order, np.arange(1, m + 1)[:, None], axis=0)
+        return pred, places
 
 
     def recommend(self, users, top=10, include_seen=False, items=None, filter_items=None,
@@ -265,9 +266,7 @@ class Ranking:
         of a user (the network reads the same matrix)."""
         R, pattern = getattr(self, "_pattern_cache", (None, None))
         if R is not self.train_matrix_:
-            R = self.train_matrix_
-            pattern = sp.csr_matrix((np.ones(R.nnz), R.indices, R.indptr),
-                                    shape=R.shape).tocsc()
+            R, pattern = self.train_matrix_, binary(self.train_matrix_).tocsc()
             self._pattern_cache = (R, pattern)
         return pattern
 

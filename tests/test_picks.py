@@ -92,7 +92,7 @@ def test_past_the_ease_limit_item_knn_takes_cosine_neighbours():
 
 def test_the_penalty_search_is_repeatable_and_uses_the_held_out_picks(monkeypatch):
     R = random_pattern(m=80, n=200, density=0.1)
-    pattern = picks._binary(R)
+    pattern = picks.binary(R)
     chosen = picks.choose_penalty(pattern, seed=3)
     assert chosen in picks.PENALTIES and picks.choose_penalty(pattern, seed=3) == chosen
     # what is searched is bounded: a few items and users still give a penalty
@@ -105,7 +105,7 @@ def test_the_penalty_search_is_repeatable_and_uses_the_held_out_picks(monkeypatc
 def test_a_user_s_pick_scores_sum_the_rows_of_what_they_picked():
     R = random_pattern()
     model = picks.fit(R, penalty=60.0)
-    pattern = picks._binary(R).tocsc()
+    pattern = picks.binary(R).tocsc()
     S = model.scores(pattern[:, [0, 3]])
     W = model.weights.toarray().astype(np.float64)
     for k, user in enumerate([0, 3]):
