@@ -211,6 +211,11 @@ def reset_peak():
         pass
 
 
+def mean_of(rows):
+    """The mean of dicts of numbers, key by key (the first dict's keys)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
 def write_json(path, value):
     """``value`` as indented JSON to ``path`` (a script's --json)."""
     with open(path, "w") as f:

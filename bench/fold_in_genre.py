@@ -72,11 +72,6 @@ def list_scores(lists, in_genre):
     return out
 
 
-def mean_of(rows):
-    """The mean of dicts of numbers, key by key."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", help="folder of ml-100k_seed{s}.npz model files of u1.base "
@@ -105,7 +100,7 @@ def main():
     for seed in args.seeds:
         (label, m), = load_models(argparse.Namespace(**{**vars(args), "seeds": [seed]}), train)
         items, counts = m.index_.items, m.item_counts_
-        G = genre_matrix(items, genres) if setup is None else G
+        G = genre_matrix(items, genres)
         column = {g: GENRES.index(g) - 1 for g in args.genres}
         if setup is None:      # the genres and new users, from the first model (all share u1.base)
             eligible = {g: items[G[:, c] & (counts >= args.min_ratings)]
@@ -159,9 +154,9 @@ def main():
     for g in setup["used"]:
         rows = [per_seed[s]["genres"][g] for s in labels]
         genres_mean[g] = {"base_rate": rows[0]["base_rate"],
-                          **{r: mean_of([row[r] for row in rows]) for r in methods}}
+                          **{r: common.mean_of([row[r] for row in rows]) for r in methods}}
     overall = {"base_rate": float(np.mean([genres_mean[g]["base_rate"] for g in genres_mean])),
-               **{r: mean_of([genres_mean[g][r] for g in genres_mean]) for r in methods}}
+               **{r: common.mean_of([genres_mean[g][r] for g in genres_mean]) for r in methods}}
     skipped = [g for g in args.genres if g not in setup["used"]]
     print(f"genres with >= {args.min_films} films of >= {args.min_ratings} training ratings: "
           f"{', '.join(setup['used'])}" + (f"; too few: {', '.join(skipped)}" if skipped else ""))

@@ -249,11 +249,6 @@ def model_lists(model, rank, top):
     return [_positions(items, ids)[0] for ids in lists], ms
 
 
-def mean_of(rows):
-    """The mean of dicts of numbers, key by key."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", help="folder of ml-100k_seed{s}.npz model files of u1.base "
@@ -297,7 +292,7 @@ def main():
             lists, ms = model_lists(m, rank, long)
             per_seed[label][f"model:{rank}"] = measures(lists, ms)
             print(f"{label} {rank} done", flush=True)
-    results = {name: {part: mean_of([per_seed[s][name][part] for s in per_seed])
+    results = {name: {part: common.mean_of([per_seed[s][name][part] for s in per_seed])
                       for part in ("hits", "genre")} for name in per_seed[models[0][0]]}
     R = first.train_matrix_
     for name, similarity in (("co-rating", co_rating_similarity),

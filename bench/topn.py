@@ -166,10 +166,6 @@ def model_lists(task, model, rank):
     return [items[a:b] for a, b in zip(starts[:-1], starts[1:])]
 
 
-def mean_of(rows):
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -213,7 +209,7 @@ def main():
                 orders.setdefault(f"picks+rating, mix {mix:g}", []).append(
                     task.score(model_lists(task, model, "picks+rating"), 0.0))
         for order, scores in orders.items():
-            rows[f"glocalk-np {order}"] = {**mean_of([{k: v for k, v in s.items()
+            rows[f"glocalk-np {order}"] = {**common.mean_of([{k: v for k, v in s.items()
                                                        if k in scores[-1] and k not in SEED_ONLY}
                                                       for s in scores]), "seeds": scores}
         results[name] = {"users": int(task.users.size), "items": int(task.X.shape[1]),
