@@ -16,6 +16,7 @@ Run from a checkout's root, with PYTHONPATH set to it (the package that is
 measured must be that checkout's). Data (full): ../shared/data.
 """
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -43,6 +44,9 @@ from glocalk_np.synthetic import low_rank_ratings  # noqa: E402
 from glocalk_np.config import Config  # noqa: E402
 from glocalk_np import train as tr  # noqa: E402
 
+# {"rank": "rating"} where lists have orders (issue 31), else {}
+RATING = ({"rank": "rating"} if "rank" in inspect.signature(GLocalK.recommend).parameters
+          else {})
 D = {}
 def dig(name, *arrays):
     h = hashlib.sha256()
@@ -80,12 +84,15 @@ def api(tag, **kw):
     dig(f"{tag}.predict", p, f.astype(str))
     dig(f"{tag}.params", *[model.params_[k] for k in sorted(model.params_)])
     dig(f"{tag}.history", np.array([[r.epoch, r.train_rmse] for r in model.history_]))
-    rec = model.recommend(np.unique(ratings.users)[:40], top=10)
-    dig(f"{tag}.recommend", rec["item"], rec["score"], rec["rank"])
-    dig(f"{tag}.similar", np.array(model.similar(ratings.items[0], top=10), dtype=object))
-    dig(f"{tag}.predict_all", *model.predict_all(ranks=True))
-    ev = model.evaluate(ratings)
-    D[f"{tag}.evaluate"] = repr(sorted(ev.items()))
+    # Issue 31 made another order the default: the digests of before are the
+    # 'rating' order's (RATING), the new default's get names of their own.
+    for suffix, kw in ((("", RATING), ("_default", {})) if RATING else (("", {}),)):
+        rec = model.recommend(np.unique(ratings.users)[:40], top=10, **kw)
+        dig(f"{tag}.recommend{suffix}", rec["item"], rec["score"], rec["rank"])
+        dig(f"{tag}.similar{suffix}",
+            np.array(model.similar(ratings.items[0], top=10, **kw), dtype=object))
+        dig(f"{tag}.predict_all{suffix}", *model.predict_all(ranks=True, **kw))
+        D[f"{tag}.evaluate{suffix}"] = repr(sorted(model.evaluate(ratings, **kw).items()))
     D[f"{tag}.summary"] = repr(sorted((k, v) for k, v in model.summary_.items() if k != "engine"))
     d = tempfile.mkdtemp()
     model.save(f"{d}/m.npz")
@@ -120,10 +127,13 @@ with open(ratings_csv, "w") as f:
         f.write(f"{u},{i},{v:g}\n")
 run("fit", "fit", ratings_csv, "--test-frac", "0.1", "--save-split", "split", "--out", "model.npz", "--hidden", "16", "--epochs-pretrain", "3", "--epochs-finetune", "3")
 run("evaluate", "evaluate", "model.npz", "split/test.csv")
+RANK_ARGS = ["--rank", "rating"] if RATING else []
 run("predict", "predict", "model.npz", "split/test.csv")
-run("recommend", "recommend", "model.npz", "--user", str(ratings.users[0]), "--top", "10")
-run("recommend_all", "recommend", "model.npz", "--all-users", "--top", "5")
-run("similar", "similar", "model.npz", "--item", str(ratings.items[0]))
+for suffix, rank in (("", RANK_ARGS), ("_default", [])) if RATING else (("", []),):
+    run(f"recommend{suffix}", "recommend", "model.npz", "--user", str(ratings.users[0]), "--top",
+        "10", *rank)
+    run(f"recommend_all{suffix}", "recommend", "model.npz", "--all-users", "--top", "5", *rank)
+    run(f"similar{suffix}", "similar", "model.npz", "--item", str(ratings.items[0]), *rank)
 run("info", "info", "model.npz")
 run("update", "update", "model.npz", "split/test.csv", "--out", "model2.npz")
 run("info2", "info", "model2.npz", "--json")

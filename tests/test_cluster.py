@@ -202,6 +202,9 @@ def test_the_estimator_trains_saves_and_resumes_on_the_cluster(client, tmp_path)
     loaded = GLocalK.load(tmp_path / "m.npz")
     np.testing.assert_allclose(loaded.predict(ratings.users, ratings.items)[0],
                                whole.predict(ratings.users, ratings.items)[0], rtol=1e-12)
+    user = ratings.users[0]                 # the lists' pick model came with the fit
+    assert loaded.picks_.method == "ease" and loaded._rank("auto") == "picks+rating"
+    assert loaded.recommend(user, 5) == whole.recommend(user, 5)
 
     def stop(record, state):
         if len(state.history) == 1:

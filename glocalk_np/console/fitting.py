@@ -257,7 +257,8 @@ def run_demo(quick, out, seed, quiet):
     for method, (rmse, mae) in table.items():
         click.echo(f"{method:<12}  {rmse:9.4f}  {mae:8.4f}")
     user = test.users[0]
-    click.echo(f"\ntop 5 items for user {user}:")
+    click.echo(f"\ntop 5 items for user {user} (likeliest to be picked and liked; "
+               "predicted rating beside):")
     ranked = est.recommend(user, top=5)[0]
     click.echo("\n".join(table_lines(range(1, len(ranked) + 1), *zip(*ranked))))
     if out:
