@@ -25,6 +25,9 @@ index's items in any list) and the share of the lists' entries among the
 - item-kNN: cosine similarity of the items' binary rating columns, each
   item's 100 nearest kept, score = sum of the user's rated items' kept
   similarities;
+- ALS: implicit's AlternatingLeastSquares (64 factors, its defaults
+  otherwise, seed 0) on the binary matrix, where implicit is installed
+  (pip install '.[compare]'; skipped, said so, otherwise);
 - EASE: B = argmin |X - X B|^2 + lambda |B|^2 with diag(B) = 0 on the binary
   users x items matrix X, in closed form from (X^T X + lambda I)^-1
   (lambda 500), score = X B. It inverts an items x items matrix: 8 m^2
@@ -129,6 +132,20 @@ def item_knn(task):
     return lambda users: task.X[users] @ S
 
 
+def als(task):
+    """implicit's ALS (Hu, Koren and Volinsky 2008) on the binary matrix:
+    64 factors, its other defaults, seed 0; None without implicit."""
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    with threadpool_limits(1, "blas"):       # implicit's own advice: it threads itself
+        model = AlternatingLeastSquares(factors=64, random_state=0)
+        model.fit(task.X.astype(np.float32), show_progress=False)
+    return lambda users: model.user_factors[users] @ model.item_factors.T
+
+
 def ease(task, penalty=EASE_LAMBDA):
     G = (task.X.T @ task.X).toarray()
     G[np.diag_indices_from(G)] += penalty
@@ -184,12 +201,16 @@ def main():
         train, test = split(name, args.data_dir)
         task = Task(name, train, test)
         rows = {}
-        peers = [("most popular", most_popular), ("item-kNN", item_knn), ("EASE", ease)]
+        peers = [("most popular", most_popular), ("item-kNN", item_knn), ("EASE", ease),
+                 ("ALS (implicit)", als)]
         peers += [(f"EASE, lambda {lam:g}", lambda task, lam=lam: ease(task, lam))
                   for lam in args.ease_lambdas]
         for method, make in peers:
             tic = time.perf_counter()
             scorer = make(task)
+            if scorer is None:
+                print(f"{method}: skipped, not installed (pip install '.[compare]')")
+                continue
             lists = task.lists(scorer)
             rows[method] = task.score(lists, time.perf_counter() - tic)
         orders = {}
