@@ -37,7 +37,8 @@ the fitted model is a sparse m x m matrix of at most m NEIGHBOURS entries
 (8 m NEIGHBOURS bytes in a model file), and a user's scores cost their
 rating count times NEIGHBOURS.
 """
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,6 +54,7 @@ BLOCK_BYTES = 2**26          # float64 rows of m weights handled at once (64 MiB
 MIXES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)   # the predicted rating's weights tried (fit)
 MIX = 1.0                    # ... and the one a fit without validation ratings takes
 METHODS = ("ease", "cosine")
+_LAST = {}                   # fit's last model, by its inputs (see fit)
 
 
 @dataclass
@@ -98,14 +100,22 @@ def fit(R, penalty=None, seed=0, neighbours=NEIGHBOURS, max_items=EASE_MAX_ITEMS
     every stored entry is a pick, whatever its value): EASE with
     ``penalty`` (None: chosen, see the module; ``seed`` draws the held-out
     picks) up to ``max_items`` items, item-kNN beyond, ``neighbours``
-    weights kept per item."""
+    weights kept per item. The last model fitted is kept and handed out
+    again (a copy, its weights shared) for the same inputs: tune fits many
+    networks on one training pattern."""
     pattern = binary(R)
-    if R.shape[0] > max_items:
-        return PickModel(_cosine(pattern, neighbours), "cosine", None)
-    if penalty is None:
-        penalty = choose_penalty(pattern, seed)
-    return PickModel(_keep_largest(_ease(_gram(pattern), penalty), neighbours), "ease",
-                     float(penalty))
+    key = (R.shape, hashlib.sha256(pattern.indptr.tobytes() + pattern.indices.tobytes())
+           .digest(), penalty, seed, neighbours, max_items)
+    if key not in _LAST:
+        if R.shape[0] > max_items:
+            model = PickModel(_cosine(pattern, neighbours), "cosine", None)
+        else:
+            penalty = choose_penalty(pattern, seed) if penalty is None else penalty
+            model = PickModel(_keep_largest(_ease(_gram(pattern), penalty), neighbours),
+                              "ease", float(penalty))
+        _LAST.clear()
+        _LAST[key] = model
+    return replace(_LAST[key])
 
 
 def choose_penalty(pattern, seed=0):

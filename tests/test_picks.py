@@ -267,3 +267,21 @@ def test_bad_pick_metadata_is_refused(model, tmp_path, picks_meta):
         np.savez(f, **arrays)
     with pytest.raises(ModelFileError, match="metadata field 'picks'"):
         Model.load(tmp_path / "bad.npz")
+
+
+def test_a_refit_of_the_same_pattern_is_handed_out_again_as_a_copy(monkeypatch):
+    """tune fits many networks on one pattern: the pick model is fitted once,
+    and what one fit sets on its copy (the mix) stays its own."""
+    R = random_pattern(seed=4)
+    first = picks.fit(R, seed=1)
+    first.mix = 3.0
+    monkeypatch.setattr(picks, "choose_penalty", lambda *a: pytest.fail("fitted again"))
+    again = picks.fit(R, seed=1)
+    assert again.mix == picks.MIX and again.weights is first.weights
+    R.data[:] = 1.0                            # values are not picks: the same pattern
+    assert picks.fit(R, seed=1).weights is first.weights
+    other = R.tolil()
+    other[0, 0] = 0 if other[0, 0] else 1      # another pattern: fitted anew
+    other = other.tocsr()
+    with pytest.raises(pytest.fail.Exception, match="fitted again"):
+        picks.fit(other, seed=1)
