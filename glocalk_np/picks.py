@@ -52,7 +52,8 @@ EASE_MAX_ITEMS = 10_000      # EASE up to here (0.8 GB, ~30 s); item-kNN beyond
 NEIGHBOURS = 500             # weights kept per item (bench/topn.py: 200 costs NDCG)
 BLOCK_BYTES = 2**26          # float64 rows of m weights handled at once (64 MiB)
 MIXES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)   # the predicted rating's weights tried (fit)
-MIX = 1.0                    # ... and the one a fit without validation ratings takes
+MIX = 0.5                    # ... and the one a fit without validation ratings takes
+                             # (bench/topn.py: the best fixed mix over four files)
 METHODS = ("ease", "cosine")
 _LAST = {}                   # fit's last model, by its inputs (see fit)
 

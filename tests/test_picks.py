@@ -121,9 +121,15 @@ def test_the_default_order_lists_what_the_user_s_neighbours_love_first(model):
     everyone picks but rates middling (which the pick model alone puts
     first), and that ahead of the other group's loved items, rated as
     highly but never picked by this user's group (which the rating alone
-    puts right after the first two)."""
-    assert model._rank("auto") == "picks+rating"
-    recs, _ = model.recommend(TARGET, top=3)
+    puts right after the first two). With the two standardised scores
+    weighed equally (mix 1; a fit without validation ratings takes
+    picks.MIX, one with them chooses)."""
+    assert model._rank("auto") == "picks+rating" and model.picks_.mix == picks.MIX
+    model.picks_.mix = 1.0
+    try:
+        recs, _ = model.recommend(TARGET, top=3)
+    finally:
+        model.picks_.mix = picks.MIX
     listed = [item for item, _ in recs]
     assert listed[:2] in ([16, 17], [17, 16]) and listed[2] == 4
     assert model.recommend(TARGET, top=1, rank="picks")[0][0][0] == 4
