@@ -28,8 +28,7 @@ there, after the pattern is built:
 - item-kNN sizes: `picks.fit(R)` (no search: item-kNN has no penalty).
 - scoring: --score-users users' columns of the CSC 0/1 pattern (as
   ranking.Ranking._pattern builds it), scored with `model.scores` in the
-  blocks of users recommend uses (ranking's _user_block), after the
-  first call's transpose of the weights (timed apart).
+  blocks of users recommend uses (ranking's _user_block).
 
 Memory: each phase's peak resident memory less the resident memory once the
 pattern was built (what the phase adds). Weights MB: 8 bytes per kept
@@ -136,7 +135,6 @@ def run_case(args):
     block = max(1, min(ranking.USER_BLOCK, ranking.SCORE_BLOCK_BYTES // (8 * m)))
     users = min(args.score_users, n)
     common.reset_peak()
-    _, transpose_s = timed(model._transposed)
     start = time.perf_counter()
     checksum = 0.0
     for lo in range(0, users, block):
@@ -144,7 +142,7 @@ def run_case(args):
         checksum += float(S[0, 0])
     score_s = time.perf_counter() - start
     scored_ratings = int(pattern.indptr[users])
-    rec.update(score_users=users, score_block=block, transpose_seconds=transpose_s,
+    rec.update(score_users=users, score_block=block,
                score_seconds=score_s, score_ms_per_user=1e3 * score_s / users,
                score_us_per_rating=1e6 * score_s / max(scored_ratings, 1),
                score_peak_extra_mib=common.max_rss_mib() - base)
