@@ -262,7 +262,7 @@ def pack_picks(prefix, picks):
     """(arrays, metadata) of a PickModel."""
     W = picks.weights
     return ({f"{prefix}indptr": W.indptr.astype(np.int64),
-             f"{prefix}indices": W.indices.astype(np.int64),
+             f"{prefix}indices": W.indices.astype(np.int32),   # 8 bytes a weight in all
              f"{prefix}data": W.data.astype(np.float32)},
             {"method": picks.method, "penalty": picks.penalty, "mix": picks.mix})
 
