@@ -43,8 +43,8 @@ from .config import DEFAULT_VALIDATION, DEVICES, MAX_ENSEMBLE, SELECTIONS
 from .console.inputs import load_model, ratings_inputs, read_test
 from .console.output import (STAGE_LABELS, check_outputs, human_text_to_stderr, jsonable, output,
                              table_lines, write_csv_blocks, write_json)
-from .console.params import (HYPER, INPUT, RANK, InFile, Number, OutFile, OutFolder, QUIET, SEED, SEP,
-                             THREADS)
+from .console.params import (HYPER, INPUT, RANK, InFile, Number, OutFile, OutFolder, QUIET, SEED,
+                             SEP, THREADS)
 from .console.process import Main
 
 # Rows of predict --all's CSV built at a time (each row costs ~300 bytes as

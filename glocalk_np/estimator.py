@@ -179,8 +179,8 @@ class GLocalK(Model):
         rating from metrics.RELEVANT_FROM up a hit; picks.MIX without
         validation ratings); a refit fits it again on every rating's
         pattern with the same penalty and mix. Every rating given to fit
-        counts as seen: recommend leaves it out. ``callback(record, state)`` runs after every
-        epoch. With ``checkpoint_dir`` every epoch ends with an atomic write
+        counts as seen: recommend leaves it out. ``callback(record, state)``
+        runs after every epoch. With ``checkpoint_dir`` every epoch ends with an atomic write
         of ``checkpoint.npz`` there (``checkpoint-k.npz`` for the k-th member
         of a seed ensemble; ``checkpoint-refit[-k].npz`` in the refit);
         ``resume=True`` goes on from them when present, with a result

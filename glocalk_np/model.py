@@ -3,8 +3,8 @@
 
 It reads only what training left (the members' parameters, the index, the
 training and seen matrices, the rating scale, the blend weight, the pick
-model, the baseline and the fallbacks' statistics) and computes with inference.py's
-NumPy operations: neither the trainer, nor an engine, nor Numba is loaded
+model, the baseline and the fallbacks' statistics) and computes with
+inference.py's NumPy operations: neither the trainer, nor an engine, nor Numba is loaded
 to answer (``glocalk-np serve`` and the read-only commands load this
 module alone). GLocalK (estimator.py) is this class with hyper-parameters
 and ``fit``; ``Model.load`` reads any model file, ``GLocalK.load`` the same
@@ -404,8 +404,9 @@ class Model(Ranking):
         on, its network (stage, epoch, members, blend weight, parameter
         count), how the epoch was chosen and the scores fit reported (what
         scored val in words: val_model), and how recommend ranks (the
-        default order, the pick model's method, penalty, mix and weights). Older files hold fewer scores, and
-        fields they lack are None or empty."""
+        default order, the pick model's method, penalty, mix and weights).
+        Older files hold fewer scores, and fields they lack are None or
+        empty."""
         self._check_fitted()
         R = self.train_matrix_
         s = self.summary_
